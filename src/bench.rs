@@ -1,0 +1,306 @@
+//! `replay bench`: the worker's end-to-end rate next to a raw baseline
+//! measured in the same run, in a scratch database and on scratch broker
+//! names, so the shared machine's noise affects both alike.
+//!
+//! Baseline: lapin consume → one batched INSERT into the ledger per batch →
+//! one commit → ack multiple; no handlers. Worker: the real `replay worker`
+//! binary, spawned as a child process so its memory can be read from /proc.
+//! Both drain a queue filled before the clock starts.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::config::{Endpoints, SecretUrl};
+use crate::envelope::Event;
+use crate::ledger::{self, Admission};
+use crate::publisher::Publisher;
+use crate::{database, transport};
+
+/// One measured drain.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub events: usize,
+    pub seconds: f64,
+}
+
+impl Drain {
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds.max(f64::EPSILON)
+    }
+}
+
+/// What `replay bench` prints.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub baseline: Drain,
+    pub worker: Drain,
+    /// Worker RSS in KiB at 0%, 25%, 50%, 75% and 100% of the drain.
+    pub worker_rss_kib: Vec<u64>,
+    pub worker_peak_rss_kib: u64,
+}
+
+impl Report {
+    pub fn ratio(&self) -> f64 {
+        self.worker.rate() / self.baseline.rate().max(f64::EPSILON)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, d: &Drain| {
+            writeln!(f, "{name:<58} {:>7} events in {:>6.2} s = {:>8.0} events/s", d.events, d.seconds, d.rate())
+        };
+        line(f, "baseline (consume -> batched INSERT -> ack multiple):", &self.baseline)?;
+        line(f, "worker   (ledger + handlers, one transaction per batch):", &self.worker)?;
+        writeln!(f, "ratio: worker / baseline = {:.2} (target >= 0.70)", self.ratio())?;
+        let samples: Vec<String> = self.worker_rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
+        writeln!(
+            f,
+            "worker RSS MiB at 0/25/50/75/100% of the drain: {} (peak {:.1})",
+            samples.join(" / "),
+            self.worker_peak_rss_kib as f64 / 1024.0
+        )
+    }
+}
+
+/// Runs both measurements with `events` events each. `worker_exe` is the
+/// `replay` binary to spawn.
+pub async fn run(endpoints: &Endpoints, events: usize, keep: bool, worker_exe: &Path) -> anyhow::Result<Report> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let scratch = Scratch::create(&endpoints.database_url, &format!("replay_bench_{suffix}")).await?;
+    let names = Endpoints {
+        database_url: scratch.url.clone(),
+        amqp_url: endpoints.amqp_url.clone(),
+        exchange: format!("replay-bench-{suffix}"),
+        queue: format!("replay-bench-{suffix}.worker"),
+    };
+    let result = measure(&names, &scratch.pool, events, worker_exe).await;
+    cleanup_broker(&names).await;
+    scratch.pool.close().await;
+    if keep {
+        eprintln!("kept scratch database {}", scratch.name);
+    } else {
+        scratch.drop_database(&endpoints.database_url).await?;
+    }
+    result
+}
+
+async fn measure(names: &Endpoints, pool: &PgPool, count: usize, worker_exe: &Path) -> anyhow::Result<Report> {
+    let period = uuid::Uuid::new_v4();
+    let opened = Event::new(
+        uuid::Uuid::new_v4().to_string(),
+        "period.opened".into(),
+        Utc::now(),
+        json!({"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}),
+    )?;
+    let mut events = vec![opened];
+    events.extend(contributions(period, count)?);
+
+    eprintln!("baseline: publishing {} events…", events.len());
+    fill(names, &events).await?;
+    let baseline = baseline_drain(names, pool, events.len()).await?;
+    sqlx::query("TRUNCATE processed_events").execute(pool).await?;
+
+    eprintln!("worker: publishing {} events…", events.len());
+    fill(names, &events).await?;
+    let (worker, rss, peak) = worker_drain(names, pool, events.len(), worker_exe).await?;
+    let contributions: i64 = sqlx::query_scalar("SELECT count(*) FROM contributions").fetch_one(pool).await?;
+    anyhow::ensure!(
+        contributions as usize == count,
+        "the worker applied {contributions} contributions, expected {count}: the benchmark is void"
+    );
+    Ok(Report { baseline, worker, worker_rss_kib: rss, worker_peak_rss_kib: peak })
+}
+
+/// `count` contribution.submitted events spread over 500 members.
+pub fn contributions(period: uuid::Uuid, count: usize) -> anyhow::Result<Vec<Event>> {
+    let members: Vec<uuid::Uuid> = (0..500).map(|_| uuid::Uuid::new_v4()).collect();
+    let start = Utc::now();
+    (0..count)
+        .map(|i| {
+            Event::new(
+                uuid::Uuid::new_v4().to_string(),
+                "contribution.submitted".into(),
+                start + chrono::Duration::milliseconds(i as i64),
+                json!({
+                    "contribution_id": uuid::Uuid::new_v4(),
+                    "member_id": members[i % members.len()],
+                    "period_id": period,
+                    "type": "labor",
+                    "amount": 10 + (i % 90),
+                }),
+            )
+            .map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
+/// Declares the topology and publishes every event, confirmed.
+async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
+    let connection = transport::connect(&names.amqp_url, "replay bench publisher").await?;
+    let channel = connection.create_channel().await?;
+    transport::declare(&channel, &names.exchange, &names.queue).await?;
+    Publisher::new(channel, &names.exchange).await?.publish_all(events, None, |_| {}).await?;
+    let _ = connection.close(200, "filled".into()).await;
+    Ok(())
+}
+
+/// The raw loop: no handlers, no savepoints, no dedup beyond the insert.
+async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyhow::Result<Drain> {
+    let connection = transport::connect(&names.amqp_url, "replay bench baseline").await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(names.queue.as_str().into(), "bench-baseline".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let mut done = 0;
+    let mut started = None;
+    while done < total {
+        let first = consumer.next().await.context("baseline consumer closed")??;
+        started.get_or_insert_with(Instant::now);
+        let mut batch = vec![first];
+        while batch.len() < 500 {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                _ => break,
+            }
+        }
+        let events: Vec<Event> = batch
+            .iter()
+            .map(|d| {
+                crate::envelope::Received { routing_key: d.routing_key.as_str(), properties: &d.properties, body: &d.data }
+                    .parse(usize::MAX)
+            })
+            .collect::<Result<_, _>>()?;
+        let admissions: Vec<Admission<'_>> =
+            events.iter().map(|event| Admission { event, status: "processed", note: None }).collect();
+        let mut tx = pool.begin().await?;
+        ledger::insert_new(&mut tx, &admissions).await?;
+        tx.commit().await?;
+        if let Some(last) = batch.last() {
+            channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
+        }
+        done += batch.len();
+    }
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let _ = connection.close(200, "baseline done".into()).await;
+    Ok(Drain { events: total, seconds })
+}
+
+/// Spawns the worker and times the drain from its first ledger row to the last.
+async fn worker_drain(
+    names: &Endpoints,
+    pool: &PgPool,
+    total: usize,
+    worker_exe: &Path,
+) -> anyhow::Result<(Drain, Vec<u64>, u64)> {
+    let mut child = tokio::process::Command::new(worker_exe)
+        .args(["worker", "--id", "bench", "--http", "off"])
+        .env("DATABASE_URL", names.database_url.expose())
+        .env("AMQP_URL", names.amqp_url.expose())
+        .env("REPLAY_EXCHANGE", &names.exchange)
+        .env("REPLAY_QUEUE", &names.queue)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {}", worker_exe.display()))?;
+    let pid = child.id().context("worker exited at once")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut started = None;
+    let mut samples = vec![rss_kib(pid)];
+    let mut next_mark = 1;
+    loop {
+        let done = ledger::count(pool).await? as usize;
+        if done > 0 && started.is_none() {
+            started = Some(Instant::now());
+        }
+        while next_mark < 4 && done * 4 >= total * next_mark {
+            samples.push(rss_kib(pid));
+            next_mark += 1;
+        }
+        if done >= total {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not drain {total} events in 10 minutes");
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the worker exited early ({status})");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    samples.push(rss_kib(pid));
+    let peak = peak_rss_kib(pid);
+    let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    Ok((Drain { events: total, seconds }, samples, peak))
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+async fn cleanup_broker(names: &Endpoints) {
+    if let Ok(connection) = transport::connect(&names.amqp_url, "replay bench cleanup").await {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel.queue_delete(names.queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = channel.exchange_delete(names.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = connection.close(200, "cleaned".into()).await;
+    }
+}
+
+/// A throwaway database on the same server.
+struct Scratch {
+    name: String,
+    url: SecretUrl,
+    pool: PgPool,
+}
+
+impl Scratch {
+    async fn create(admin_url: &SecretUrl, name: &str) -> anyhow::Result<Self> {
+        let admin = database::connect(admin_url, 1).await?;
+        // The name is ours (a fixed prefix and hex digits), so it can be spliced.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+        admin.close().await;
+        let mut url = url::Url::parse(admin_url.expose()).context("DATABASE_URL is not a URL")?;
+        url.set_path(&format!("/{name}"));
+        let url = SecretUrl::new(url.to_string());
+        let pool = database::connect(&url, 4).await?;
+        database::migrate(&pool, &url).await?;
+        Ok(Self { name: name.to_string(), url, pool })
+    }
+
+    async fn drop_database(&self, admin_url: &SecretUrl) -> anyhow::Result<()> {
+        let admin = database::connect(admin_url, 1).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! The command line, as clap types. Parsing only: each subcommand's work
+//! lives in `commands`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Endpoints, SecretUrl};
+
+#[derive(Debug, Parser)]
+#[command(name = "replay", version, about = "Event-sourcing replay engine for RabbitMQ and Postgres")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Postgres URL of the ledger and domain tables.
+    #[arg(long, env = "DATABASE_URL", default_value = config::DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
+    pub database_url: String,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = config::DEFAULT_AMQP_URL, global = true, hide_env_values = true, hide_default_value = true)]
+    pub amqp_url: String,
+    /// Topic exchange the events travel on.
+    #[arg(long, env = "REPLAY_EXCHANGE", default_value = config::DEFAULT_EXCHANGE, global = true)]
+    pub exchange: String,
+    /// Durable queue the workers consume.
+    #[arg(long, env = "REPLAY_QUEUE", default_value = config::DEFAULT_QUEUE, global = true)]
+    pub queue: String,
+}
+
+impl Global {
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            database_url: SecretUrl::new(&self.database_url),
+            amqp_url: SecretUrl::new(&self.amqp_url),
+            exchange: self.exchange.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the embedded database migrations.
+    Migrate,
+    /// Publish events to the exchange, with publisher confirms.
+    Publish(PublishArgs),
+    /// Consume events and claim due ledger rows until stopped (SIGTERM, Ctrl-C).
+    Worker(WorkerArgs),
+    /// Measure the worker against a raw consume-and-insert loop.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["event_type", "file"]))]
+pub struct PublishArgs {
+    /// Event type (also the routing key), e.g. contribution.submitted.
+    #[arg(long = "type", requires = "payload")]
+    pub event_type: Option<String>,
+    /// The event's payload, a JSON object.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// The event's id (default: a new UUID).
+    #[arg(long, requires = "event_type")]
+    pub event_id: Option<String>,
+    /// When the event happened, RFC 3339 (default: now).
+    #[arg(long, requires = "event_type")]
+    pub occurred_at: Option<String>,
+    /// A JSON Lines file, one {"event_id","event_type","occurred_at","payload"} per line.
+    #[arg(long, conflicts_with_all = ["event_type", "payload"])]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Name of this worker in the ledger and the logs (default: host-pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Address of the health endpoint, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub http: HttpListen,
+    /// Attempts before an event is left in `error`.
+    #[arg(long, env = "REPLAY_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Delay before the first retry, doubled on each further one (e.g. 1s, 500ms).
+    #[arg(long, env = "REPLAY_RETRY_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+    /// Unacked messages the broker may hand this worker at once.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// Most events committed in one transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// How long a claimed ledger row stays this worker's before others may reclaim it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// How often to look for due ledger rows when no notification arrives.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Largest message body accepted as an event, in bytes; larger ones are dead-lettered.
+    #[arg(long, default_value_t = crate::envelope::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+}
+
+/// `--http ADDR` or `--http off`.
+#[derive(Debug, Clone, Copy)]
+pub enum HttpListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        s.parse()
+            .map(Self::On)
+            .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:9464, nor `off`"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events per measured run.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Keep the scratch database afterwards, for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,85 @@
+//! `replay publish`: one event from flags, or a JSON Lines file of them.
+//! The whole input is read and checked before anything is sent, so a
+//! malformed line publishes nothing.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::cli::PublishArgs;
+use crate::config::Endpoints;
+use crate::envelope::{EnvelopeLine, Event};
+use crate::exit::UsageError;
+use crate::publisher::Publisher;
+use crate::transport;
+
+pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let events = read_events(args)?;
+    let connection = transport::connect(&endpoints.amqp_url, "replay publish").await?;
+    let channel = connection.create_channel().await.context("opening a RabbitMQ channel")?;
+    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+    let publisher = Publisher::new(channel, &endpoints.exchange).await?;
+    publisher.publish_all(&events, None, |_| {}).await?;
+    let _ = connection.close(200, "published".into()).await;
+    match events.as_slice() {
+        [one] => println!(
+            "published {} {} to exchange '{}' (confirmed)",
+            one.event_type, one.event_id, endpoints.exchange
+        ),
+        many => println!("published {} events to exchange '{}' (all confirmed)", many.len(), endpoints.exchange),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_events(args: PublishArgs) -> anyhow::Result<Vec<Event>> {
+    if let Some(path) = args.file {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+        return read_lines(std::io::BufReader::new(file), &path.display().to_string());
+    }
+    let (Some(event_type), Some(payload)) = (args.event_type, args.payload) else {
+        return Err(UsageError("give --type and --payload, or --file".into()).into());
+    };
+    let payload = serde_json::from_str(&payload)
+        .map_err(|e| UsageError(format!("--payload is not valid JSON: {e}. Quote it, e.g. --payload '{{\"period_id\":\"...\"}}'")))?;
+    let occurred_at = match args.occurred_at {
+        Some(text) => parse_time(&text)?,
+        None => Utc::now(),
+    };
+    let line = EnvelopeLine { event_id: args.event_id, event_type, occurred_at: Some(occurred_at), payload };
+    let event = line.into_event().map_err(|e| UsageError(format!("cannot publish this event: {e}")))?;
+    Ok(vec![event])
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| UsageError(format!("--occurred-at '{text}' is not an RFC 3339 time ({e}); use e.g. 2026-01-31T12:00:00Z")))
+}
+
+/// Reads every line before returning, so one bad line rejects the file.
+fn read_lines(reader: impl BufRead, name: &str) -> anyhow::Result<Vec<Event>> {
+    let mut events = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|e| UsageError(format!("{name}: cannot read line {number}: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let envelope: EnvelopeLine = serde_json::from_str(&line).map_err(|e| {
+            UsageError(format!(
+                "{name}: line {number} is not an event envelope ({e}); expected {{\"event_id\",\"event_type\",\"occurred_at\",\"payload\"}}. Nothing was published"
+            ))
+        })?;
+        let event = envelope
+            .into_event()
+            .map_err(|e| UsageError(format!("{name}: line {number}: {e}. Nothing was published")))?;
+        events.push(event);
+    }
+    if events.is_empty() {
+        return Err(UsageError(format!("{name} holds no events. Nothing was published")).into());
+    }
+    Ok(events)
+}

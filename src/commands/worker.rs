@@ -1,0 +1,53 @@
+//! `replay worker`: runs a worker until SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{HttpListen, WorkerArgs};
+use crate::config::Endpoints;
+use crate::handlers::Registry;
+use crate::worker::{self, WorkerConfig};
+use crate::{database, health};
+
+pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let mut config = WorkerConfig::new(args.id.unwrap_or_else(worker::default_worker_id));
+    config.retry.max_attempts = args.max_attempts;
+    config.retry.backoff = args.retry_backoff;
+    config.prefetch = args.prefetch;
+    config.batch_size = args.batch_size as usize;
+    config.lease = args.lease;
+    config.poll_interval = args.poll_interval;
+    config.max_message_bytes = args.max_message_bytes;
+
+    let pool = database::connect(&endpoints.database_url, 8).await?;
+    database::check_migrated(&pool, &endpoints.database_url).await?;
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_listener(shutdown.clone())?;
+    if let HttpListen::On(addr) = args.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for --http; pick another address or pass --http off"))?;
+        tracing::info!(addr = %listener.local_addr()?, "health endpoint listening");
+        tokio::spawn(health::serve(listener, shutdown.clone()));
+    }
+    worker::run(config, endpoints.clone(), pool, Registry::reference(), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+fn spawn_signal_listener(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in flight, then stopping"),
+            _ = int.recv() => tracing::info!("interrupted: finishing the batch in flight, then stopping"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Connection settings shared by every command, and the one way they are shown.
+//!
+//! URLs carry passwords. [`SecretUrl`] holds one and only ever prints it with the
+//! password replaced, so a log line, an error or a plan file cannot leak it.
+
+use std::fmt;
+
+/// Default Postgres URL: the local trust-auth database the test suite uses.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1/test";
+/// Default AMQP URL: a local RabbitMQ with the guest account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default topic exchange the domain events travel on.
+pub const DEFAULT_EXCHANGE: &str = "habitat-events";
+/// Default durable queue the workers consume.
+pub const DEFAULT_QUEUE: &str = "habitat-events.worker";
+
+/// A URL whose password never appears when it is displayed or debugged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The full URL, password included: only for handing to a driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", self.redacted())
+    }
+}
+
+/// Replaces the password of a URL with `***`. A string that does not parse as a
+/// URL is hidden entirely rather than risk printing a secret inside it.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+                return "<unprintable url>".to_string();
+            }
+            let mut shown = parsed.to_string();
+            // Keep the input's own form (no trailing slash added by the parser).
+            if !url.ends_with('/') && shown.ends_with('/') && parsed.path() == "/" {
+                shown.pop();
+            }
+            shown
+        }
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+/// Where the system lives: the database, the broker, and the names on the broker.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub database_url: SecretUrl,
+    pub amqp_url: SecretUrl,
+    pub exchange: String,
+    pub queue: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("amqp://guest:s3cret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        assert_eq!(redact("not a url with secret"), "<unparseable url>");
+        let url = SecretUrl::new("postgres://u:canary-pw@h/db");
+        assert!(!format!("{url} {url:?}").contains("canary-pw"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The Postgres pool and the embedded migrations.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::SecretUrl;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Failures reaching or preparing the database, naming it by its redacted URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("DATABASE_URL {url} is not a valid Postgres URL: {source}")]
+    BadUrl { url: String, source: sqlx::Error },
+    #[error("cannot reach Postgres at {url}: {source}. Check that the database is running and DATABASE_URL is right")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrating {url} failed: {source}")]
+    Migrate { url: String, source: sqlx::migrate::MigrateError },
+    #[error("the ledger table processed_events does not exist in {url}: run `replay migrate` first")]
+    NotMigrated { url: String },
+}
+
+fn options(url: &SecretUrl) -> Result<PgConnectOptions, DatabaseError> {
+    url.expose()
+        .parse::<PgConnectOptions>()
+        .map_err(|source| DatabaseError::BadUrl { url: url.redacted(), source })
+}
+
+/// Connects a pool, failing now if the database cannot be reached.
+pub async fn connect(url: &SecretUrl, max_connections: u32) -> Result<PgPool, DatabaseError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options(url)?)
+        .await
+        .map_err(|source| DatabaseError::Connect { url: url.redacted(), source })
+}
+
+/// Applies the embedded migrations.
+pub async fn migrate(pool: &PgPool, url: &SecretUrl) -> Result<(), DatabaseError> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|source| DatabaseError::Migrate { url: url.redacted(), source })
+}
+
+/// Fails with a clear message when the schema is missing.
+pub async fn check_migrated(pool: &PgPool, url: &SecretUrl) -> Result<(), DatabaseError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('processed_events') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(|source| DatabaseError::Connect { url: url.redacted(), source })?;
+    if exists {
+        Ok(())
+    } else {
+        Err(DatabaseError::NotMigrated { url: url.redacted() })
+    }
+}

@@ -1,0 +1,172 @@
+//! Domain handlers: what each event type does to the cooperative's tables.
+//!
+//! One file per event family, each handler behind the [`Handler`] trait, all
+//! listed in [`Registry::reference`]. Adding an event type is a handler in its
+//! family's file (or a new file) and one line there.
+//!
+//! Architecture invariants:
+//! - A handler runs inside the caller's transaction and never commits.
+//! - Every handler is idempotent: applying an event that was applied before
+//!   leaves the tables as they were. Timestamps come from the event, never `now()`.
+//! - A handler that reports a per-event error has written nothing for that event.
+
+mod allocation;
+mod contribution;
+mod payment;
+mod period;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use sqlx::PgConnection;
+
+use crate::envelope::Event;
+
+/// Where a handler's effect lands, for the replay planner's warnings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Only rows in this database.
+    Database,
+    /// Something outside the database too (a provider call): replaying it is
+    /// not undone by restoring a backup.
+    External,
+}
+
+/// Why one event could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// The payload does not have the event type's shape; retrying cannot help.
+    #[error("invalid payload: {0}")]
+    Invalid(String),
+    /// The event contradicts the domain's state (approving a rejected
+    /// contribution); retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Something this event depends on has not arrived yet (an approval
+    /// before its submission); retried with backoff.
+    #[error("{0}")]
+    NotReady(String),
+    /// The database failed while applying this event alone; retried.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl HandlerError {
+    /// Whether retrying could ever succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::Refused(_))
+    }
+}
+
+/// One outcome per event handed to [`Handler::apply`], in the same order.
+pub type Outcomes = Vec<Result<(), HandlerError>>;
+
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// The event type (routing key) this handler applies.
+    fn event_type(&self) -> &'static str;
+
+    /// Whether the effect leaves the database.
+    fn effect(&self) -> Effect {
+        Effect::Database
+    }
+
+    /// Applies `events` (all of this handler's type, in order) inside the
+    /// caller's transaction and returns one outcome per event. An `Err` means
+    /// a statement failed and the transaction must be rolled back to the
+    /// caller's savepoint; the caller then applies the events one at a time.
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error>;
+}
+
+/// The handlers a worker knows, by event type.
+#[derive(Clone)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// The patronage cooperative's handlers.
+    pub fn reference() -> Self {
+        let mut registry = Self { handlers: HashMap::new() };
+        for handler in period::handlers()
+            .into_iter()
+            .chain(contribution::handlers())
+            .chain(allocation::handlers())
+            .chain(payment::handlers())
+        {
+            registry.handlers.insert(handler.event_type(), handler);
+        }
+        registry
+    }
+
+    pub fn get(&self, event_type: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(event_type)
+    }
+
+    /// Event types whose handlers reach outside the database.
+    pub fn external_effect_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<_> = self
+            .handlers
+            .values()
+            .filter(|h| h.effect() == Effect::External)
+            .map(|h| h.event_type())
+            .collect();
+        types.sort_unstable();
+        types
+    }
+
+    /// All known event types, sorted.
+    pub fn event_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<_> = self.handlers.keys().copied().collect();
+        types.sort_unstable();
+        types
+    }
+}
+
+/// Reads an event's payload as the handler's typed shape.
+fn payload<T: DeserializeOwned>(event: &Event) -> Result<T, HandlerError> {
+    T::deserialize(&event.payload).map_err(|e| HandlerError::Invalid(format!("{} payload: {e}", event.event_type)))
+}
+
+/// A handler whose events are rare enough that set-based SQL is not worth
+/// its complexity: it applies one event at a time, wrapped by [`Each`].
+#[async_trait]
+trait OneByOne: Send + Sync {
+    fn event_type(&self) -> &'static str;
+
+    fn effect(&self) -> Effect {
+        Effect::Database
+    }
+
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error>;
+}
+
+/// Adapts a [`OneByOne`] handler to [`Handler`].
+struct Each<H>(H);
+
+#[async_trait]
+impl<H: OneByOne> Handler for Each<H> {
+    fn event_type(&self) -> &'static str {
+        self.0.event_type()
+    }
+
+    fn effect(&self) -> Effect {
+        self.0.effect()
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(self.0.apply_one(&mut *conn, event).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Wraps a one-at-a-time handler for the registry.
+fn each(handler: impl OneByOne + 'static) -> Arc<dyn Handler> {
+    Arc::new(Each(handler))
+}

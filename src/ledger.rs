@@ -1,0 +1,244 @@
+//! The ledger, `processed_events`: every event ever seen and what became of it.
+//! All SQL on that table lives here.
+//!
+//! Statuses: `pending` (waiting, or waiting for a retry at `next_attempt_at`),
+//! `processing` (claimed by `locked_by` until its lease, `next_attempt_at`,
+//! expires), `processed`, `error` (attempts exhausted or payload unusable: the
+//! dead-letter state), `skipped` (no handler for its type).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::envelope::{Event, Rejection};
+
+/// Failures of the ledger's own statements.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger query failed ({op}): {source}")]
+    Query { op: &'static str, source: sqlx::Error },
+}
+
+fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
+    move |source| LedgerError::Query { op, source }
+}
+
+/// A new event as it enters the ledger, with the status it starts in.
+pub struct Admission<'a> {
+    pub event: &'a Event,
+    /// `processed` when a handler will apply it in the same transaction (a
+    /// failure rewrites it before commit), `skipped` when none exists.
+    pub status: &'static str,
+    pub note: Option<String>,
+}
+
+/// A ledger row taken for processing.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub event: Event,
+    pub retry_count: i32,
+}
+
+/// How one event's attempt ended, to be written back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    Processed,
+    Skipped { reason: String },
+    /// Failed; retried after `retry_at`.
+    Retry { error: String, retry_at: DateTime<Utc> },
+    /// Failed for good: the dead-letter state.
+    Failed { error: String },
+}
+
+/// Inserts the events not yet in the ledger and returns `(id, event_id)` of
+/// the ones it inserted; events already present are left untouched.
+pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<(i64, String)>, LedgerError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut types = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut times = Vec::with_capacity(rows.len());
+    let mut statuses = Vec::with_capacity(rows.len());
+    let mut notes = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.event.event_id.as_str());
+        types.push(row.event.event_type.as_str());
+        payloads.push(row.event.payload_json.as_str());
+        times.push(row.event.occurred_at);
+        statuses.push(row.status);
+        notes.push(row.note.as_deref());
+    }
+    sqlx::query_as(
+        "INSERT INTO processed_events
+                (event_id, event_type, payload, occurred_at, status, error_message, processed_at)
+         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.status, e.note, now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
+             AS e(event_id, event_type, payload, occurred_at, status, note)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING id, event_id",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&times)
+    .bind(&statuses)
+    .bind(&notes)
+    .fetch_all(conn)
+    .await
+    .map_err(query_error("insert new events"))
+}
+
+/// Takes, inside the caller's transaction, the rows among `event_ids` that are
+/// due (`pending` and past `next_attempt_at`): a replayed message whose row an
+/// operator reset. Rows processed, failed, or held by another worker are not
+/// returned: their message is a duplicate.
+pub async fn take_due(conn: &mut PgConnection, event_ids: &[&str], worker: &str) -> Result<Vec<Claimed>, LedgerError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "UPDATE processed_events
+            SET status = 'processing', locked_by = $2, updated_at = now()
+          WHERE event_id = ANY($1) AND status = 'pending' AND next_attempt_at <= now()
+          RETURNING id, event_id, event_type, payload, occurred_at, retry_count",
+    )
+    .bind(event_ids)
+    .bind(worker)
+    .fetch_all(conn)
+    .await
+    .map_err(query_error("take due rows"))?;
+    Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
+}
+
+/// Claims up to `limit` due rows (pending and due, or processing with an
+/// expired lease) for `worker`, and commits the claim: the rows read
+/// `processing` until settled or until `lease` runs out. Several workers
+/// never claim the same row (`FOR UPDATE SKIP LOCKED`). A reclaimed lease
+/// counts as a failed attempt, so an event that kills its worker every time
+/// still ends in `error`.
+pub async fn claim_due(pool: &PgPool, worker: &str, limit: i64, lease: Duration) -> Result<Vec<Claimed>, LedgerError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "UPDATE processed_events p
+            SET status = 'processing',
+                locked_by = $1,
+                next_attempt_at = now() + make_interval(secs => $3),
+                retry_count = p.retry_count + CASE WHEN p.status = 'processing' THEN 1 ELSE 0 END,
+                error_message = CASE WHEN p.status = 'processing'
+                                     THEN 'lease of worker ' || COALESCE(p.locked_by, '?') || ' expired before it finished'
+                                     ELSE p.error_message END,
+                updated_at = now()
+           FROM (SELECT id FROM processed_events
+                  WHERE status IN ('pending', 'processing') AND next_attempt_at <= now()
+                  ORDER BY next_attempt_at
+                  LIMIT $2
+                  FOR UPDATE SKIP LOCKED) due
+          WHERE p.id = due.id
+          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count",
+    )
+    .bind(worker)
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("claim due rows"))?;
+    Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
+}
+
+/// Locks, inside the caller's transaction, the claimed rows still held by
+/// `worker` and returns their ids; a row whose lease another worker took over
+/// is left to that worker.
+pub async fn lock_claimed(conn: &mut PgConnection, ids: &[i64], worker: &str) -> Result<Vec<i64>, LedgerError> {
+    sqlx::query_scalar(
+        "SELECT id FROM processed_events
+          WHERE id = ANY($1) AND status = 'processing' AND locked_by = $2
+          FOR UPDATE",
+    )
+    .bind(ids)
+    .bind(worker)
+    .fetch_all(conn)
+    .await
+    .map_err(query_error("lock claimed rows"))
+}
+
+/// Writes back how each attempt ended. `retry_count` counts failed attempts.
+pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> Result<(), LedgerError> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(settled.len());
+    let mut statuses = Vec::with_capacity(settled.len());
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(settled.len());
+    let mut retry_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(settled.len());
+    let mut failed = Vec::with_capacity(settled.len());
+    for (id, settlement) in settled {
+        ids.push(*id);
+        let (status, error, at, is_failure) = match settlement {
+            Settlement::Processed => ("processed", None, None, false),
+            Settlement::Skipped { reason } => ("skipped", Some(reason.as_str()), None, false),
+            Settlement::Retry { error, retry_at } => ("pending", Some(error.as_str()), Some(*retry_at), true),
+            Settlement::Failed { error } => ("error", Some(error.as_str()), None, true),
+        };
+        statuses.push(status);
+        errors.push(error);
+        retry_at.push(at);
+        failed.push(is_failure);
+    }
+    sqlx::query(
+        "UPDATE processed_events p
+            SET status = s.status,
+                error_message = s.error,
+                retry_count = p.retry_count + CASE WHEN s.failed THEN 1 ELSE 0 END,
+                next_attempt_at = COALESCE(s.retry_at, p.next_attempt_at),
+                processed_at = CASE WHEN s.status = 'pending' THEN NULL ELSE now() END,
+                locked_by = NULL,
+                updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
+             AS s(id, status, error, retry_at, failed)
+          WHERE p.id = s.id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&retry_at)
+    .bind(&failed)
+    .execute(conn)
+    .await
+    .map_err(query_error("settle attempts"))?;
+    Ok(())
+}
+
+/// Counts rows by status, for tests, the benchmark and health.
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, LedgerError> {
+    sqlx::query_as("SELECT status, count(*) FROM processed_events GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await
+        .map_err(query_error("count rows by status"))
+}
+
+/// The number of rows in the ledger.
+pub async fn count(pool: &PgPool) -> Result<i64, LedgerError> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(pool)
+        .await
+        .map_err(query_error("count rows"))
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    payload: Value,
+    occurred_at: DateTime<Utc>,
+    retry_count: i32,
+}
+
+impl ClaimedRow {
+    /// A stored payload was storable once, so rebuilding the event cannot be
+    /// rejected; if it ever is, the row is left for its lease to expire.
+    fn into_claimed(self) -> Option<Claimed> {
+        let event = Event::new(self.event_id, self.event_type, self.occurred_at, self.payload)
+            .map_err(|e: Rejection| tracing::error!(row = self.id, error = %e, "stored payload cannot be rebuilt"))
+            .ok()?;
+        Some(Claimed { id: self.id, event, retry_count: self.retry_count })
+    }
+}

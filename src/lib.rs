@@ -1,0 +1,18 @@
+//! `replay`: an event-sourcing replay engine on RabbitMQ and Postgres.
+//! See ARCHITECTURE.md for the map of the modules.
+
+pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod database;
+pub mod dead_letters;
+pub mod envelope;
+pub mod exit;
+pub mod handlers;
+pub mod health;
+pub mod ledger;
+pub mod publisher;
+pub mod telemetry;
+pub mod transport;
+pub mod worker;

@@ -1,0 +1,71 @@
+//! The broker connection and the declared topology. Only this module and the
+//! modules that move messages (`publisher`, `worker::intake`) touch lapin.
+//!
+//! Topology: one durable topic exchange, one durable queue bound to it with `#`.
+//! Both `worker` and `publish` declare it, so events published before any worker
+//! ever ran wait in the queue instead of being dropped by an exchange with no
+//! bindings.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::SecretUrl;
+
+/// Failures talking to RabbitMQ, each naming the broker by its redacted URL.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot reach RabbitMQ at {url}: {source}. Check that the broker is running and AMQP_URL is right")]
+    Connect { url: String, source: lapin::Error },
+    #[error("RabbitMQ refused to {action}: {source}")]
+    Broker { action: String, source: lapin::Error },
+    #[error("RabbitMQ closed the consumer (channel or connection lost)")]
+    ConsumerClosed,
+    #[error("RabbitMQ did not confirm {unconfirmed} of {total} published events (last error: {reason}); nothing after the first unconfirmed event should be assumed delivered. Re-run the same publish: the ledger ignores events it already has")]
+    Unconfirmed { unconfirmed: usize, total: usize, reason: String },
+}
+
+impl TransportError {
+    pub fn broker(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let action = action.into();
+        move |source| Self::Broker { action, source }
+    }
+}
+
+/// Opens a connection named after its role, so `rabbitmqctl list_connections`
+/// tells workers from publishers.
+pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, TransportError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url.expose(), properties)
+        .await
+        .map_err(|source| TransportError::Connect { url: url.redacted(), source })
+}
+
+/// Declares the exchange, the queue and the binding. Idempotent.
+pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(), TransportError> {
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default())
+        .await
+        .map_err(TransportError::broker(format!("declare exchange '{exchange}'")))?;
+    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .queue_declare(queue.into(), durable_queue, FieldTable::default())
+        .await
+        .map_err(TransportError::broker(format!("declare queue '{queue}'")))?;
+    channel
+        .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .map_err(TransportError::broker(format!("bind queue '{queue}' to '{exchange}'")))?;
+    Ok(())
+}
+
+/// Number of messages ready in the queue (not counting unacked ones).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, TransportError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(TransportError::broker(format!("inspect queue '{queue}'")))?;
+    Ok(declared.message_count())
+}

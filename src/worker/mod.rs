@@ -1,0 +1,174 @@
+//! `replay worker`: consumes events from RabbitMQ and claims due ledger rows,
+//! applying each event exactly once in effect.
+//!
+//! Two loops share one [`pipeline::Pipeline`]:
+//! - `intake` consumes the queue with manual acks, in batches, and acks a
+//!   batch only after its transaction committed;
+//! - `claimer` claims rows that are due (reset by an operator or a replay,
+//!   retries, expired leases) and processes them without any message.
+//!
+//! Shutdown is a [`CancellationToken`]: both loops stop taking work, finish the
+//! batch in flight and return; unacked messages go back to the queue when the
+//! channel closes.
+
+mod claimer;
+mod intake;
+pub mod pipeline;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Endpoints;
+use crate::handlers::{HandlerError, Registry};
+use crate::ledger::Settlement;
+use pipeline::Pipeline;
+
+pub use intake::IntakeError;
+
+/// How failed attempts are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts before a row is left in `error`.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled each time, with jitter.
+    pub backoff: Duration,
+    /// Longest delay between two attempts.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Decides what a failed attempt leads to. `retry_count` is the number of
+    /// failed attempts before this one.
+    pub fn after_failure(&self, error: &HandlerError, retry_count: i32) -> Settlement {
+        let failures = u32::try_from(retry_count).unwrap_or(0) + 1;
+        if error.is_permanent() {
+            return Settlement::Failed { error: error.to_string() };
+        }
+        if failures >= self.max_attempts {
+            return Settlement::Failed {
+                error: format!("{error} (gave up after {failures} attempts)"),
+            };
+        }
+        let exponential = self.backoff.saturating_mul(1u32 << (failures - 1).min(20));
+        let capped = exponential.min(self.max_backoff);
+        // Jitter spreads retries of a burst of failures over time.
+        let jittered = capped.mul_f64(rand::rng().random_range(0.5..1.5));
+        let delay = chrono::Duration::from_std(jittered).unwrap_or(chrono::Duration::MAX);
+        Settlement::Retry { error: error.to_string(), retry_at: Utc::now() + delay }
+    }
+}
+
+/// Everything a worker is told at start.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub retry: RetryPolicy,
+    /// Unacked messages the broker may hand this worker at once.
+    pub prefetch: u16,
+    /// Most events in one transaction.
+    pub batch_size: usize,
+    /// How long a claimed row stays this worker's before others may take it.
+    pub lease: Duration,
+    /// How often to look for due rows when no notification arrives.
+    pub poll_interval: Duration,
+    /// Largest message body accepted as an event.
+    pub max_message_bytes: usize,
+}
+
+impl WorkerConfig {
+    pub fn new(id: String) -> Self {
+        Self {
+            id,
+            retry: RetryPolicy {
+                max_attempts: 5,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(300),
+            },
+            prefetch: 1000,
+            batch_size: 500,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// A name for this worker that tells its host and process apart.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs a worker until `shutdown` is cancelled. Returns an error only for
+/// faults it cannot wait out.
+pub async fn run(
+    config: WorkerConfig,
+    endpoints: Endpoints,
+    pool: PgPool,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pipeline = std::sync::Arc::new(Pipeline::new(pool.clone(), registry, config.id.clone(), config.retry));
+    tracing::info!(
+        worker = %config.id,
+        database = %endpoints.database_url,
+        broker = %endpoints.amqp_url,
+        exchange = %endpoints.exchange,
+        queue = %endpoints.queue,
+        "worker starting"
+    );
+    let claimer = tokio::spawn(claimer::run(
+        pipeline.clone(),
+        pool,
+        endpoints.database_url.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    let intake_result = intake::run(pipeline, &endpoints, &config, shutdown.clone()).await;
+    // Whatever ended the intake ends the worker.
+    shutdown.cancel();
+    let claimer_result = claimer.await;
+    intake_result?;
+    claimer_result?;
+    tracing::info!(worker = %config.id, "worker stopped");
+    Ok(())
+}
+
+/// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
+async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_then_give_up() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(1000),
+        };
+        let not_ready = HandlerError::NotReady("later".into());
+        let Settlement::Retry { retry_at, .. } = policy.after_failure(&not_ready, 1) else {
+            panic!("second failure should be retried");
+        };
+        let wait = (retry_at - Utc::now()).num_milliseconds();
+        assert!((9_000..=30_000).contains(&wait), "second retry waits 20s ± 50%, got {wait} ms");
+        assert!(matches!(policy.after_failure(&not_ready, 2), Settlement::Failed { .. }));
+        let invalid = HandlerError::Invalid("bad".into());
+        assert!(matches!(policy.after_failure(&invalid, 0), Settlement::Failed { .. }));
+    }
+}
