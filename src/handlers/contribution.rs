@@ -85,7 +85,7 @@ impl Handler for Submitted {
             .collect();
         // A contribution whose period is unknown is left out (and retried);
         // one that exists already is a replay and stays as it is.
-        sqlx::query(
+        let inserted: HashSet<Uuid> = sqlx::query_scalar(
             "WITH input AS (
                  SELECT * FROM jsonb_to_recordset($1::jsonb)
                      AS x(id uuid, member_id uuid, period_id uuid, kind text, amount numeric, at timestamptz)
@@ -98,20 +98,30 @@ impl Handler for Submitted {
              )
              INSERT INTO contributions (id, member_id, period_id, kind, amount, status, submitted_at)
              SELECT id, member_id, period_id, kind, amount, 'submitted', at FROM placed
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
         )
         .bind(Value::Array(rows))
-        .execute(&mut *conn)
-        .await?;
-        let ids: Vec<Uuid> = valid.iter().map(|(_, p)| p.contribution_id).collect();
-        let present: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM contributions WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        // Not inserted: either a replay of a contribution that exists, or one
+        // whose period is unknown yet. Only then is a second look needed.
+        let missing: Vec<Uuid> =
+            valid.iter().map(|(_, p)| p.contribution_id).filter(|id| !inserted.contains(id)).collect();
+        let present: HashSet<Uuid> = if missing.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_scalar("SELECT id FROM contributions WHERE id = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect()
+        };
         for (i, p) in &valid {
-            if !present.contains(&p.contribution_id) {
+            if !inserted.contains(&p.contribution_id) && !present.contains(&p.contribution_id) {
                 outcomes[*i] = Err(HandlerError::NotReady(format!(
                     "period {} does not exist yet (no period.opened processed)",
                     p.period_id
