@@ -187,10 +187,11 @@ async fn commit_with_retry(
     }
 }
 
-/// Stops deliveries and closes the channel, so unacked messages return to the
+/// Stops deliveries and closes the connection, so unacked messages return to the
 /// queue now rather than when the broker notices a dead socket.
 async fn close(connection: &Connection, channel: &Channel, consumer: &Consumer) {
     let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-    let _ = channel.close(200, "worker stopping".into()).await;
+    // Closing the connection closes its channel; closing both makes lapin
+    // report the channel's second close as a connection error.
     let _ = connection.close(200, "worker stopping".into()).await;
 }

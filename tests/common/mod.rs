@@ -1,0 +1,254 @@
+//! Builds a fresh world per test: the database `#[sqlx::test]` made, an
+//! exchange and queue with a unique suffix on the shared RabbitMQ, workers in
+//! process or as spawned binaries, and waits on real outcomes.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::BasicProperties;
+use replay::config::{Endpoints, SecretUrl};
+use replay::envelope::Event;
+use replay::handlers::Registry;
+use replay::publisher::Publisher;
+use replay::transport;
+use replay::worker::{self, WorkerConfig};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub struct World {
+    pub pool: PgPool,
+    pub endpoints: Endpoints,
+    pub database_url: String,
+}
+
+impl World {
+    pub async fn new(pool: PgPool) -> Self {
+        // Silent unless asked: TEST_LOG=debug cargo test.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+        let database = pool.connect_options().get_database().expect("sqlx::test names its database").to_string();
+        let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for sqlx::test");
+        let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+        url.set_path(&format!("/{database}"));
+        let suffix = Uuid::new_v4().simple().to_string();
+        let endpoints = Endpoints {
+            database_url: SecretUrl::new(url.to_string()),
+            amqp_url: SecretUrl::new(AMQP_URL),
+            exchange: format!("test-{suffix}"),
+            queue: format!("test-{suffix}.worker"),
+        };
+        let world = Self { pool, database_url: url.to_string(), endpoints };
+        let connection = transport::connect(&world.endpoints.amqp_url, "test setup").await.expect("RabbitMQ is up");
+        let channel = connection.create_channel().await.expect("channel");
+        transport::declare(&channel, &world.endpoints.exchange, &world.endpoints.queue).await.expect("declare");
+        let _ = connection.close(200, "declared".into()).await;
+        world
+    }
+
+    /// A worker configuration fit for tests: quick retries and polling.
+    pub fn worker_config(&self, id: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new(id.to_string());
+        config.retry.backoff = Duration::from_millis(50);
+        config.retry.max_backoff = Duration::from_millis(400);
+        config.retry.max_attempts = 3;
+        config.poll_interval = Duration::from_millis(100);
+        config
+    }
+
+    /// Runs a worker in this process until the returned token is cancelled.
+    pub fn start_worker(&self, config: WorkerConfig) -> RunningWorker {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker::run(
+            config,
+            self.endpoints.clone(),
+            self.pool.clone(),
+            Registry::reference(),
+            shutdown.clone(),
+        ));
+        RunningWorker { shutdown, handle }
+    }
+
+    /// Spawns the `replay worker` binary against this world.
+    pub fn spawn_worker_process(&self, id: &str, extra: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+            .args(["worker", "--id", id, "--http", "off", "--poll-interval", "100ms", "--retry-backoff", "50ms"])
+            .args(extra)
+            .envs(self.env())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn replay worker")
+    }
+
+    /// The environment a `replay` command needs to act on this world.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("AMQP_URL", AMQP_URL.to_string()),
+            ("REPLAY_EXCHANGE", self.endpoints.exchange.clone()),
+            ("REPLAY_QUEUE", self.endpoints.queue.clone()),
+        ]
+    }
+
+    /// Runs the `replay` binary to completion.
+    pub async fn replay(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+            .args(args)
+            .envs(self.env())
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("run replay")
+    }
+
+    pub async fn publish(&self, events: &[Event]) {
+        let connection = transport::connect(&self.endpoints.amqp_url, "test publisher").await.expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        Publisher::new(channel, &self.endpoints.exchange)
+            .await
+            .expect("confirm mode")
+            .publish_all(events, None, |_| {})
+            .await
+            .expect("published");
+        let _ = connection.close(200, "published".into()).await;
+    }
+
+    /// Publishes a bare body with a routing key and no properties, as
+    /// `rabbitmqadmin publish` does.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let connection = transport::connect(&self.endpoints.amqp_url, "test raw publisher").await.expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .basic_publish(
+                self.endpoints.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("sent");
+        let _ = connection.close(200, "published".into()).await;
+    }
+
+    pub async fn queue_depth(&self) -> u32 {
+        let connection = transport::connect(&self.endpoints.amqp_url, "test inspector").await.expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let depth = transport::queue_depth(&channel, &self.endpoints.queue).await.expect("depth");
+        let _ = connection.close(200, "inspected".into()).await;
+        depth
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.expect(sql)
+    }
+
+    pub async fn status_of(&self, event_id: &str) -> Option<(String, i32, Option<String>)> {
+        sqlx::query_as("SELECT status, retry_count, error_message FROM processed_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("status query")
+    }
+
+    /// Waits until `sql` (a count) reaches `expected`, or panics after `limit`.
+    pub async fn wait_for_count(&self, sql: &str, expected: i64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.scalar(sql).await;
+            if value == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "waited {limit:?} for `{sql}` = {expected}, still {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A digest of every domain table, to compare states.
+    pub async fn domain_digest(&self) -> String {
+        let mut digest = String::new();
+        for table in ["members", "allocation_periods", "contributions", "allocations", "payments", "provider_calls"] {
+            let rows: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t"
+            )))
+            .fetch_one(&self.pool)
+            .await
+            .expect("digest");
+            digest.push_str(&format!("{table}={};", rows.unwrap_or_default()));
+        }
+        digest
+    }
+
+    pub async fn cleanup(&self) {
+        if let Ok(connection) = transport::connect(&self.endpoints.amqp_url, "test cleanup").await {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel.queue_delete(self.endpoints.queue.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = channel
+                    .exchange_delete(self.endpoints.exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "cleaned".into()).await;
+        }
+    }
+}
+
+pub struct RunningWorker {
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("worker stops within 20 s")
+            .expect("worker task did not panic")
+            .expect("worker stopped cleanly");
+    }
+}
+
+/// Builders for the cooperative's events.
+pub fn event(event_type: &str, payload: Value) -> Event {
+    event_at(event_type, payload, Utc::now())
+}
+
+pub fn event_at(event_type: &str, payload: Value, at: DateTime<Utc>) -> Event {
+    Event::new(Uuid::new_v4().to_string(), event_type.to_string(), at, payload).expect("storable payload")
+}
+
+pub fn period_opened(period: Uuid) -> Event {
+    event("period.opened", json!({"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}))
+}
+
+pub fn submitted(contribution: Uuid, member: Uuid, period: Uuid, amount: u32) -> Event {
+    event(
+        "contribution.submitted",
+        json!({"contribution_id": contribution, "member_id": member, "period_id": period, "type": "labor", "amount": amount}),
+    )
+}
+
+pub fn approved(contribution: Uuid) -> Event {
+    event("contribution.approved", json!({"contribution_id": contribution}))
+}
+
+pub fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

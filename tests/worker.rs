@@ -1,0 +1,283 @@
+//! The worker, as the runbooks use it: events in, ledger rows and domain
+//! effects out, exactly once, whatever the broker or the operator does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
+
+#[sqlx::test]
+async fn events_published_before_any_worker_are_all_processed(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (period, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let contribution = Uuid::new_v4();
+    world
+        .publish(&[period_opened(period), submitted(contribution, member, period, 40), approved(contribution)])
+        .await;
+    assert_eq!(world.queue_depth().await, 3, "events wait in the queue while no worker runs");
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 3, Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    assert_eq!(world.queue_depth().await, 0, "the queue drained");
+    let status: String = sqlx::query_scalar("SELECT status FROM contributions WHERE id = $1")
+        .bind(contribution)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "approved");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn duplicate_deliveries_change_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let period = Uuid::new_v4();
+    let opened = period_opened(period);
+    let contribution = submitted(Uuid::new_v4(), Uuid::new_v4(), period, 25);
+    // The same event twice, and a hand-published id-less message twice.
+    world.publish(&[opened.clone(), contribution.clone(), contribution.clone()]).await;
+    let by_hand = json!({"contribution_id": Uuid::new_v4(), "member_id": Uuid::new_v4(), "period_id": period, "type": "labor", "amount": 5});
+    let body = by_hand.to_string();
+    world.publish_raw("contribution.submitted", body.as_bytes()).await;
+    world.publish_raw("contribution.submitted", body.as_bytes()).await;
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 3, Duration::from_secs(20)).await;
+    // A later redelivery of an event already processed is acked and ignored.
+    world.publish(&[contribution.clone()]).await;
+    world.publish_raw("contribution.submitted", body.as_bytes()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while world.queue_depth().await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.stop().await;
+
+    assert_eq!(world.queue_depth().await, 0, "duplicates were acked");
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 3);
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 2);
+    let derived = replay::envelope::derived_event_id("contribution.submitted", body.as_bytes());
+    assert_eq!(world.status_of(&derived).await.map(|s| s.0).as_deref(), Some("processed"));
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_failing_handler_is_retried_then_left_in_error(pool: PgPool) {
+    let world = World::new(pool).await;
+    // Approving a contribution that is never submitted: retried, then error.
+    let orphan = approved(Uuid::new_v4());
+    // A payload of the wrong shape: error at once, no retries.
+    let malformed = event("period.opened", json!({"period_id": "not-a-uuid"}));
+    let period = Uuid::new_v4();
+    let fine = period_opened(period);
+    world.publish(&[orphan.clone(), malformed.clone(), fine.clone()]).await;
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    world
+        .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'error'", 2, Duration::from_secs(20))
+        .await;
+    worker.stop().await;
+
+    let (status, retries, error) = world.status_of(&orphan.event_id).await.unwrap();
+    assert_eq!((status.as_str(), retries), ("error", 3), "three attempts, then error");
+    let error = error.unwrap();
+    assert!(error.contains("has not been submitted yet") && error.contains("gave up after 3 attempts"), "{error}");
+    let (status, retries, error) = world.status_of(&malformed.event_id).await.unwrap();
+    assert_eq!((status.as_str(), retries), ("error", 1), "an invalid payload is not retried");
+    assert!(error.unwrap().contains("invalid payload"));
+    assert_eq!(world.status_of(&fine.event_id).await.unwrap().0, "processed", "one failing event fails alone");
+    let processed_at_set = world
+        .scalar("SELECT count(*) FROM processed_events WHERE status = 'error' AND processed_at IS NOT NULL")
+        .await;
+    assert_eq!(processed_at_set, 2, "failed rows carry processed_at, as the runbook's failed-events query expects");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn poison_messages_are_dead_lettered_and_the_worker_goes_on(pool: PgPool) {
+    let world = World::new(pool).await;
+    world.publish_raw("contribution.submitted", b"{not json").await;
+    world.publish_raw("contribution.submitted", br#"{"contribution_id":"a\u0000b"}"#).await;
+    let mut config = world.worker_config("w1");
+    config.max_message_bytes = 200;
+    world.publish_raw("contribution.submitted", &[b' '; 300]).await;
+    let period = Uuid::new_v4();
+    world.publish(&[period_opened(period)]).await;
+
+    let worker = world.start_worker(config);
+    world.wait_for_count(PROCESSED, 1, Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    let reasons: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT reason, body FROM dead_letters ORDER BY id")
+        .fetch_all(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].0.contains("not JSON") && reasons[0].1 == b"{not json");
+    assert!(reasons[1].0.contains("\\u0000"));
+    assert!(reasons[2].0.contains("over the limit of 200 bytes"));
+    assert_eq!(world.queue_depth().await, 0, "poison messages are acked");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn pending_rows_are_picked_up_without_any_message(pool: PgPool) {
+    let world = World::new(pool).await;
+    let period = Uuid::new_v4();
+    let opened = period_opened(period);
+    world.publish(&[opened.clone()]).await;
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 1, Duration::from_secs(20)).await;
+
+    // An operator resets the row by hand, as the runbook does, and inserts one.
+    sqlx::query("UPDATE processed_events SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL WHERE event_id = $1")
+        .bind(&opened.event_id)
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let other = Uuid::new_v4();
+    sqlx::query("INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status) VALUES ('manual-1', 'period.opened', $1, now(), 'pending')")
+        .bind(json!({"period_id": other, "start_date": "2026-04-01", "end_date": "2026-06-30"}))
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    world.wait_for_count(PROCESSED, 2, Duration::from_secs(10)).await;
+    worker.stop().await;
+
+    assert_eq!(world.scalar("SELECT count(*) FROM allocation_periods").await, 2);
+    assert_eq!(world.queue_depth().await, 0);
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_stale_processing_row_is_reclaimed_after_its_lease(pool: PgPool) {
+    let world = World::new(pool).await;
+    let period = Uuid::new_v4();
+    // A worker died holding this row; its lease ran out a minute ago.
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, locked_by, next_attempt_at)
+         VALUES ('stale-1', 'period.opened', $1, now(), 'processing', 'dead-worker', now() - interval '1 minute')",
+    )
+    .bind(json!({"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}))
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    // And one whose lease is still running is left alone.
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, locked_by, next_attempt_at)
+         VALUES ('held-1', 'period.opened', '{}', now(), 'processing', 'live-worker', now() + interval '1 hour')",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 1, Duration::from_secs(10)).await;
+    worker.stop().await;
+
+    let (status, retries, _) = world.status_of("stale-1").await.unwrap();
+    assert_eq!((status.as_str(), retries), ("processed", 1), "the expired lease counts as one failed attempt");
+    assert_eq!(world.scalar("SELECT count(*) FROM allocation_periods").await, 1);
+    assert_eq!(world.status_of("held-1").await.unwrap().0, "processing");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn events_arriving_out_of_order_end_up_applied(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (period, member, contribution) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // The approval first, then the submission, then the period it belongs to.
+    world.publish(&[approved(contribution)]).await;
+    world.publish(&[submitted(contribution, member, period, 10)]).await;
+    let mut config = world.worker_config("w1");
+    config.retry.max_attempts = 10;
+    let worker = world.start_worker(config);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.publish(&[period_opened(period)]).await;
+    world.wait_for_count(PROCESSED, 3, Duration::from_secs(30)).await;
+    worker.stop().await;
+
+    let status: String = sqlx::query_scalar("SELECT status FROM contributions WHERE id = $1")
+        .bind(contribution)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "approved");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn two_workers_process_ten_thousand_events_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let period = Uuid::new_v4();
+    let mut events = vec![period_opened(period)];
+    events.extend(replay::bench::contributions(period, 10_000).unwrap());
+    world.publish(&events).await;
+
+    let a = world.start_worker(world.worker_config("a"));
+    let b = world.start_worker(world.worker_config("b"));
+    world.wait_for_count(PROCESSED, 10_001, Duration::from_secs(120)).await;
+    a.stop().await;
+    b.stop().await;
+
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 10_001);
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 10_000);
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events WHERE retry_count > 0").await, 0);
+    assert_eq!(world.queue_depth().await, 0);
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (period, member, contribution) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let rejected = Uuid::new_v4();
+    let allocation_id = Uuid::from_u128(0); // replaced below by the computed id
+    let _ = allocation_id;
+    world
+        .publish(&[
+            period_opened(period),
+            submitted(contribution, member, period, 70),
+            submitted(rejected, member, period, 30),
+            approved(contribution),
+            event("contribution.rejected", json!({"contribution_id": rejected, "reason": "duplicate"})),
+            event("period.close", json!({"period_id": period})),
+        ])
+        .await;
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
+    let allocation: Uuid = sqlx::query_scalar("SELECT id FROM allocations").fetch_one(&world.pool).await.unwrap();
+    let payment = Uuid::new_v4();
+    world
+        .publish(&[
+            event("allocation.distributed", json!({"allocation_id": allocation})),
+            event("payment.initiated", json!({"payment_id": payment, "allocation_id": allocation, "amount": 70})),
+            event("payment.completed", json!({"payment_id": payment})),
+            event("allocation.calculate", json!({"member_id": member, "period_id": period})),
+        ])
+        .await;
+    world.wait_for_count(PROCESSED, 10, Duration::from_secs(20)).await;
+    let before = world.domain_digest().await;
+    assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1);
+
+    sqlx::query("UPDATE processed_events SET status = 'pending', processed_at = NULL, next_attempt_at = now()")
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    world.wait_for_count(PROCESSED, 10, Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    assert_eq!(world.domain_digest().await, before, "replaying processed events changed the domain tables");
+    assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1, "the provider is called once");
+    let amount: String = sqlx::query_scalar("SELECT amount::text FROM allocations").fetch_one(&world.pool).await.unwrap();
+    assert_eq!(amount, "70.00", "only approved contributions count");
+    world.cleanup().await;
+}
