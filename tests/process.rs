@@ -1,0 +1,192 @@
+//! The `replay` binary as operators run it: signals, crashes and restarts of
+//! a spawned worker, and the publish command's answers to bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
+
+/// A period, then `n` contributions, each approved: 2n + 1 events.
+fn workload(n: usize) -> (Vec<replay::envelope::Event>, Uuid) {
+    let period = Uuid::new_v4();
+    let mut events = vec![period_opened(period)];
+    let member = Uuid::new_v4();
+    for _ in 0..n {
+        let contribution = Uuid::new_v4();
+        events.push(submitted(contribution, member, period, 3));
+        events.push(approved(contribution));
+    }
+    (events, period)
+}
+
+fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("worker is running").to_string();
+    let status = std::process::Command::new("kill").args([name, &pid]).status().expect("kill");
+    assert!(status.success());
+}
+
+async fn wait_until_some_processed(world: &World) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = world.scalar(PROCESSED).await;
+        if done > 0 {
+            return done;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker processed nothing in 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn assert_all_applied_once(world: &World, events: usize, contributions: i64) {
+    world.wait_for_count(PROCESSED, events as i64, Duration::from_secs(60)).await;
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, events as i64);
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions WHERE status = 'approved'").await, contributions);
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, contributions);
+    assert_eq!(world.queue_depth().await, 0);
+}
+
+#[sqlx::test]
+async fn sigterm_mid_stream_exits_zero_and_loses_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (events, _) = workload(3000);
+    world.publish(&events).await;
+
+    let mut worker = world.spawn_worker_process("w1", &["--batch-size", "50"]);
+    wait_until_some_processed(&world).await;
+    signal(&worker, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await.expect("exits").expect("status");
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    let after_stop = world.scalar(PROCESSED).await;
+    assert!(after_stop < events.len() as i64, "stopped mid-stream ({after_stop} processed)");
+
+    let mut restarted = world.spawn_worker_process("w1", &[]);
+    assert_all_applied_once(&world, events.len(), 3000).await;
+    signal(&restarted, "-TERM");
+    let _ = restarted.wait().await;
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn kill_9_mid_batch_then_restart_applies_every_event_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (events, _) = workload(3000);
+    world.publish(&events).await;
+
+    for round in 0..3 {
+        let mut worker = world.spawn_worker_process(&format!("victim-{round}"), &["--batch-size", "100", "--lease", "2s"]);
+        wait_until_some_processed(&world).await;
+        tokio::time::sleep(Duration::from_millis(30 * round)).await;
+        signal(&worker, "-KILL");
+        let _ = worker.wait().await;
+    }
+    let mut survivor = world.spawn_worker_process("survivor", &[]);
+    assert_all_applied_once(&world, events.len(), 3000).await;
+    signal(&survivor, "-TERM");
+    let _ = survivor.wait().await;
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn publish_from_a_file_and_from_flags(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let period = Uuid::new_v4();
+    let lines = [
+        json!({"event_id": "evt-1", "event_type": "period.opened", "occurred_at": "2026-01-01T00:00:00Z",
+               "payload": {"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}}),
+        json!({"event_id": "evt-2", "event_type": "period.close", "occurred_at": "2026-04-01T00:00:00Z",
+               "payload": {"period_id": period}}),
+    ];
+    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let out = world.replay(&["publish", "--file", file.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("published 2 events"), "{}", stdout_of(&out));
+
+    let out = world
+        .replay(&["publish", "--type", "period.opened", "--event-id", "evt-3", "--occurred-at", "2026-02-01T10:00:00Z",
+                  "--payload", &json!({"period_id": Uuid::new_v4(), "start_date": "2026-04-01", "end_date": "2026-06-30"}).to_string()])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(world.queue_depth().await, 3);
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 3, Duration::from_secs(20)).await;
+    worker.stop().await;
+    let closed: String = sqlx::query_scalar("SELECT closed_at::text FROM allocation_periods WHERE id = $1")
+        .bind(period)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert!(closed.starts_with("2026-04-01"), "the event's own time is kept: {closed}");
+    let occurred: String = sqlx::query_scalar("SELECT occurred_at::text FROM processed_events WHERE event_id = 'evt-3'")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert!(occurred.starts_with("2026-02-01 10:00:00"), "{occurred}");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_malformed_line_publishes_nothing_and_names_the_line(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(
+        &file,
+        "{\"event_id\":\"a\",\"event_type\":\"period.opened\",\"payload\":{}}\n{\"event_id\":\"b\",\"event_type\":\"period.opened\"\n",
+    )
+    .unwrap();
+    let out = world.replay(&["publish", "--file", file.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(err.contains("line 2") && err.contains("Nothing was published"), "{err}");
+    assert_eq!(world.queue_depth().await, 0, "nothing of the file was published");
+
+    let out = world.replay(&["publish", "--type", "period.opened", "--payload", "{oops"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--payload is not valid JSON"), "{}", stderr_of(&out));
+
+    let out = world
+        .replay(&["publish", "--type", "period.opened", "--payload", "{}", "--occurred-at", "yesterday"])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("RFC 3339"), "{}", stderr_of(&out));
+    assert_eq!(world.queue_depth().await, 0);
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn an_unreachable_broker_is_named_without_its_password(pool: PgPool) {
+    let world = World::new(pool).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["publish", "--type", "period.opened", "--payload", "{}"])
+        .envs(world.env())
+        .env("AMQP_URL", "amqp://guest:canary-secret@127.0.0.1:1/%2f")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{err}");
+    assert!(!err.contains("canary-secret"), "{err}");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["worker", "--http", "off"])
+        .envs(world.env())
+        .env("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("cannot reach Postgres at postgres://postgres:***@127.0.0.1:1/nowhere"), "{err}");
+    assert!(!err.contains("canary-secret"), "{err}");
+    world.cleanup().await;
+}
