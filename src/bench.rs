@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use serde_json::json;
 use sqlx::PgPool;
@@ -159,7 +161,12 @@ async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyho
     let channel = connection.create_channel().await?;
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
     let mut consumer = channel
-        .basic_consume(names.queue.as_str().into(), "bench-baseline".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            names.queue.as_str().into(),
+            "bench-baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut done = 0;
     let mut started = None;
@@ -176,8 +183,12 @@ async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyho
         let events: Vec<Event> = batch
             .iter()
             .map(|d| {
-                crate::envelope::Received { routing_key: d.routing_key.as_str(), properties: &d.properties, body: &d.data }
-                    .parse(usize::MAX)
+                crate::envelope::Received {
+                    routing_key: d.routing_key.as_str(),
+                    properties: &d.properties,
+                    body: &d.data,
+                }
+                .parse(usize::MAX)
             })
             .collect::<Result<_, _>>()?;
         let admissions: Vec<Admission<'_>> =

@@ -122,9 +122,7 @@ impl std::str::FromStr for HttpListen {
         if s.eq_ignore_ascii_case("off") {
             return Ok(Self::Off);
         }
-        s.parse()
-            .map(Self::On)
-            .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:9464, nor `off`"))
+        s.parse().map(Self::On).map_err(|_| format!("'{s}' is not an address like 127.0.0.1:9464, nor `off`"))
     }
 }
 

@@ -80,14 +80,8 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("amqp://guest:s3cret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1/test"),
-            "postgres://postgres@127.0.0.1/test"
-        );
+        assert_eq!(redact("amqp://guest:s3cret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
         assert_eq!(redact("not a url with secret"), "<unparseable url>");
         let url = SecretUrl::new("postgres://u:canary-pw@h/db");
         assert!(!format!("{url} {url:?}").contains("canary-pw"));

@@ -24,9 +24,7 @@ pub enum DatabaseError {
 }
 
 fn options(url: &SecretUrl) -> Result<PgConnectOptions, DatabaseError> {
-    url.expose()
-        .parse::<PgConnectOptions>()
-        .map_err(|source| DatabaseError::BadUrl { url: url.redacted(), source })
+    url.expose().parse::<PgConnectOptions>().map_err(|source| DatabaseError::BadUrl { url: url.redacted(), source })
 }
 
 /// Connects a pool, failing now if the database cannot be reached.
@@ -41,10 +39,7 @@ pub async fn connect(url: &SecretUrl, max_connections: u32) -> Result<PgPool, Da
 
 /// Applies the embedded migrations.
 pub async fn migrate(pool: &PgPool, url: &SecretUrl) -> Result<(), DatabaseError> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|source| DatabaseError::Migrate { url: url.redacted(), source })
+    MIGRATOR.run(pool).await.map_err(|source| DatabaseError::Migrate { url: url.redacted(), source })
 }
 
 /// Fails with a clear message when the schema is missing.

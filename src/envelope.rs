@@ -53,10 +53,7 @@ impl Event {
     /// The AMQP properties `replay` publishes this event with.
     pub fn properties(&self, replay_plan: Option<&str>) -> BasicProperties {
         let mut headers = FieldTable::default();
-        headers.insert(
-            OCCURRED_AT_HEADER.into(),
-            AMQPValue::LongString(self.occurred_at.to_rfc3339().into()),
-        );
+        headers.insert(OCCURRED_AT_HEADER.into(), AMQPValue::LongString(self.occurred_at.to_rfc3339().into()));
         if let Some(plan) = replay_plan {
             headers.insert(REPLAY_PLAN_HEADER.into(), AMQPValue::LongString(plan.into()));
         }
@@ -122,19 +119,16 @@ impl Received<'_> {
                 self.body.len()
             )));
         }
-        let text = std::str::from_utf8(self.body)
-            .map_err(|e| Rejection(format!("message body is not UTF-8: {e}")))?;
-        let payload: Value = serde_json::from_str(text)
-            .map_err(|e| Rejection(format!("message body is not JSON: {e}")))?;
+        let text = std::str::from_utf8(self.body).map_err(|e| Rejection(format!("message body is not UTF-8: {e}")))?;
+        let payload: Value =
+            serde_json::from_str(text).map_err(|e| Rejection(format!("message body is not JSON: {e}")))?;
         check_storable(&payload)?;
 
         let event_type = match self.properties.kind() {
             Some(kind) if !kind.as_str().is_empty() => kind.to_string(),
             _ if !self.routing_key.is_empty() => self.routing_key.to_string(),
             _ => {
-                return Err(Rejection::new(
-                    "no event type: the message has neither a type property nor a routing key",
-                ))
+                return Err(Rejection::new("no event type: the message has neither a type property nor a routing key"))
             }
         };
         let event_id = match self.properties.message_id() {
@@ -146,14 +140,13 @@ impl Received<'_> {
     }
 
     fn occurred_at(&self) -> Option<DateTime<Utc>> {
-        let from_header = self.properties.headers().as_ref().and_then(|headers| {
-            match headers.inner().get(OCCURRED_AT_HEADER) {
+        let from_header =
+            self.properties.headers().as_ref().and_then(|headers| match headers.inner().get(OCCURRED_AT_HEADER) {
                 Some(AMQPValue::LongString(s)) => {
                     DateTime::parse_from_rfc3339(&s.to_string()).ok().map(|t| t.with_timezone(&Utc))
                 }
                 _ => None,
-            }
-        });
+            });
         from_header.or_else(|| {
             self.properties
                 .timestamp()

@@ -11,7 +11,5 @@ use tokio_util::sync::CancellationToken;
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let app = Router::new().route("/health", get(|| async { "ok\n" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -46,11 +46,18 @@ pub struct Claimed {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settlement {
     Processed,
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
     /// Failed; retried after `retry_at`.
-    Retry { error: String, retry_at: DateTime<Utc> },
+    Retry {
+        error: String,
+        retry_at: DateTime<Utc>,
+    },
     /// Failed for good: the dead-letter state.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// Inserts the events not yet in the ledger and returns `(id, event_id)` of
@@ -216,10 +223,7 @@ pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, Ledger
 
 /// The number of rows in the ledger.
 pub async fn count(pool: &PgPool) -> Result<i64, LedgerError> {
-    sqlx::query_scalar("SELECT count(*) FROM processed_events")
-        .fetch_one(pool)
-        .await
-        .map_err(query_error("count rows"))
+    sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(pool).await.map_err(query_error("count rows"))
 }
 
 #[derive(sqlx::FromRow)]

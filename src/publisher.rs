@@ -6,8 +6,8 @@
 
 use futures::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
 use lapin::Channel;
+use lapin::Confirmation;
 
 use crate::envelope::Event;
 use crate::transport::TransportError;
@@ -60,9 +60,7 @@ impl Publisher {
                     Err(e) => return Err(unconfirmed(total, confirmed, e.to_string())),
                 }
             }
-            let outcomes = try_join_all(pending)
-                .await
-                .map_err(|e| unconfirmed(total, confirmed, e.to_string()))?;
+            let outcomes = try_join_all(pending).await.map_err(|e| unconfirmed(total, confirmed, e.to_string()))?;
             for (event, outcome) in window.iter().zip(outcomes) {
                 match outcome {
                     Confirmation::Ack(None) | Confirmation::NotRequested => {}

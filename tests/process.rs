@@ -1,6 +1,8 @@
 //! The `replay` binary as operators run it: signals, crashes and restarts of
 //! a spawned worker, and the publish command's answers to bad input.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
+
 mod common;
 
 use std::time::Duration;
@@ -79,7 +81,8 @@ async fn kill_9_mid_batch_then_restart_applies_every_event_once(pool: PgPool) {
     world.publish(&events).await;
 
     for round in 0..3 {
-        let mut worker = world.spawn_worker_process(&format!("victim-{round}"), &["--batch-size", "100", "--lease", "2s"]);
+        let mut worker =
+            world.spawn_worker_process(&format!("victim-{round}"), &["--batch-size", "100", "--lease", "2s"]);
         wait_until_some_processed(&world).await;
         tokio::time::sleep(Duration::from_millis(30 * round)).await;
         signal(&worker, "-KILL");
@@ -110,8 +113,17 @@ async fn publish_from_a_file_and_from_flags(pool: PgPool) {
     assert!(stdout_of(&out).contains("published 2 events"), "{}", stdout_of(&out));
 
     let out = world
-        .replay(&["publish", "--type", "period.opened", "--event-id", "evt-3", "--occurred-at", "2026-02-01T10:00:00Z",
-                  "--payload", &json!({"period_id": Uuid::new_v4(), "start_date": "2026-04-01", "end_date": "2026-06-30"}).to_string()])
+        .replay(&[
+            "publish",
+            "--type",
+            "period.opened",
+            "--event-id",
+            "evt-3",
+            "--occurred-at",
+            "2026-02-01T10:00:00Z",
+            "--payload",
+            &json!({"period_id": Uuid::new_v4(), "start_date": "2026-04-01", "end_date": "2026-06-30"}).to_string(),
+        ])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert_eq!(world.queue_depth().await, 3);
@@ -125,10 +137,11 @@ async fn publish_from_a_file_and_from_flags(pool: PgPool) {
         .await
         .unwrap();
     assert!(closed.starts_with("2026-04-01"), "the event's own time is kept: {closed}");
-    let occurred: String = sqlx::query_scalar("SELECT occurred_at::text FROM processed_events WHERE event_id = 'evt-3'")
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
+    let occurred: String =
+        sqlx::query_scalar("SELECT occurred_at::text FROM processed_events WHERE event_id = 'evt-3'")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
     assert!(occurred.starts_with("2026-02-01 10:00:00"), "{occurred}");
     world.cleanup().await;
 }
@@ -153,9 +166,8 @@ async fn a_malformed_line_publishes_nothing_and_names_the_line(pool: PgPool) {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("--payload is not valid JSON"), "{}", stderr_of(&out));
 
-    let out = world
-        .replay(&["publish", "--type", "period.opened", "--payload", "{}", "--occurred-at", "yesterday"])
-        .await;
+    let out =
+        world.replay(&["publish", "--type", "period.opened", "--payload", "{}", "--occurred-at", "yesterday"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("RFC 3339"), "{}", stderr_of(&out));
     assert_eq!(world.queue_depth().await, 0);

@@ -1,6 +1,8 @@
 //! The worker, as the runbooks use it: events in, ledger rows and domain
 //! effects out, exactly once, whatever the broker or the operator does.
 
+#![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
+
 mod common;
 
 use std::time::Duration;
@@ -17,9 +19,7 @@ async fn events_published_before_any_worker_are_all_processed(pool: PgPool) {
     let world = World::new(pool).await;
     let (period, member) = (Uuid::new_v4(), Uuid::new_v4());
     let contribution = Uuid::new_v4();
-    world
-        .publish(&[period_opened(period), submitted(contribution, member, period, 40), approved(contribution)])
-        .await;
+    world.publish(&[period_opened(period), submitted(contribution, member, period, 40), approved(contribution)]).await;
     assert_eq!(world.queue_depth().await, 3, "events wait in the queue while no worker runs");
 
     let worker = world.start_worker(world.worker_config("w1"));
@@ -52,7 +52,7 @@ async fn duplicate_deliveries_change_nothing(pool: PgPool) {
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 3, Duration::from_secs(20)).await;
     // A later redelivery of an event already processed is acked and ignored.
-    world.publish(&[contribution.clone()]).await;
+    world.publish(std::slice::from_ref(&contribution)).await;
     world.publish_raw("contribution.submitted", body.as_bytes()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while world.queue_depth().await > 0 && std::time::Instant::now() < deadline {
@@ -94,9 +94,8 @@ async fn a_failing_handler_is_retried_then_left_in_error(pool: PgPool) {
     assert_eq!((status.as_str(), retries), ("error", 1), "an invalid payload is not retried");
     assert!(error.unwrap().contains("invalid payload"));
     assert_eq!(world.status_of(&fine.event_id).await.unwrap().0, "processed", "one failing event fails alone");
-    let processed_at_set = world
-        .scalar("SELECT count(*) FROM processed_events WHERE status = 'error' AND processed_at IS NOT NULL")
-        .await;
+    let processed_at_set =
+        world.scalar("SELECT count(*) FROM processed_events WHERE status = 'error' AND processed_at IS NOT NULL").await;
     assert_eq!(processed_at_set, 2, "failed rows carry processed_at, as the runbook's failed-events query expects");
     world.cleanup().await;
 }
@@ -116,10 +115,8 @@ async fn poison_messages_are_dead_lettered_and_the_worker_goes_on(pool: PgPool) 
     world.wait_for_count(PROCESSED, 1, Duration::from_secs(20)).await;
     worker.stop().await;
 
-    let reasons: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT reason, body FROM dead_letters ORDER BY id")
-        .fetch_all(&world.pool)
-        .await
-        .unwrap();
+    let reasons: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT reason, body FROM dead_letters ORDER BY id").fetch_all(&world.pool).await.unwrap();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons[0].0.contains("not JSON") && reasons[0].1 == b"{not json");
     assert!(reasons[1].0.contains("\\u0000"));
@@ -133,7 +130,7 @@ async fn pending_rows_are_picked_up_without_any_message(pool: PgPool) {
     let world = World::new(pool).await;
     let period = Uuid::new_v4();
     let opened = period_opened(period);
-    world.publish(&[opened.clone()]).await;
+    world.publish(std::slice::from_ref(&opened)).await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 1, Duration::from_secs(20)).await;
 
@@ -240,8 +237,6 @@ async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPoo
     let world = World::new(pool).await;
     let (period, member, contribution) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let rejected = Uuid::new_v4();
-    let allocation_id = Uuid::from_u128(0); // replaced below by the computed id
-    let _ = allocation_id;
     world
         .publish(&[
             period_opened(period),
@@ -277,7 +272,8 @@ async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPoo
 
     assert_eq!(world.domain_digest().await, before, "replaying processed events changed the domain tables");
     assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1, "the provider is called once");
-    let amount: String = sqlx::query_scalar("SELECT amount::text FROM allocations").fetch_one(&world.pool).await.unwrap();
+    let amount: String =
+        sqlx::query_scalar("SELECT amount::text FROM allocations").fetch_one(&world.pool).await.unwrap();
     assert_eq!(amount, "70.00", "only approved contributions count");
     world.cleanup().await;
 }

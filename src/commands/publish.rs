@@ -24,10 +24,9 @@ pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<Exi
     publisher.publish_all(&events, None, |_| {}).await?;
     let _ = connection.close(200, "published".into()).await;
     match events.as_slice() {
-        [one] => println!(
-            "published {} {} to exchange '{}' (confirmed)",
-            one.event_type, one.event_id, endpoints.exchange
-        ),
+        [one] => {
+            println!("published {} {} to exchange '{}' (confirmed)", one.event_type, one.event_id, endpoints.exchange)
+        }
         many => println!("published {} events to exchange '{}' (all confirmed)", many.len(), endpoints.exchange),
     }
     Ok(ExitCode::SUCCESS)
@@ -35,15 +34,16 @@ pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<Exi
 
 fn read_events(args: PublishArgs) -> anyhow::Result<Vec<Event>> {
     if let Some(path) = args.file {
-        let file = std::fs::File::open(&path)
-            .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(&path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
         return read_lines(std::io::BufReader::new(file), &path.display().to_string());
     }
     let (Some(event_type), Some(payload)) = (args.event_type, args.payload) else {
         return Err(UsageError("give --type and --payload, or --file".into()).into());
     };
-    let payload = serde_json::from_str(&payload)
-        .map_err(|e| UsageError(format!("--payload is not valid JSON: {e}. Quote it, e.g. --payload '{{\"period_id\":\"...\"}}'")))?;
+    let payload = serde_json::from_str(&payload).map_err(|e| {
+        UsageError(format!("--payload is not valid JSON: {e}. Quote it, e.g. --payload '{{\"period_id\":\"...\"}}'"))
+    })?;
     let occurred_at = match args.occurred_at {
         Some(text) => parse_time(&text)?,
         None => Utc::now(),
@@ -54,9 +54,9 @@ fn read_events(args: PublishArgs) -> anyhow::Result<Vec<Event>> {
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| UsageError(format!("--occurred-at '{text}' is not an RFC 3339 time ({e}); use e.g. 2026-01-31T12:00:00Z")))
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        UsageError(format!("--occurred-at '{text}' is not an RFC 3339 time ({e}); use e.g. 2026-01-31T12:00:00Z"))
+    })
 }
 
 /// Reads every line before returning, so one bad line rejects the file.

@@ -105,7 +105,11 @@ impl OneByOne for Calculated {
         "allocation.calculated"
     }
 
-    async fn apply_one(&self, _conn: &mut PgConnection, _event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(
+        &self,
+        _conn: &mut PgConnection,
+        _event: &Event,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         Ok(Ok(()))
     }
 }

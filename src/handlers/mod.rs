@@ -108,12 +108,8 @@ impl Registry {
 
     /// Event types whose handlers reach outside the database.
     pub fn external_effect_types(&self) -> Vec<&'static str> {
-        let mut types: Vec<_> = self
-            .handlers
-            .values()
-            .filter(|h| h.effect() == Effect::External)
-            .map(|h| h.event_type())
-            .collect();
+        let mut types: Vec<_> =
+            self.handlers.values().filter(|h| h.effect() == Effect::External).map(|h| h.event_type()).collect();
         types.sort_unstable();
         types
     }

@@ -108,10 +108,7 @@ impl OneByOne for Completed {
         .fetch_optional(&mut *conn)
         .await?;
         let Some(allocation) = allocation else {
-            return Ok(Err(HandlerError::NotReady(format!(
-                "payment {} has not been initiated yet",
-                p.payment_id
-            ))));
+            return Ok(Err(HandlerError::NotReady(format!("payment {} has not been initiated yet", p.payment_id))));
         };
         sqlx::query("UPDATE allocations SET status = 'paid' WHERE id = $1 AND status <> 'paid'")
             .bind(allocation)

@@ -13,11 +13,7 @@ use super::{allocation, each, payload, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
-    vec![
-        each(Opened),
-        each(Close { event_type: "period.close" }),
-        each(Close { event_type: "period.closed" }),
-    ]
+    vec![each(Opened), each(Close { event_type: "period.close" }), each(Close { event_type: "period.closed" })]
 }
 
 #[derive(Deserialize)]

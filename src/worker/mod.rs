@@ -49,9 +49,7 @@ impl RetryPolicy {
             return Settlement::Failed { error: error.to_string() };
         }
         if failures >= self.max_attempts {
-            return Settlement::Failed {
-                error: format!("{error} (gave up after {failures} attempts)"),
-            };
+            return Settlement::Failed { error: format!("{error} (gave up after {failures} attempts)") };
         }
         let exponential = self.backoff.saturating_mul(1u32 << (failures - 1).min(20));
         let capped = exponential.min(self.max_backoff);
@@ -156,11 +154,8 @@ mod tests {
 
     #[test]
     fn retries_back_off_then_give_up() {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            backoff: Duration::from_secs(10),
-            max_backoff: Duration::from_secs(1000),
-        };
+        let policy =
+            RetryPolicy { max_attempts: 3, backoff: Duration::from_secs(10), max_backoff: Duration::from_secs(1000) };
         let not_ready = HandlerError::NotReady("later".into());
         let Settlement::Retry { retry_at, .. } = policy.after_failure(&not_ready, 1) else {
             panic!("second failure should be retried");

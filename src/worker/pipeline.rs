@@ -152,10 +152,8 @@ impl Pipeline {
         let mut start = 0;
         while start < work.len() {
             let event_type = work[start].event.event_type.as_str();
-            let end = work[start..]
-                .iter()
-                .position(|w| w.event.event_type != event_type)
-                .map_or(work.len(), |n| start + n);
+            let end =
+                work[start..].iter().position(|w| w.event.event_type != event_type).map_or(work.len(), |n| start + n);
             let run = &work[start..end];
             let run_settlements: Vec<Settlement> = match self.registry.get(event_type) {
                 Some(handler) => {
