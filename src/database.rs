@@ -32,6 +32,9 @@ pub async fn connect(url: &SecretUrl, max_connections: u32) -> Result<PgPool, Da
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // No ping before each checkout: a dead connection fails its first
+        // statement instead, and every caller already retries or reports that.
+        .test_before_acquire(false)
         .connect_with(options(url)?)
         .await
         .map_err(|source| DatabaseError::Connect { url: url.redacted(), source })

@@ -277,3 +277,32 @@ async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPoo
     assert_eq!(amount, "70.00", "only approved contributions count");
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_failing_statement_fails_only_its_own_event(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (period, member) = (Uuid::new_v4(), Uuid::new_v4());
+    world.publish(&[period_opened(period)]).await;
+    // One batch of contributions in which one overflows numeric(14,2): its
+    // statement fails, the batch is redone with savepoints, and only it fails.
+    let overflowing = event(
+        "contribution.submitted",
+        json!({"contribution_id": Uuid::new_v4(), "member_id": member, "period_id": period, "type": "labor", "amount": 1e15}),
+    );
+    let mut batch: Vec<_> = (0..5).map(|i| submitted(Uuid::new_v4(), member, period, i)).collect();
+    batch.insert(2, overflowing.clone());
+    world.publish(&batch).await;
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
+    world
+        .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'error'", 1, Duration::from_secs(20))
+        .await;
+    worker.stop().await;
+
+    let (status, retries, error) = world.status_of(&overflowing.event_id).await.unwrap();
+    assert_eq!((status.as_str(), retries), ("error", 3));
+    assert!(error.unwrap().contains("numeric field overflow"));
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 5);
+    world.cleanup().await;
+}

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -74,42 +73,44 @@ impl Handler for Submitted {
         if valid.is_empty() {
             return Ok(outcomes);
         }
-        let rows: Vec<Value> = valid
-            .iter()
-            .map(|(i, p)| {
-                serde_json::json!({
-                    "id": p.contribution_id, "member_id": p.member_id, "period_id": p.period_id,
-                    "kind": p.kind, "amount": p.amount, "at": events[*i].occurred_at,
-                })
-            })
-            .collect();
+        let ids: Vec<Uuid> = valid.iter().map(|(_, p)| p.contribution_id).collect();
+        let members: Vec<Uuid> = valid.iter().map(|(_, p)| p.member_id).collect();
+        let periods: Vec<Uuid> = valid.iter().map(|(_, p)| p.period_id).collect();
+        let kinds: Vec<&str> = valid.iter().map(|(_, p)| p.kind.as_str()).collect();
+        // As text, so Postgres parses the decimal exactly.
+        let amounts: Vec<String> = valid.iter().map(|(_, p)| p.amount.to_string()).collect();
+        let ats: Vec<_> = valid.iter().map(|(i, _)| events[*i].occurred_at).collect();
         // A contribution whose period is unknown is left out (and retried);
         // one that exists already is a replay and stays as it is.
         let inserted: HashSet<Uuid> = sqlx::query_scalar(
             "WITH input AS (
-                 SELECT * FROM jsonb_to_recordset($1::jsonb)
-                     AS x(id uuid, member_id uuid, period_id uuid, kind text, amount numeric, at timestamptz)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[])
+                     AS x(id, member_id, period_id, kind, amount, at)
              ), placed AS (
-                 SELECT i.* FROM input i JOIN allocation_periods p ON p.id = i.period_id
+                 SELECT i.* FROM input i WHERE EXISTS (SELECT 1 FROM allocation_periods p WHERE p.id = i.period_id)
              ), joined AS (
                  INSERT INTO members (id, joined_at)
                  SELECT DISTINCT ON (member_id) member_id, at FROM placed ORDER BY member_id, at
                  ON CONFLICT (id) DO NOTHING
              )
              INSERT INTO contributions (id, member_id, period_id, kind, amount, status, submitted_at)
-             SELECT id, member_id, period_id, kind, amount, 'submitted', at FROM placed
+             SELECT id, member_id, period_id, kind, amount::numeric, 'submitted', at FROM placed
              ON CONFLICT (id) DO NOTHING
              RETURNING id",
         )
-        .bind(Value::Array(rows))
+        .bind(&ids)
+        .bind(&members)
+        .bind(&periods)
+        .bind(&kinds)
+        .bind(&amounts)
+        .bind(&ats)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
         .collect();
         // Not inserted: either a replay of a contribution that exists, or one
         // whose period is unknown yet. Only then is a second look needed.
-        let missing: Vec<Uuid> =
-            valid.iter().map(|(_, p)| p.contribution_id).filter(|id| !inserted.contains(id)).collect();
+        let missing: Vec<Uuid> = ids.iter().filter(|id| !inserted.contains(id)).copied().collect();
         let present: HashSet<Uuid> = if missing.is_empty() {
             HashSet::new()
         } else {

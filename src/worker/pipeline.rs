@@ -49,6 +49,20 @@ pub enum BatchError {
     Ledger(#[from] LedgerError),
     #[error("database transaction failed: {0}")]
     Transaction(#[from] sqlx::Error),
+    /// A handler statement failed with no savepoint to return to; the batch
+    /// is redone with one.
+    #[error("a handler statement failed: {0}")]
+    Unisolated(sqlx::Error),
+}
+
+/// How a batch guards its events from each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoints: the common case, when no statement fails. A failing
+    /// statement aborts the batch, which is then redone `Savepoints`.
+    Optimistic,
+    /// A savepoint per run, and per event once a run fails.
+    Savepoints,
 }
 
 /// An event about to be applied, with its ledger row.
@@ -76,6 +90,21 @@ impl Pipeline {
     /// Records and applies events that arrived as messages, and stores the
     /// messages that were not events. Commits before returning `Ok`.
     pub async fn process_messages(&self, events: &[Event], dead: &[DeadLetter]) -> Result<Tally, BatchError> {
+        match self.messages_with(events, dead, Isolation::Optimistic).await {
+            Err(BatchError::Unisolated(e)) => {
+                tracing::debug!(error = %e, "redoing the batch with savepoints");
+                self.messages_with(events, dead, Isolation::Savepoints).await
+            }
+            other => other,
+        }
+    }
+
+    async fn messages_with(
+        &self,
+        events: &[Event],
+        dead: &[DeadLetter],
+        isolation: Isolation,
+    ) -> Result<Tally, BatchError> {
         let mut tally = Tally { dead_letters: dead.len() as u64, ..Tally::default() };
         let mut tx = self.pool.begin().await?;
         dead_letters::insert(&mut tx, dead).await?;
@@ -119,7 +148,7 @@ impl Pipeline {
         tally.duplicates += (others.len() - taken.len()) as u64;
         work.extend(taken.iter().map(Work::claimed));
 
-        let settlements = self.apply(&mut tx, work, &mut tally).await?;
+        let settlements = self.apply(&mut tx, work, &mut tally, isolation).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
         Ok(tally)
@@ -128,12 +157,22 @@ impl Pipeline {
     /// Applies rows this worker claimed from the ledger. Rows whose lease
     /// another worker took over meanwhile are left alone.
     pub async fn process_claimed(&self, claimed: Vec<Claimed>) -> Result<Tally, BatchError> {
+        match self.claimed_with(&claimed, Isolation::Optimistic).await {
+            Err(BatchError::Unisolated(e)) => {
+                tracing::debug!(error = %e, "redoing the claimed rows with savepoints");
+                self.claimed_with(&claimed, Isolation::Savepoints).await
+            }
+            other => other,
+        }
+    }
+
+    async fn claimed_with(&self, claimed: &[Claimed], isolation: Isolation) -> Result<Tally, BatchError> {
         let mut tally = Tally::default();
         let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         let held: HashSet<i64> = ledger::lock_claimed(&mut tx, &ids, &self.worker).await?.into_iter().collect();
         let work = claimed.iter().filter(|c| held.contains(&c.id)).map(Work::claimed).collect();
-        let settlements = self.apply(&mut tx, work, &mut tally).await?;
+        let settlements = self.apply(&mut tx, work, &mut tally, isolation).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
         Ok(tally)
@@ -146,7 +185,8 @@ impl Pipeline {
         conn: &mut PgConnection,
         mut work: Vec<Work<'_>>,
         tally: &mut Tally,
-    ) -> Result<Vec<(i64, Settlement)>, sqlx::Error> {
+        isolation: Isolation,
+    ) -> Result<Vec<(i64, Settlement)>, BatchError> {
         work.sort_by_key(|w| w.event.occurred_at);
         let mut settlements = Vec::new();
         let mut start = 0;
@@ -158,8 +198,11 @@ impl Pipeline {
             let run_settlements: Vec<Settlement> = match self.registry.get(event_type) {
                 Some(handler) => {
                     let events: Vec<&Event> = run.iter().map(|w| w.event).collect();
-                    apply_isolated(conn, handler.as_ref(), &events)
-                        .await?
+                    let outcomes = match isolation {
+                        Isolation::Optimistic => apply_optimistic(conn, handler.as_ref(), &events).await?,
+                        Isolation::Savepoints => apply_isolated(conn, handler.as_ref(), &events).await?,
+                    };
+                    outcomes
                         .into_iter()
                         .zip(run)
                         .map(|(outcome, w)| match outcome {
@@ -193,6 +236,22 @@ impl<'a> Work<'a> {
 
 fn no_handler(event_type: &str) -> String {
     format!("no handler is registered for event type '{event_type}'")
+}
+
+/// Applies a run with no savepoint: any failing statement aborts the batch.
+async fn apply_optimistic(
+    conn: &mut PgConnection,
+    handler: &dyn crate::handlers::Handler,
+    events: &[&Event],
+) -> Result<Outcomes, BatchError> {
+    match handler.apply(conn, events).await {
+        Ok(outcomes) if outcomes.len() == events.len() => Ok(outcomes),
+        Ok(_) => Err(BatchError::Unisolated(sqlx::Error::Protocol(format!(
+            "handler {} returned the wrong number of outcomes",
+            handler.event_type()
+        )))),
+        Err(e) => Err(BatchError::Unisolated(e)),
+    }
 }
 
 /// Applies a run under a savepoint; if a statement fails, applies its events

@@ -115,13 +115,10 @@ impl World {
     pub async fn publish(&self, events: &[Event]) {
         let connection = transport::connect(&self.endpoints.amqp_url, "test publisher").await.expect("connect");
         let channel = connection.create_channel().await.expect("channel");
-        Publisher::new(channel, &self.endpoints.exchange)
-            .await
-            .expect("confirm mode")
-            .publish_all(events, None, |_| {})
-            .await
-            .expect("published");
+        let publisher = Publisher::new(channel, &self.endpoints.exchange).await.expect("confirm mode");
+        publisher.publish_all(events, None, |_| {}).await.expect("published");
         let _ = connection.close(200, "published".into()).await;
+        drop(publisher);
     }
 
     /// Publishes a bare body with a routing key and no properties, as
