@@ -27,12 +27,7 @@ async fn events_published_before_any_worker_are_all_processed(pool: PgPool) {
     worker.stop().await;
 
     assert_eq!(world.queue_depth().await, 0, "the queue drained");
-    let status: String = sqlx::query_scalar("SELECT status FROM contributions WHERE id = $1")
-        .bind(contribution)
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
-    assert_eq!(status, "approved");
+    assert_eq!(world.contribution_status(contribution).await, "approved");
     world.cleanup().await;
 }
 
@@ -202,12 +197,7 @@ async fn events_arriving_out_of_order_end_up_applied(pool: PgPool) {
     world.wait_for_count(PROCESSED, 3, Duration::from_secs(30)).await;
     worker.stop().await;
 
-    let status: String = sqlx::query_scalar("SELECT status FROM contributions WHERE id = $1")
-        .bind(contribution)
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
-    assert_eq!(status, "approved");
+    assert_eq!(world.contribution_status(contribution).await, "approved");
     world.cleanup().await;
 }
 

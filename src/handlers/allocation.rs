@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{each, payload, Handler, HandlerError, OneByOne};
+use super::{each, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -72,15 +72,18 @@ struct Calculate;
 
 #[async_trait]
 impl OneByOne for Calculate {
+    type Payload = CalculatePayload;
+
     fn event_type(&self) -> &'static str {
         "allocation.calculate"
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
-        let p: CalculatePayload = match payload(event) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        p: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         let period_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM allocation_periods WHERE id = $1)")
             .bind(p.period_id)
             .fetch_one(&mut *conn)
@@ -101,6 +104,8 @@ struct Calculated;
 
 #[async_trait]
 impl OneByOne for Calculated {
+    type Payload = serde::de::IgnoredAny;
+
     fn event_type(&self) -> &'static str {
         "allocation.calculated"
     }
@@ -109,6 +114,7 @@ impl OneByOne for Calculated {
         &self,
         _conn: &mut PgConnection,
         _event: &Event,
+        _payload: Self::Payload,
     ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         Ok(Ok(()))
     }
@@ -118,15 +124,18 @@ struct Distributed;
 
 #[async_trait]
 impl OneByOne for Distributed {
+    type Payload = DistributedPayload;
+
     fn event_type(&self) -> &'static str {
         "allocation.distributed"
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
-        let p: DistributedPayload = match payload(event) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        p: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE allocations
                 SET status = CASE WHEN status = 'paid' THEN 'paid' ELSE 'distributed' END,

@@ -131,13 +131,22 @@ fn payload<T: DeserializeOwned>(event: &Event) -> Result<T, HandlerError> {
 /// its complexity: it applies one event at a time, wrapped by [`Each`].
 #[async_trait]
 trait OneByOne: Send + Sync {
+    /// The payload's shape; an event whose payload does not have it fails
+    /// as [`HandlerError::Invalid`] before `apply_one` is called.
+    type Payload: DeserializeOwned + Send;
+
     fn event_type(&self) -> &'static str;
 
     fn effect(&self) -> Effect {
         Effect::Database
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error>;
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        payload: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error>;
 }
 
 /// Adapts a [`OneByOne`] handler to [`Handler`].
@@ -156,7 +165,11 @@ impl<H: OneByOne> Handler for Each<H> {
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error> {
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
-            outcomes.push(self.0.apply_one(&mut *conn, event).await?);
+            let outcome = match payload::<H::Payload>(event) {
+                Ok(parsed) => self.0.apply_one(&mut *conn, event, parsed).await?,
+                Err(invalid) => Err(invalid),
+            };
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{each, payload, Effect, Handler, HandlerError, OneByOne};
+use super::{each, Effect, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -33,6 +33,8 @@ struct Initiated;
 
 #[async_trait]
 impl OneByOne for Initiated {
+    type Payload = InitiatedPayload;
+
     fn event_type(&self) -> &'static str {
         "payment.initiated"
     }
@@ -41,11 +43,12 @@ impl OneByOne for Initiated {
         Effect::External
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
-        let p: InitiatedPayload = match payload(event) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        p: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         if !p.amount.as_f64().is_some_and(|a| a > 0.0) {
             return Ok(Err(HandlerError::Invalid(format!("amount {} is not a positive number", p.amount))));
         }
@@ -89,15 +92,18 @@ struct Completed;
 
 #[async_trait]
 impl OneByOne for Completed {
+    type Payload = CompletedPayload;
+
     fn event_type(&self) -> &'static str {
         "payment.completed"
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
-        let p: CompletedPayload = match payload(event) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        p: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         let allocation: Option<Uuid> = sqlx::query_scalar(
             "UPDATE payments SET status = 'completed', completed_at = COALESCE(completed_at, $2)
               WHERE id = $1

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{allocation, each, payload, Handler, HandlerError, OneByOne};
+use super::{allocation, each, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -32,15 +32,18 @@ struct Opened;
 
 #[async_trait]
 impl OneByOne for Opened {
+    type Payload = OpenedPayload;
+
     fn event_type(&self) -> &'static str {
         "period.opened"
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
-        let p: OpenedPayload = match payload(event) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        p: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         if p.end_date < p.start_date {
             return Ok(Err(HandlerError::Invalid(format!(
                 "period {} ends ({}) before it starts ({})",
@@ -70,15 +73,18 @@ struct Close {
 
 #[async_trait]
 impl OneByOne for Close {
+    type Payload = ClosePayload;
+
     fn event_type(&self) -> &'static str {
         self.event_type
     }
 
-    async fn apply_one(&self, conn: &mut PgConnection, event: &Event) -> Result<Result<(), HandlerError>, sqlx::Error> {
-        let p: ClosePayload = match payload(event) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        p: Self::Payload,
+    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
         // An already closed period keeps its first closing time, so a replayed
         // close leaves the row as it was.
         let closed = sqlx::query(

@@ -161,6 +161,14 @@ impl World {
             .expect("status query")
     }
 
+    pub async fn contribution_status(&self, contribution: Uuid) -> String {
+        sqlx::query_scalar("SELECT status FROM contributions WHERE id = $1")
+            .bind(contribution)
+            .fetch_one(&self.pool)
+            .await
+            .expect("the contribution exists")
+    }
+
     /// Waits until `sql` (a count) reaches `expected`, or panics after `limit`.
     pub async fn wait_for_count(&self, sql: &str, expected: i64, limit: Duration) {
         let deadline = Instant::now() + limit;
