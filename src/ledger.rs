@@ -54,6 +54,13 @@ pub enum Settlement {
         error: String,
         retry_at: DateTime<Utc>,
     },
+    /// Not applied yet because something it depends on is not visible yet
+    /// (most often: committing in a concurrent batch). Tried again at
+    /// `until` without counting a failed attempt.
+    Held {
+        reason: String,
+        until: DateTime<Utc>,
+    },
     /// Failed for good: the dead-letter state.
     Failed {
         error: String,
@@ -182,6 +189,7 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
             Settlement::Processed => ("processed", None, None, false),
             Settlement::Skipped { reason } => ("skipped", Some(reason.as_str()), None, false),
             Settlement::Retry { error, retry_at } => ("pending", Some(error.as_str()), Some(*retry_at), true),
+            Settlement::Held { reason, until } => ("pending", Some(reason.as_str()), Some(*until), false),
             Settlement::Failed { error } => ("error", Some(error.as_str()), None, true),
         };
         statuses.push(status);

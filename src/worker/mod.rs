@@ -38,15 +38,26 @@ pub struct RetryPolicy {
     pub backoff: Duration,
     /// Longest delay between two attempts.
     pub max_backoff: Duration,
+    /// How long an event whose dependency is not visible yet is held, on
+    /// its first attempt, before it is tried again without counting a
+    /// failure: long enough for a concurrent batch to commit.
+    pub hold: Duration,
 }
 
 impl RetryPolicy {
     /// Decides what a failed attempt leads to. `retry_count` is the number of
-    /// failed attempts before this one.
-    pub fn after_failure(&self, error: &HandlerError, retry_count: i32) -> Settlement {
+    /// failed attempts before this one; `first_sight` is true when the event
+    /// entered the ledger in this very attempt.
+    pub fn after_failure(&self, error: &HandlerError, retry_count: i32, first_sight: bool) -> Settlement {
         let failures = u32::try_from(retry_count).unwrap_or(0) + 1;
         if error.is_permanent() {
             return Settlement::Failed { error: error.to_string() };
+        }
+        // Another batch (this worker's or another's) may be committing what
+        // this event needs: hold it once before counting failures.
+        if first_sight && matches!(error, HandlerError::NotReady(_)) {
+            let hold = chrono::Duration::from_std(self.hold).unwrap_or(chrono::Duration::MAX);
+            return Settlement::Held { reason: format!("held: {error}"), until: Utc::now() + hold };
         }
         if failures >= self.max_attempts {
             return Settlement::Failed { error: format!("{error} (gave up after {failures} attempts)") };
@@ -85,6 +96,7 @@ impl WorkerConfig {
                 max_attempts: 5,
                 backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(300),
+                hold: Duration::from_millis(250),
             },
             prefetch: 1000,
             batch_size: 500,
@@ -154,16 +166,24 @@ mod tests {
 
     #[test]
     fn retries_back_off_then_give_up() {
-        let policy =
-            RetryPolicy { max_attempts: 3, backoff: Duration::from_secs(10), max_backoff: Duration::from_secs(1000) };
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(1000),
+            hold: Duration::from_millis(250),
+        };
         let not_ready = HandlerError::NotReady("later".into());
-        let Settlement::Retry { retry_at, .. } = policy.after_failure(&not_ready, 1) else {
+        assert!(
+            matches!(policy.after_failure(&not_ready, 0, true), Settlement::Held { .. }),
+            "a missing dependency on first sight is held, not failed"
+        );
+        let Settlement::Retry { retry_at, .. } = policy.after_failure(&not_ready, 1, false) else {
             panic!("second failure should be retried");
         };
         let wait = (retry_at - Utc::now()).num_milliseconds();
         assert!((9_000..=30_000).contains(&wait), "second retry waits 20s ± 50%, got {wait} ms");
-        assert!(matches!(policy.after_failure(&not_ready, 2), Settlement::Failed { .. }));
+        assert!(matches!(policy.after_failure(&not_ready, 2, false), Settlement::Failed { .. }));
         let invalid = HandlerError::Invalid("bad".into());
-        assert!(matches!(policy.after_failure(&invalid, 0), Settlement::Failed { .. }));
+        assert!(matches!(policy.after_failure(&invalid, 0, true), Settlement::Failed { .. }));
     }
 }

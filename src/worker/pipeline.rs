@@ -26,6 +26,7 @@ pub struct Tally {
     pub processed: u64,
     pub duplicates: u64,
     pub retrying: u64,
+    pub held: u64,
     pub failed: u64,
     pub skipped: u64,
     pub dead_letters: u64,
@@ -37,6 +38,7 @@ impl Tally {
             Settlement::Processed => self.processed += 1,
             Settlement::Skipped { .. } => self.skipped += 1,
             Settlement::Retry { .. } => self.retrying += 1,
+            Settlement::Held { .. } => self.held += 1,
             Settlement::Failed { .. } => self.failed += 1,
         }
     }
@@ -207,7 +209,7 @@ impl Pipeline {
                         .zip(run)
                         .map(|(outcome, w)| match outcome {
                             Ok(()) => Settlement::Processed,
-                            Err(error) => self.retry.after_failure(&error, w.retry_count),
+                            Err(error) => self.retry.after_failure(&error, w.retry_count, w.inserted),
                         })
                         .collect()
                 }
