@@ -33,11 +33,12 @@ fn signal(child: &tokio::process::Child, name: &str) {
     assert!(status.success());
 }
 
-async fn wait_until_some_processed(world: &World) -> i64 {
+/// Waits until the worker processed something beyond `before`.
+async fn wait_until_more_processed(world: &World, before: i64) -> i64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let done = world.scalar(PROCESSED).await;
-        if done > 0 {
+        if done > before {
             return done;
         }
         assert!(std::time::Instant::now() < deadline, "the worker processed nothing in 30 s");
@@ -60,7 +61,7 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing(pool: PgPool) {
     world.publish(&events).await;
 
     let mut worker = world.spawn_worker_process("w1", &["--batch-size", "50"]);
-    wait_until_some_processed(&world).await;
+    wait_until_more_processed(&world, 0).await;
     signal(&worker, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await.expect("exits").expect("status");
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
@@ -81,12 +82,15 @@ async fn kill_9_mid_batch_then_restart_applies_every_event_once(pool: PgPool) {
     world.publish(&events).await;
 
     for round in 0..3 {
+        let before = world.scalar(PROCESSED).await;
         let mut worker =
             world.spawn_worker_process(&format!("victim-{round}"), &["--batch-size", "100", "--lease", "2s"]);
-        wait_until_some_processed(&world).await;
+        wait_until_more_processed(&world, before).await;
         tokio::time::sleep(Duration::from_millis(30 * round)).await;
         signal(&worker, "-KILL");
         let _ = worker.wait().await;
+        let after = world.scalar(PROCESSED).await;
+        assert!(after < events.len() as i64, "round {round}: killed mid-stream, not after the end ({after} processed)");
     }
     let mut survivor = world.spawn_worker_process("survivor", &[]);
     assert_all_applied_once(&world, events.len(), 3000).await;

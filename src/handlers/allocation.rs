@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{each, Handler, HandlerError, OneByOne};
+use super::{each, Applied, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -78,12 +78,7 @@ impl OneByOne for Calculate {
         "allocation.calculate"
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        p: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         let period_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM allocation_periods WHERE id = $1)")
             .bind(p.period_id)
             .fetch_one(&mut *conn)
@@ -110,12 +105,7 @@ impl OneByOne for Calculated {
         "allocation.calculated"
     }
 
-    async fn apply_one(
-        &self,
-        _conn: &mut PgConnection,
-        _event: &Event,
-        _payload: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, _conn: &mut PgConnection, _event: &Event, _payload: Self::Payload) -> Applied {
         Ok(Ok(()))
     }
 }
@@ -130,12 +120,7 @@ impl OneByOne for Distributed {
         "allocation.distributed"
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        p: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE allocations
                 SET status = CASE WHEN status = 'paid' THEN 'paid' ELSE 'distributed' END,

@@ -64,6 +64,10 @@ impl HandlerError {
 /// One outcome per event handed to [`Handler::apply`], in the same order.
 pub type Outcomes = Vec<Result<(), HandlerError>>;
 
+/// One event's outcome; the outer `Err` means a statement failed and the
+/// transaction needs rolling back.
+type Applied = Result<Result<(), HandlerError>, sqlx::Error>;
+
 #[async_trait]
 pub trait Handler: Send + Sync {
     /// The event type (routing key) this handler applies.
@@ -141,12 +145,7 @@ trait OneByOne: Send + Sync {
         Effect::Database
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        payload: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error>;
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, payload: Self::Payload) -> Applied;
 }
 
 /// Adapts a [`OneByOne`] handler to [`Handler`].

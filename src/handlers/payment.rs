@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{each, Effect, Handler, HandlerError, OneByOne};
+use super::{each, Applied, Effect, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -43,12 +43,7 @@ impl OneByOne for Initiated {
         Effect::External
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        p: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         if !p.amount.as_f64().is_some_and(|a| a > 0.0) {
             return Ok(Err(HandlerError::Invalid(format!("amount {} is not a positive number", p.amount))));
         }
@@ -98,12 +93,7 @@ impl OneByOne for Completed {
         "payment.completed"
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        p: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         let allocation: Option<Uuid> = sqlx::query_scalar(
             "UPDATE payments SET status = 'completed', completed_at = COALESCE(completed_at, $2)
               WHERE id = $1

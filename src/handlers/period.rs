@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{allocation, each, Handler, HandlerError, OneByOne};
+use super::{allocation, each, Applied, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -38,12 +38,7 @@ impl OneByOne for Opened {
         "period.opened"
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        p: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         if p.end_date < p.start_date {
             return Ok(Err(HandlerError::Invalid(format!(
                 "period {} ends ({}) before it starts ({})",
@@ -79,12 +74,7 @@ impl OneByOne for Close {
         self.event_type
     }
 
-    async fn apply_one(
-        &self,
-        conn: &mut PgConnection,
-        event: &Event,
-        p: Self::Payload,
-    ) -> Result<Result<(), HandlerError>, sqlx::Error> {
+    async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         // An already closed period keeps its first closing time, so a replayed
         // close leaves the row as it was.
         let closed = sqlx::query(
