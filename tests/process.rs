@@ -206,3 +206,69 @@ async fn an_unreachable_broker_is_named_without_its_password(pool: PgPool) {
     assert!(!err.contains("canary-secret"), "{err}");
     world.cleanup().await;
 }
+
+/// A plain HTTP/1.0 GET: status code and body.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((code, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_for_status(port: u16, path: &str, expected: u16) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((code, body)) = http_get(port, path).await {
+            if code == expected {
+                return body;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{path} never answered {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test]
+async fn health_endpoints_tell_alive_from_ready(pool: PgPool) {
+    let world = World::new(pool).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["worker", "--id", "health", "--http", &addr])
+        .envs(world.env())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_for_status(port, "/health", 200).await, "ok\n");
+    assert_eq!(wait_for_status(port, "/health/ready", 200).await, "ready\n");
+    signal(&worker, "-TERM");
+    let _ = worker.wait().await;
+
+    // With the broker unreachable the worker lives on, but is not ready.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["worker", "--id", "no-broker", "--http", &addr])
+        .envs(world.env())
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_for_status(port, "/health", 200).await, "ok\n");
+    let reason = wait_for_status(port, "/health/ready", 503).await;
+    assert!(reason.contains("not consuming"), "{reason}");
+    signal(&worker, "-TERM");
+    let status = worker.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "a worker waiting for its broker still stops cleanly");
+    world.cleanup().await;
+}

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{HttpListen, WorkerArgs};
 use crate::config::Endpoints;
 use crate::handlers::Registry;
-use crate::worker::{self, WorkerConfig};
+use crate::worker::{self, Liveness, WorkerConfig};
 use crate::{database, health};
 
 pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -25,15 +25,17 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<Exit
     database::check_migrated(&pool, &endpoints.database_url).await?;
 
     let shutdown = CancellationToken::new();
+    let liveness = Liveness::default();
     spawn_signal_listener(shutdown.clone())?;
     if let HttpListen::On(addr) = args.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for --http; pick another address or pass --http off"))?;
         tracing::info!(addr = %listener.local_addr()?, "health endpoint listening");
-        tokio::spawn(health::serve(listener, shutdown.clone()));
+        let readiness = health::Readiness { pool: pool.clone(), liveness: liveness.clone() };
+        tokio::spawn(health::serve(listener, readiness, shutdown.clone()));
     }
-    worker::run(config, endpoints.clone(), pool, Registry::reference(), shutdown).await?;
+    worker::run(config, endpoints.clone(), pool, Registry::reference(), liveness, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,7 +16,7 @@ use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::pipeline::Pipeline;
-use super::{pause, WorkerConfig};
+use super::{pause, Liveness, WorkerConfig};
 use crate::config::Endpoints;
 use crate::dead_letters::DeadLetter;
 use crate::envelope::{Event, Received};
@@ -36,11 +36,14 @@ pub(super) async fn run(
     pipeline: Arc<Pipeline>,
     endpoints: &Endpoints,
     config: &WorkerConfig,
+    liveness: &Liveness,
     shutdown: CancellationToken,
 ) -> Result<(), IntakeError> {
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(&pipeline, endpoints, config, &shutdown).await {
+        let consumed = consume(&pipeline, endpoints, config, liveness, &shutdown).await;
+        liveness.set_consuming(false);
+        match consumed {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "consuming stopped; reconnecting");
@@ -59,6 +62,7 @@ async fn consume(
     pipeline: &Pipeline,
     endpoints: &Endpoints,
     config: &WorkerConfig,
+    liveness: &Liveness,
     shutdown: &CancellationToken,
 ) -> Result<(), TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {}", config.id)).await?;
@@ -78,6 +82,7 @@ async fn consume(
         .await
         .map_err(TransportError::broker(format!("consume queue '{}'", endpoints.queue)))?;
     tracing::info!(queue = %endpoints.queue, prefetch = config.prefetch, "consuming");
+    liveness.set_consuming(true);
 
     let result = consume_batches(pipeline, endpoints, config, shutdown, &channel, &mut consumer).await;
     close(&connection, &channel, &consumer).await;

@@ -15,6 +15,8 @@ mod claimer;
 mod intake;
 pub mod pipeline;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -124,9 +126,10 @@ pub async fn run(
     endpoints: Endpoints,
     pool: PgPool,
     registry: Registry,
+    liveness: Liveness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pipeline = std::sync::Arc::new(Pipeline::new(pool.clone(), registry, config.id.clone(), config.retry));
+    let pipeline = Arc::new(Pipeline::new(pool.clone(), registry, config.id.clone(), config.retry));
     tracing::info!(
         worker = %config.id,
         database = %endpoints.database_url,
@@ -142,7 +145,7 @@ pub async fn run(
         config.clone(),
         shutdown.clone(),
     ));
-    let intake_result = intake::run(pipeline, &endpoints, &config, shutdown.clone()).await;
+    let intake_result = intake::run(pipeline, &endpoints, &config, &liveness, shutdown.clone()).await;
     // Whatever ended the intake ends the worker.
     shutdown.cancel();
     let claimer_result = claimer.await;
@@ -150,6 +153,23 @@ pub async fn run(
     claimer_result?;
     tracing::info!(worker = %config.id, "worker stopped");
     Ok(())
+}
+
+/// What a running worker reports about itself, shared with the health endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    consuming: Arc<AtomicBool>,
+}
+
+impl Liveness {
+    /// Whether the worker holds an open consumer on its queue right now.
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
+    fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::Relaxed);
+    }
 }
 
 /// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.

@@ -72,6 +72,7 @@ impl World {
             self.endpoints.clone(),
             self.pool.clone(),
             Registry::reference(),
+            worker::Liveness::default(),
             shutdown.clone(),
         ));
         RunningWorker { shutdown, handle }
