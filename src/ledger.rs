@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 
 use crate::envelope::{Event, Rejection};
+use crate::selector::Selector;
 
 /// Failures of the ledger's own statements.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +220,60 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
     .await
     .map_err(query_error("settle attempts"))?;
     Ok(())
+}
+
+/// A ledger row as an operator reads it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct LedgerRow {
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: Value,
+    pub occurred_at: DateTime<Utc>,
+    pub status: String,
+    pub retry_count: i32,
+    pub error_message: Option<String>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The rows a selector picks, in event-time order. Only the conditions the
+/// selector uses are written into the query, so the planner sees each one
+/// and picks its index; every value is a bind parameter.
+pub async fn select(pool: &PgPool, selector: &Selector) -> Result<Vec<LedgerRow>, LedgerError> {
+    let mut query = QueryBuilder::<Postgres>::new(
+        "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
+         processed_at, updated_at FROM processed_events WHERE true",
+    );
+    if !selector.event_ids.is_empty() {
+        query.push(" AND event_id = ANY(").push_bind(&selector.event_ids).push(")");
+    }
+    if !selector.event_types.is_empty() {
+        query.push(" AND event_type = ANY(").push_bind(&selector.event_types).push(")");
+    }
+    for (column, range) in [("occurred_at", &selector.occurred), ("processed_at", &selector.processed)] {
+        if let Some(from) = range.from {
+            query.push(format_args!(" AND {column} >= ")).push_bind(from);
+        }
+        if let Some(to) = range.to {
+            query.push(format_args!(" AND {column} < ")).push_bind(to);
+        }
+    }
+    if !selector.statuses.is_empty() {
+        query.push(" AND status = ANY(").push_bind(&selector.statuses).push(")");
+    }
+    for field in &selector.payload {
+        let mut alternatives = query.push(" AND (").separated(" OR ");
+        for document in field.containments() {
+            alternatives.push("payload @> ").push_bind_unseparated(document);
+        }
+        query.push(")");
+    }
+    query.push(" ORDER BY occurred_at, id");
+    if let Some(limit) = selector.limit {
+        query.push(" LIMIT ").push_bind(limit);
+    }
+    query.build_query_as().fetch_all(pool).await.map_err(query_error("select rows"))
 }
 
 /// Counts rows by status, for tests, the benchmark and health.

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod health;
 pub mod ledger;
 pub mod publisher;
+pub mod selector;
 pub mod telemetry;
 pub mod transport;
 pub mod worker;
