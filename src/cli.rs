@@ -55,6 +55,57 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Measure the worker against a raw consume-and-insert loop.
     Bench(BenchArgs),
+    /// Select ledger rows to replay and write a sealed plan file to read before applying.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Select this event id (repeatable).
+    #[arg(long = "event-id")]
+    pub event_ids: Vec<String>,
+    /// Select this event type (repeatable).
+    #[arg(long = "type")]
+    pub event_types: Vec<String>,
+    /// Events that occurred at or after this time (RFC 3339 or a date).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Events that occurred before this time; a plain date includes that day.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Rows processed at or after this time (RFC 3339 or a date).
+    #[arg(long)]
+    pub processed_from: Option<String>,
+    /// Rows processed before this time; a plain date includes that day.
+    #[arg(long)]
+    pub processed_to: Option<String>,
+    /// Select rows in this status (repeatable): pending, processing, processed, error, skipped.
+    #[arg(long = "status")]
+    pub statuses: Vec<String>,
+    /// Select rows whose top-level payload field KEY equals VALUE (repeatable).
+    #[arg(long = "payload", value_name = "KEY=VALUE")]
+    pub payload: Vec<String>,
+    /// Select at most N rows (oldest first).
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// Why this replay is needed; recorded in the plan and the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Treat rows as new, skipping idempotency. Dangerous: effects may apply twice.
+    #[arg(long)]
+    pub force: bool,
+    /// Who plans it (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Republish rate the duration estimate assumes, events per second.
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Directory the plan file is written to.
+    #[arg(long, default_value = "replay-plans")]
+    pub out_dir: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -57,3 +57,12 @@ pub async fn check_migrated(pool: &PgPool, url: &SecretUrl) -> Result<(), Databa
         Err(DatabaseError::NotMigrated { url: url.redacted() })
     }
 }
+
+/// Which database this is: the cluster's system identifier (when the role
+/// may read it) and the database name.
+pub async fn identity(pool: &PgPool) -> Result<crate::plan::DatabaseIdentity, sqlx::Error> {
+    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await?;
+    let system_identifier: Option<String> =
+        sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()").fetch_one(pool).await.ok();
+    Ok(crate::plan::DatabaseIdentity { system_identifier, database })
+}

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod handlers;
 pub mod health;
 pub mod ledger;
+pub mod plan;
 pub mod publisher;
 pub mod selector;
 pub mod telemetry;

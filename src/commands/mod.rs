@@ -3,6 +3,7 @@
 
 mod bench;
 mod migrate;
+mod plan;
 mod publish;
 mod worker;
 
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Publish(args) => publish::run(&endpoints, args).await,
             Command::Worker(args) => worker::run(&endpoints, args).await,
             Command::Bench(args) => bench::run(&endpoints, args).await,
+            Command::Plan(args) => plan::run(&endpoints, args).await,
         }
     })
 }
