@@ -57,6 +57,15 @@ pub enum Command {
     Bench(BenchArgs),
     /// Select ledger rows to replay and write a sealed plan file to read before applying.
     Plan(PlanArgs),
+    /// Inspect the append-only audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of every audit entry; exit 3 if it is broken.
+    Verify,
 }
 
 #[derive(Debug, Args)]

@@ -18,3 +18,6 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
         ExitCode::from(1)
     }
 }
+
+/// Exit code 3: a safety check refused (or found something wrong).
+pub const REFUSED: u8 = 3;

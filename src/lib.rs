@@ -1,6 +1,7 @@
 //! `replay`: an event-sourcing replay engine on RabbitMQ and Postgres.
 //! See ARCHITECTURE.md for the map of the modules.
 
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod commands;

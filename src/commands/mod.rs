@@ -1,6 +1,7 @@
 //! One module per subcommand: each turns its arguments into a request and
 //! calls the library. `anyhow` lives here and in `main`, not below.
 
+mod audit;
 mod bench;
 mod migrate;
 mod plan;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Worker(args) => worker::run(&endpoints, args).await,
             Command::Bench(args) => bench::run(&endpoints, args).await,
             Command::Plan(args) => plan::run(&endpoints, args).await,
+            Command::Audit(command) => audit::run(&endpoints, command).await,
         }
     })
 }
