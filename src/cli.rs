@@ -57,9 +57,24 @@ pub enum Command {
     Bench(BenchArgs),
     /// Select ledger rows to replay and write a sealed plan file to read before applying.
     Plan(PlanArgs),
+    /// Take a checked pg_dump of the domain and the ledger (not the control plane).
+    Backup(BackupArgs),
     /// Inspect the append-only audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Write the dump here instead of a timestamped file in --dir.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Directory for timestamped dumps.
+    #[arg(long, default_value = "backups")]
+    pub dir: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of the modules.
 
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod commands;

@@ -2,6 +2,7 @@
 //! calls the library. `anyhow` lives here and in `main`, not below.
 
 mod audit;
+mod backup;
 mod bench;
 mod migrate;
 mod plan;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Bench(args) => bench::run(&endpoints, args).await,
             Command::Plan(args) => plan::run(&endpoints, args).await,
             Command::Audit(command) => audit::run(&endpoints, command).await,
+            Command::Backup(args) => backup::run(&endpoints, args).await,
         }
     })
 }

@@ -1,0 +1,148 @@
+//! Backups: a checked `pg_dump -Fc` of the domain and the ledger, and the
+//! restore that puts one back.
+//!
+//! The control plane (`replay_control`: audit log, and later pause and
+//! heartbeats) is left out of every dump, so restoring a backup never erases
+//! what happened since. Connection settings reach `pg_dump` through its
+//! environment (`PGPASSWORD` and friends), never its command line, where any
+//! user of the host could read the password.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use chrono::{DateTime, Utc};
+use tokio::process::Command;
+
+use crate::config::SecretUrl;
+
+/// The schema backups leave out.
+pub const CONTROL_SCHEMA: &str = "replay_control";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot run {tool}: {source}. Install the PostgreSQL client tools (apt-get install postgresql-client) matching the server's major version")]
+    Spawn { tool: &'static str, source: std::io::Error },
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed { tool: &'static str, status: std::process::ExitStatus, stderr: String },
+    #[error("DATABASE_URL {url} cannot be handed to pg_dump: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot write the backup to {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// A dump on disk that `pg_restore --list` could read.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Entries in the dump's table of contents.
+    pub entries: usize,
+    pub taken_at: DateTime<Utc>,
+}
+
+/// The libpq environment for `url`: what pg_dump and pg_restore connect with.
+pub fn libpq_env(url: &SecretUrl) -> Result<Vec<(&'static str, String)>, BackupError> {
+    let bad = |reason: &str| BackupError::BadUrl { url: url.redacted(), reason: reason.to_string() };
+    let parsed = url::Url::parse(url.expose()).map_err(|e| bad(&e.to_string()))?;
+    let mut env = Vec::new();
+    if let Some(host) = parsed.host_str() {
+        env.push(("PGHOST", host.to_string()));
+    }
+    if let Some(port) = parsed.port() {
+        env.push(("PGPORT", port.to_string()));
+    }
+    if !parsed.username().is_empty() {
+        env.push(("PGUSER", decode(parsed.username())));
+    }
+    if let Some(password) = parsed.password() {
+        env.push(("PGPASSWORD", decode(password)));
+    }
+    let database = parsed.path().trim_start_matches('/');
+    if database.is_empty() {
+        return Err(bad("it names no database"));
+    }
+    env.push(("PGDATABASE", decode(database)));
+    for (key, value) in parsed.query_pairs() {
+        if key == "sslmode" {
+            env.push(("PGSSLMODE", value.into_owned()));
+        }
+    }
+    Ok(env)
+}
+
+fn decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| text.to_string())
+}
+
+/// Takes a custom-format dump (`-Fc -Z1`: fast, still compressed) into `out`,
+/// or a timestamped file in `dir`, and checks it with `pg_restore --list`.
+pub async fn take(url: &SecretUrl, dir: &Path, out: Option<PathBuf>) -> Result<Backup, BackupError> {
+    let taken_at = Utc::now();
+    let path = out.unwrap_or_else(|| dir.join(format!("replay-{}.dump", taken_at.format("%Y%m%dT%H%M%S%.3fZ"))));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| BackupError::Io { path: parent.to_path_buf(), source })?;
+    }
+    let env = libpq_env(url)?;
+    let output = Command::new("pg_dump")
+        .args(["--format=custom", "--compress=1", "--no-owner"])
+        .arg(format!("--exclude-schema={CONTROL_SCHEMA}"))
+        .arg("--file")
+        .arg(&path)
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| BackupError::Spawn { tool: "pg_dump", source })?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&path);
+        return Err(BackupError::Failed {
+            tool: "pg_dump",
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let entries = check(&path).await?;
+    let bytes = std::fs::metadata(&path).map_err(|source| BackupError::Io { path: path.clone(), source })?.len();
+    Ok(Backup { path, bytes, entries, taken_at })
+}
+
+/// Reads a dump's table of contents; fails if it is missing or unreadable.
+pub async fn check(path: &Path) -> Result<usize, BackupError> {
+    let output = Command::new("pg_restore")
+        .arg("--list")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| BackupError::Spawn { tool: "pg_restore", source })?;
+    if !output.status.success() {
+        return Err(BackupError::Failed {
+            tool: "pg_restore --list",
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let listing = String::from_utf8_lossy(&output.stdout);
+    Ok(listing.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_goes_to_the_environment_only() {
+        let url = SecretUrl::new("postgres://ops:s%40cret@db.example:5433/habitat?sslmode=require");
+        let env = libpq_env(&url).unwrap();
+        assert!(env.contains(&("PGPASSWORD", "s@cret".to_string())));
+        assert!(env.contains(&("PGHOST", "db.example".to_string())));
+        assert!(env.contains(&("PGPORT", "5433".to_string())));
+        assert!(env.contains(&("PGDATABASE", "habitat".to_string())));
+        assert!(env.contains(&("PGSSLMODE", "require".to_string())));
+        let err = libpq_env(&SecretUrl::new("postgres://ops:pw@db/")).unwrap_err().to_string();
+        assert!(err.contains("names no database") && !err.contains("pw@"), "{err}");
+    }
+}
