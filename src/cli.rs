@@ -56,12 +56,78 @@ pub enum Command {
     /// Measure the worker against a raw consume-and-insert loop.
     Bench(BenchArgs),
     /// Select ledger rows to replay and write a sealed plan file to read before applying.
-    Plan(PlanArgs),
+    Plan(Box<PlanArgs>),
     /// Take a checked pg_dump of the domain and the ledger (not the control plane).
     Backup(BackupArgs),
+    /// Apply a plan: check it, back up, reset its rows (audited) and republish them.
+    Apply(Box<ApplyArgs>),
+    /// Where a plan's replay stands, or the ledger and queue as a whole.
+    Status(StatusArgs),
+    /// Read ledger rows.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Inspect the append-only audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan file `replay plan` wrote.
+    pub plan: PathBuf,
+    /// Apply without asking (required when there is no terminal to ask on).
+    #[arg(long)]
+    pub yes: bool,
+    /// Run every check and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow replaying events whose handlers reach outside the database.
+    #[arg(long)]
+    pub allow_external_effects: bool,
+    /// Use this pg_dump instead of taking a fresh one (it must be younger than --backup-max-age).
+    #[arg(long)]
+    pub backup: Option<PathBuf>,
+    /// Oldest a --backup may be.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub backup_max_age: Duration,
+    /// Directory for the fresh backup.
+    #[arg(long, default_value = "backups")]
+    pub backup_dir: PathBuf,
+    /// Republish at most N events per second.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Who applies it, for the audit log (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A plan file: show its replay's progress.
+    pub plan: Option<PathBuf>,
+    /// Redraw until the replay is finished (or Ctrl-C).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between redraws with --watch.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Every field of one ledger row, its payload, and its replay history.
+    Show {
+        event_id: String,
+        /// Print it as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +178,18 @@ pub struct PlanArgs {
     /// Select at most N rows (oldest first).
     #[arg(long)]
     pub limit: Option<i64>,
+    /// Select every row of the ledger (needed when no other selector is given).
+    #[arg(long)]
+    pub all: bool,
+    /// A named replay: period-close (--period ID|latest-closed) or member-allocations (--member ID --period ID).
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// The workflow's period: an id, or latest-closed.
+    #[arg(long, requires = "workflow")]
+    pub period: Option<String>,
+    /// The workflow's member id.
+    #[arg(long, requires = "workflow")]
+    pub member: Option<String>,
     /// Why this replay is needed; recorded in the plan and the audit log.
     #[arg(long)]
     pub reason: String,

@@ -5,19 +5,37 @@
 
 use std::process::ExitCode;
 
+use crate::apply::ApplyError;
+
 /// A problem with what the user asked for: nothing was changed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit code for an error chain.
-pub fn code_for(error: &anyhow::Error) -> ExitCode {
-    if error.chain().any(|cause| cause.is::<UsageError>()) {
-        ExitCode::from(2)
-    } else {
-        ExitCode::from(1)
-    }
-}
+/// A safety check refused: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+pub struct Refused(pub String);
 
 /// Exit code 3: a safety check refused (or found something wrong).
 pub const REFUSED: u8 = 3;
+/// Exit code 4: stopped by a pause or an emergency stop.
+pub const STOPPED: u8 = 4;
+
+/// The exit code for an error chain.
+pub fn code_for(error: &anyhow::Error) -> ExitCode {
+    for cause in error.chain() {
+        if cause.is::<UsageError>() {
+            return ExitCode::from(2);
+        }
+        if cause.is::<Refused>() {
+            return ExitCode::from(REFUSED);
+        }
+        match cause.downcast_ref::<ApplyError>() {
+            Some(ApplyError::Refused(_)) => return ExitCode::from(REFUSED),
+            Some(ApplyError::Paused { .. }) => return ExitCode::from(STOPPED),
+            _ => {}
+        }
+    }
+    ExitCode::from(1)
+}

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 
@@ -241,10 +242,18 @@ pub struct LedgerRow {
 /// selector uses are written into the query, so the planner sees each one
 /// and picks its index; every value is a bind parameter.
 pub async fn select(pool: &PgPool, selector: &Selector) -> Result<Vec<LedgerRow>, LedgerError> {
-    let mut query = QueryBuilder::<Postgres>::new(
+    let mut query = selection(
         "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
-         processed_at, updated_at FROM processed_events WHERE true",
+         processed_at, updated_at FROM processed_events",
+        selector,
     );
+    query.build_query_as().fetch_all(pool).await.map_err(query_error("select rows"))
+}
+
+/// `columns` (a SELECT ... FROM processed_events) restricted by a selector.
+fn selection(columns: &'static str, selector: &Selector) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::<Postgres>::new(columns);
+    query.push(" WHERE true");
     if !selector.event_ids.is_empty() {
         query.push(" AND event_id = ANY(").push_bind(&selector.event_ids).push(")");
     }
@@ -273,7 +282,220 @@ pub async fn select(pool: &PgPool, selector: &Selector) -> Result<Vec<LedgerRow>
     if let Some(limit) = selector.limit {
         query.push(" LIMIT ").push_bind(limit);
     }
-    query.build_query_as().fetch_all(pool).await.map_err(query_error("select rows"))
+    query
+}
+
+/// A selected row as a plan records it: no payload, and its row version.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SelectedRow {
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The row version (`xmin`): changes with every change to the row.
+    pub version: String,
+}
+
+/// Streams the rows a selector picks to `each`, in event-time order, without
+/// holding them in memory. Every value is a bind parameter.
+pub async fn for_each_selected<E: From<LedgerError>>(
+    pool: &PgPool,
+    selector: &Selector,
+    mut each: impl FnMut(SelectedRow) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut query = selection(
+        "SELECT id, event_id, event_type, status, occurred_at, xmin::text AS version FROM processed_events",
+        selector,
+    );
+    let mut rows = query.build_query_as::<SelectedRow>().fetch(pool);
+    while let Some(row) = rows.try_next().await.map_err(query_error("select rows"))? {
+        each(row)?;
+    }
+    Ok(())
+}
+
+/// The current version of each row among `ids` that still exists, as
+/// `(id, version)`; with `lock`, the rows are locked for the caller's
+/// transaction, so they cannot change between this check and the reset.
+pub async fn versions(conn: &mut PgConnection, ids: &[i64], lock: bool) -> Result<Vec<(i64, String)>, LedgerError> {
+    let sql = if lock {
+        "SELECT id, xmin::text FROM processed_events WHERE id = ANY($1) FOR UPDATE"
+    } else {
+        "SELECT id, xmin::text FROM processed_events WHERE id = ANY($1)"
+    };
+    sqlx::query_as(sql).bind(ids).fetch_all(conn).await.map_err(query_error("read row versions"))
+}
+
+/// Resets rows for a replay plan, inside the caller's transaction: each
+/// row's prior status, error and retry count go to `replay_history`, then the
+/// row becomes `pending` with a clean slate, parked (`next_attempt_at =
+/// infinity`) until the apply releases it with its republished message, so
+/// `--rate` paces the replay and not the claimers.
+pub async fn reset_for_plan(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    plan_id: uuid::Uuid,
+    operator: &str,
+) -> Result<u64, LedgerError> {
+    let done = sqlx::query(
+        "WITH prior AS (
+             SELECT id, event_id, status, error_message, retry_count, processed_at
+               FROM processed_events WHERE id = ANY($1) FOR UPDATE
+         ), history AS (
+             INSERT INTO replay_history
+                    (event_id, plan_id, operator, prior_status, prior_error, prior_retry_count, prior_processed_at)
+             SELECT event_id, $2, $3, status, error_message, retry_count, processed_at FROM prior
+         )
+         UPDATE processed_events p
+            SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
+                locked_by = NULL, next_attempt_at = 'infinity', updated_at = now()
+           FROM prior WHERE p.id = prior.id",
+    )
+    .bind(ids)
+    .bind(plan_id)
+    .bind(operator)
+    .execute(conn)
+    .await
+    .map_err(query_error("reset rows for a replay"))?;
+    Ok(done.rows_affected())
+}
+
+/// Adds a workflow's trigger events to the ledger as parked pending rows,
+/// with a history entry that has no prior state. Ids already present are
+/// left alone.
+pub async fn insert_triggers(
+    conn: &mut PgConnection,
+    events: &[Event],
+    plan_id: uuid::Uuid,
+    operator: &str,
+) -> Result<(), LedgerError> {
+    for event in events {
+        sqlx::query(
+            "WITH added AS (
+                 INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, next_attempt_at)
+                 VALUES ($1, $2, $3::jsonb, $4, 'pending', 'infinity')
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING event_id
+             )
+             INSERT INTO replay_history (event_id, plan_id, operator) SELECT event_id, $5, $6 FROM added",
+        )
+        .bind(&event.event_id)
+        .bind(&event.event_type)
+        .bind(&event.payload_json)
+        .bind(event.occurred_at)
+        .bind(plan_id)
+        .bind(operator)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_error("add workflow trigger events"))?;
+    }
+    Ok(())
+}
+
+/// Makes parked rows of a replay due, just before their messages are
+/// published: if a message is lost, a claimer still picks its row up.
+pub async fn release(pool: &PgPool, event_ids: &[String]) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE processed_events SET next_attempt_at = now()
+          WHERE event_id = ANY($1) AND status = 'pending' AND next_attempt_at = 'infinity'",
+    )
+    .bind(event_ids)
+    .execute(pool)
+    .await
+    .map_err(query_error("release replayed rows"))?;
+    Ok(())
+}
+
+/// The events stored for `event_ids`, as they are republished, in the order asked.
+pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, LedgerError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events
+          WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("read events to republish"))?;
+    let mut by_id: std::collections::HashMap<String, Event> =
+        rows.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| (c.event.event_id.clone(), c.event)).collect();
+    Ok(event_ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// One ledger row by event id.
+pub async fn find(pool: &PgPool, event_id: &str) -> Result<Option<LedgerRow>, LedgerError> {
+    sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
+         processed_at, updated_at FROM processed_events WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(query_error("find an event"))
+}
+
+/// One reset of a row by a replay plan, and the state it erased.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct ReplayHistory {
+    pub plan_id: uuid::Uuid,
+    pub operator: String,
+    pub reset_at: DateTime<Utc>,
+    /// `None` for an event a workflow added.
+    pub prior_status: Option<String>,
+    pub prior_error: Option<String>,
+    pub prior_retry_count: Option<i32>,
+    pub prior_processed_at: Option<DateTime<Utc>>,
+}
+
+/// An event's replay history, oldest first.
+pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>, LedgerError> {
+    sqlx::query_as(
+        "SELECT plan_id, operator, reset_at, prior_status, prior_error, prior_retry_count, prior_processed_at
+           FROM replay_history WHERE event_id = $1 ORDER BY id",
+    )
+    .bind(event_id)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("read replay history"))
+}
+
+/// Where a plan's rows stand now: counts by status, and how many of them
+/// are parked (waiting for the apply to release them).
+pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, i64)>, LedgerError> {
+    sqlx::query_as(
+        "SELECT CASE WHEN p.status = 'pending' AND p.next_attempt_at = 'infinity' THEN 'waiting' ELSE p.status END,
+                count(*)
+           FROM replay_history h JOIN processed_events p ON p.event_id = h.event_id
+          WHERE h.plan_id = $1
+          GROUP BY 1 ORDER BY 1",
+    )
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("count a plan's rows by status"))
+}
+
+/// Errors among a plan's rows since its reset (failed again, or retrying),
+/// grouped by message, most frequent first.
+pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, String, i64)>, LedgerError> {
+    sqlx::query_as(
+        "SELECT p.status, p.error_message, count(*)
+           FROM replay_history h JOIN processed_events p ON p.event_id = h.event_id
+          WHERE h.plan_id = $1 AND p.error_message IS NOT NULL AND p.status IN ('error', 'pending')
+          GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
+    )
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("group a plan's failures"))
+}
+
+/// Counts rows by type and status, for `replay status`.
+pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, LedgerError> {
+    sqlx::query_as("SELECT event_type, status, count(*) FROM processed_events GROUP BY 1, 2 ORDER BY 1, 2")
+        .fetch_all(pool)
+        .await
+        .map_err(query_error("count rows by type and status"))
 }
 
 /// Counts rows by status, for tests, the benchmark and health.

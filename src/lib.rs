@@ -1,6 +1,7 @@
 //! `replay`: an event-sourcing replay engine on RabbitMQ and Postgres.
 //! See ARCHITECTURE.md for the map of the modules.
 
+pub mod apply;
 pub mod audit;
 pub mod backup;
 pub mod bench;
@@ -14,9 +15,12 @@ pub mod exit;
 pub mod handlers;
 pub mod health;
 pub mod ledger;
+pub mod pause;
 pub mod plan;
 pub mod publisher;
+pub mod runs;
 pub mod selector;
 pub mod telemetry;
 pub mod transport;
 pub mod worker;
+pub mod workflows;

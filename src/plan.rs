@@ -1,23 +1,56 @@
-//! A replay plan: exactly which ledger rows to replay, why, by whom, against
-//! which database, and a digest over all of it, so `replay apply` can refuse
+//! A replay plan: exactly which ledger rows to replay (and, for a workflow,
+//! which domain rows to reset and which events to trigger), why, by whom,
+//! against which database, sealed with a digest, so `replay apply` can refuse
 //! a plan that was edited, made elsewhere, or has gone stale.
 //!
-//! Architecture invariant: building and checking a plan does no I/O; the
-//! command reads the rows and writes the file.
+//! The file is JSON Lines, written and read as a stream so a plan over a
+//! million rows costs no more memory than one over ten:
+//!
+//! ```text
+//! {"header": {...}}                         plan id, reason, selector, workflow, database
+//! [id, "event_id", "event_type", "status", "version"]   one line per planned row
+//! {"summary": {...}}                        counts, samples, warnings
+//! {"digest": "<sha-256 of every byte above>"}
+//! ```
+//!
+//! A row's `version` is its Postgres row version (`xmin`) at planning time:
+//! any change to the row, by a worker, an operator's UPDATE or a restore,
+//! gives it a new one, which is how `apply` knows a plan is stale.
+//!
+//! Architecture invariant: this module reads and writes plan files and knows
+//! nothing of the database; the commands bring the rows.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::handlers::Registry;
-use crate::ledger::LedgerRow;
 use crate::selector::Selector;
 
 /// Plan files this version writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// What the columns of a row line are.
+pub const ROW_FIELDS: [&str; 5] = ["id", "event_id", "event_type", "status", "version"];
+
+/// Why a plan file cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read the plan {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the plan {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    /// The file is not what `replay plan` wrote: edited, truncated, or not a plan.
+    #[error("{path} is not the plan `replay plan` wrote: {problem}. Make a new plan with `replay plan`")]
+    Tampered { path: PathBuf, problem: String },
+}
 
 /// The database a plan was made for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,44 +61,119 @@ pub struct DatabaseIdentity {
     pub database: String,
 }
 
-/// One planned row, with a fingerprint of its state at planning time.
+impl std::fmt::Display for DatabaseIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.system_identifier {
+            Some(system) => write!(f, "database '{}' of cluster {system}", self.database),
+            None => write!(f, "database '{}'", self.database),
+        }
+    }
+}
+
+/// One planned row, with its row version at planning time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RowLine", into = "RowLine")]
 pub struct PlannedRow {
     pub id: i64,
     pub event_id: String,
     pub event_type: String,
     pub status: String,
-    pub fingerprint: String,
+    pub version: String,
 }
 
-impl PlannedRow {
-    pub fn of(row: &LedgerRow) -> Self {
-        Self {
-            id: row.id,
-            event_id: row.event_id.clone(),
-            event_type: row.event_type.clone(),
-            status: row.status.clone(),
-            fingerprint: fingerprint(row),
-        }
+/// A row as one compact JSON array, in [`ROW_FIELDS`] order.
+type RowLine = (i64, String, String, String, String);
+
+impl From<RowLine> for PlannedRow {
+    fn from((id, event_id, event_type, status, version): RowLine) -> Self {
+        Self { id, event_id, event_type, status, version }
     }
 }
 
-/// What a row's state is summed up by: any change to it changes this.
-pub fn fingerprint(row: &LedgerRow) -> String {
-    let state = format!(
-        "{}|{}|{}|{:?}|{:?}|{}",
-        row.status,
-        row.retry_count,
-        row.updated_at.to_rfc3339(),
-        row.processed_at.map(|t| t.to_rfc3339()),
-        row.error_message,
-        row.payload
-    );
-    hex::encode(&Sha256::digest(state.as_bytes())[..12])
+impl From<PlannedRow> for RowLine {
+    fn from(row: PlannedRow) -> Self {
+        (row.id, row.event_id, row.event_type, row.status, row.version)
+    }
+}
+
+/// An event a workflow publishes as new (e.g. `period.close`): it enters the
+/// ledger when the plan is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: Value,
+}
+
+/// What a workflow will do, as planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowPlan {
+    pub name: String,
+    /// Its parameters, resolved (`latest-closed` became a period id).
+    pub params: BTreeMap<String, String>,
+    /// The steps, in words, in order.
+    pub steps: Vec<String>,
+    /// Domain rows the workflow resets, by table.
+    pub domain_rows: BTreeMap<String, i64>,
+    /// A digest of the domain rows it reads and resets: apply refuses if it changed.
+    pub fingerprint: String,
+    pub triggers: Vec<Trigger>,
+}
+
+/// The plan's first line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub version: u32,
+    pub plan_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub reason: String,
+    /// Rows are treated as new: idempotency is skipped. Dangerous.
+    pub force: bool,
+    /// The ledger rows' selector, if the plan selects any.
+    pub selector: Option<Selector>,
+    pub workflow: Option<WorkflowPlan>,
+    pub database: DatabaseIdentity,
+    pub row_fields: Vec<String>,
+}
+
+impl Header {
+    pub fn new(
+        created_by: String,
+        reason: String,
+        force: bool,
+        selector: Option<Selector>,
+        database: DatabaseIdentity,
+    ) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            plan_id: Uuid::new_v4(),
+            created_at: Utc::now(),
+            created_by,
+            reason,
+            force,
+            selector,
+            workflow: None,
+            database,
+            row_fields: ROW_FIELDS.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    /// Id of a workflow's `n`th trigger event: derived from the plan, so a
+    /// resumed apply publishes the same event, and the ledger dedupes it.
+    pub fn trigger_id(&self, n: usize, event_type: &str) -> String {
+        Uuid::new_v5(&self.plan_id, format!("{n}:{event_type}").as_bytes()).to_string()
+    }
+
+    /// Where the plan is written: `DIR/<created>-<plan id>.jsonl`.
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}-{}.jsonl", self.created_at.format("%Y%m%dT%H%M%SZ"), self.plan_id))
+    }
 }
 
 /// What a person reads in five seconds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub rows: usize,
     pub by_type: BTreeMap<String, usize>,
@@ -73,116 +181,267 @@ pub struct Summary {
     pub by_day: BTreeMap<String, usize>,
     pub first_occurred_at: Option<DateTime<Utc>>,
     pub last_occurred_at: Option<DateTime<Utc>>,
-    pub samples: Vec<serde_json::Value>,
+    pub samples: Vec<Value>,
+    pub warnings: Vec<String>,
+    /// Event types among the rows and triggers whose handlers reach outside the database.
+    pub external_effects: Vec<String>,
 }
 
 impl Summary {
-    pub fn of(rows: &[LedgerRow]) -> Self {
-        let mut summary = Self { rows: rows.len(), ..Self::default() };
-        for row in rows {
-            *summary.by_type.entry(row.event_type.clone()).or_default() += 1;
-            *summary.by_status.entry(row.status.clone()).or_default() += 1;
-            *summary.by_day.entry(row.occurred_at.format("%Y-%m-%d").to_string()).or_default() += 1;
-        }
-        summary.first_occurred_at = rows.iter().map(|r| r.occurred_at).min();
-        summary.last_occurred_at = rows.iter().map(|r| r.occurred_at).max();
-        summary.samples = rows
-            .iter()
-            .take(3)
-            .map(|r| serde_json::json!({"event_id": r.event_id, "event_type": r.event_type, "payload": r.payload}))
-            .collect();
-        summary
+    fn add(&mut self, row: &PlannedRow, occurred_at: DateTime<Utc>) {
+        self.rows += 1;
+        *self.by_type.entry(row.event_type.clone()).or_default() += 1;
+        *self.by_status.entry(row.status.clone()).or_default() += 1;
+        *self.by_day.entry(occurred_at.format("%Y-%m-%d").to_string()).or_default() += 1;
+        self.first_occurred_at = Some(self.first_occurred_at.map_or(occurred_at, |t| t.min(occurred_at)));
+        self.last_occurred_at = Some(self.last_occurred_at.map_or(occurred_at, |t| t.max(occurred_at)));
     }
-}
 
-/// The plan as written to `replay-plans/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    pub version: u32,
-    pub plan_id: uuid::Uuid,
-    pub created_at: DateTime<Utc>,
-    pub created_by: String,
-    pub reason: String,
-    /// Rows are treated as new: idempotency is skipped. Dangerous.
-    pub force: bool,
-    pub selector: Selector,
-    pub database: DatabaseIdentity,
-    pub rows: Vec<PlannedRow>,
-    pub summary: Summary,
-    pub warnings: Vec<String>,
-    /// Event types among the rows whose handlers reach outside the database.
-    pub external_effects: Vec<String>,
-    /// SHA-256 over the canonical JSON of every field above.
-    pub digest: String,
-}
-
-/// What a plan is built from.
-pub struct Request {
-    pub reason: String,
-    pub created_by: String,
-    pub force: bool,
-    pub selector: Selector,
-    pub database: DatabaseIdentity,
-}
-
-impl Plan {
-    /// Builds and seals a plan over `rows`.
-    pub fn build(request: Request, rows: &[LedgerRow], registry: &Registry) -> Self {
-        let summary = Summary::of(rows);
-        let external: Vec<String> = registry
+    /// Warnings follow from what was planned: external effects and `--force`.
+    fn warn(&mut self, header: &Header, registry: &Registry) {
+        let triggered: Vec<&str> =
+            header.workflow.iter().flat_map(|w| &w.triggers).map(|t| t.event_type.as_str()).collect();
+        self.external_effects = registry
             .external_effect_types()
             .into_iter()
-            .filter(|t| summary.by_type.contains_key(*t))
+            .filter(|t| self.by_type.contains_key(*t) || triggered.contains(t))
             .map(str::to_string)
             .collect();
-        let mut warnings = Vec::new();
-        for event_type in &external {
-            warnings.push(format!(
+        for event_type in &self.external_effects {
+            self.warnings.push(format!(
                 "{event_type} has effects outside the database (restoring a backup does not undo them): applying this plan requires --allow-external-effects"
             ));
         }
-        if request.force {
-            warnings.push(
+        if header.force {
+            self.warnings.push(
                 "--force: rows are treated as new and idempotency is skipped; effects may apply twice".to_string(),
             );
         }
-        let mut plan = Self {
-            version: FORMAT_VERSION,
-            plan_id: uuid::Uuid::new_v4(),
-            created_at: Utc::now(),
-            created_by: request.created_by,
-            reason: request.reason,
-            force: request.force,
-            selector: request.selector,
-            database: request.database,
-            rows: rows.iter().map(PlannedRow::of).collect(),
-            summary,
-            warnings,
-            external_effects: external,
-            digest: String::new(),
+    }
+
+    /// Events `apply` publishes: the rows, then the workflow's triggers.
+    pub fn events(&self, header: &Header) -> usize {
+        self.rows + header.workflow.as_ref().map_or(0, |w| w.triggers.len())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeaderLine {
+    header: Header,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SummaryLine {
+    summary: Summary,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DigestLine {
+    digest: String,
+}
+
+/// Writes a plan as its rows stream in; the file appears under its final
+/// name only once sealed, so an interrupted plan leaves nothing to apply.
+pub struct PlanWriter {
+    header: Header,
+    summary: Summary,
+    partial: PathBuf,
+    path: PathBuf,
+    out: BufWriter<File>,
+    hasher: Sha256,
+}
+
+impl PlanWriter {
+    pub fn create(dir: &Path, header: Header) -> Result<Self, PlanError> {
+        let path = header.path_in(dir);
+        let partial = path.with_extension("jsonl.partial");
+        let write_error = |source| PlanError::Write { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(write_error)?;
+        let file = File::create(&partial).map_err(write_error)?;
+        let mut writer = Self {
+            summary: Summary::default(),
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            partial,
+            path,
+            header,
         };
-        plan.digest = plan.compute_digest();
-        plan
+        let line = HeaderLine { header: writer.header.clone() };
+        writer.line(&line)?;
+        Ok(writer)
     }
 
-    /// The digest of everything but the digest itself.
-    pub fn compute_digest(&self) -> String {
-        let mut sealed = self.clone();
-        sealed.digest = String::new();
-        // A struct serializes its fields in declaration order and serde_json
-        // maps sort their keys: the bytes are canonical.
-        let bytes = serde_json::to_vec(&sealed).unwrap_or_default();
-        hex::encode(Sha256::digest(&bytes))
+    pub fn header(&self) -> &Header {
+        &self.header
     }
 
-    /// Whether the plan is as it was sealed.
-    pub fn is_intact(&self) -> bool {
-        self.digest == self.compute_digest()
+    pub fn rows(&self) -> usize {
+        self.summary.rows
     }
 
-    /// Where the plan is written: `DIR/<created>-<plan id>.json`.
-    pub fn path_in(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}-{}.json", self.created_at.format("%Y%m%dT%H%M%SZ"), self.plan_id))
+    /// Adds a row; `occurred_at` feeds the summary only.
+    pub fn push(&mut self, row: PlannedRow, occurred_at: DateTime<Utc>) -> Result<(), PlanError> {
+        self.summary.add(&row, occurred_at);
+        self.line(&row)
+    }
+
+    fn line(&mut self, value: &impl Serialize) -> Result<(), PlanError> {
+        let mut bytes = serde_json::to_vec(value).map_err(|e| self.write_error(e.into()))?;
+        bytes.push(b'\n');
+        self.hasher.update(&bytes);
+        self.out.write_all(&bytes).map_err(|e| self.write_error(e))
+    }
+
+    fn write_error(&self, source: std::io::Error) -> PlanError {
+        PlanError::Write { path: self.path.clone(), source }
+    }
+
+    /// Writes the summary and the digest, and moves the file into place.
+    pub fn seal(mut self, samples: Vec<Value>, registry: &Registry) -> Result<SealedPlan, PlanError> {
+        self.summary.samples = samples;
+        self.summary.warn(&self.header, registry);
+        let line = SummaryLine { summary: self.summary.clone() };
+        self.line(&line)?;
+        let digest = hex::encode(self.hasher.clone().finalize());
+        let mut bytes =
+            serde_json::to_vec(&DigestLine { digest: digest.clone() }).map_err(|e| self.write_error(e.into()))?;
+        bytes.push(b'\n');
+        self.out.write_all(&bytes).map_err(|e| self.write_error(e))?;
+        let file =
+            self.out.into_inner().map_err(|e| PlanError::Write { path: self.path.clone(), source: e.into_error() })?;
+        file.sync_all().map_err(|source| PlanError::Write { path: self.path.clone(), source })?;
+        std::fs::rename(&self.partial, &self.path)
+            .map_err(|source| PlanError::Write { path: self.path.clone(), source })?;
+        Ok(SealedPlan { path: self.path, header: self.header, summary: self.summary, digest })
+    }
+
+    /// Drops the unfinished file.
+    pub fn abandon(self) {
+        drop(self.out);
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+/// A plan file whose digest matched: its header and summary; the rows are
+/// read again, in chunks, by [`SealedPlan::rows`].
+#[derive(Debug, Clone)]
+pub struct SealedPlan {
+    pub path: PathBuf,
+    pub header: Header,
+    pub summary: Summary,
+    pub digest: String,
+}
+
+impl SealedPlan {
+    /// Reads a plan file whole, checking its digest, its format and that its
+    /// row count matches its summary.
+    pub fn open(path: &Path) -> Result<Self, PlanError> {
+        let tampered = |problem: String| PlanError::Tampered { path: path.to_path_buf(), problem };
+        let file = File::open(path).map_err(|source| PlanError::Read { path: path.to_path_buf(), source })?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut hasher = Sha256::new();
+        let mut line = Vec::new();
+        let mut header: Option<Header> = None;
+        let mut summary: Option<Summary> = None;
+        let mut digest: Option<String> = None;
+        let mut rows = 0usize;
+        let mut number = 0usize;
+        loop {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|source| PlanError::Read { path: path.to_path_buf(), source })?;
+            if read == 0 {
+                break;
+            }
+            number += 1;
+            if digest.is_some() {
+                return Err(tampered(format!("line {number} follows the digest")));
+            }
+            let bad = |what: &str, e: serde_json::Error| format!("line {number} is not {what} ({e})");
+            if number == 1 {
+                let parsed: HeaderLine = serde_json::from_slice(&line).map_err(|e| tampered(bad("its header", e)))?;
+                if parsed.header.version != FORMAT_VERSION {
+                    return Err(tampered(format!(
+                        "it has format version {}, this replay reads version {FORMAT_VERSION}",
+                        parsed.header.version
+                    )));
+                }
+                header = Some(parsed.header);
+            } else if line.first() == Some(&b'[') && summary.is_none() {
+                serde_json::from_slice::<PlannedRow>(&line).map_err(|e| tampered(bad("a row", e)))?;
+                rows += 1;
+            } else if summary.is_none() {
+                let parsed: SummaryLine = serde_json::from_slice(&line).map_err(|e| tampered(bad("the summary", e)))?;
+                summary = Some(parsed.summary);
+            } else {
+                let parsed: DigestLine = serde_json::from_slice(&line).map_err(|e| tampered(bad("the digest", e)))?;
+                digest = Some(parsed.digest);
+                continue;
+            }
+            hasher.update(&line);
+        }
+        let (Some(header), Some(summary), Some(digest)) = (header, summary, digest) else {
+            return Err(tampered("it is incomplete (no header, summary or digest line)".into()));
+        };
+        if hex::encode(hasher.finalize()) != digest {
+            return Err(tampered("its digest does not match its contents: it was edited after planning".into()));
+        }
+        if rows != summary.rows {
+            return Err(tampered(format!("it holds {rows} rows but its summary says {}", summary.rows)));
+        }
+        Ok(Self { path: path.to_path_buf(), header, summary, digest })
+    }
+
+    /// The planned rows, in plan order, `chunk` at a time.
+    pub fn rows(&self, chunk: usize) -> Result<RowChunks, PlanError> {
+        let file = File::open(&self.path).map_err(|source| PlanError::Read { path: self.path.clone(), source })?;
+        Ok(RowChunks {
+            path: self.path.clone(),
+            lines: BufReader::with_capacity(1 << 20, file),
+            chunk,
+            line: Vec::new(),
+        })
+    }
+
+    /// Events `apply` publishes: the rows, then the workflow's triggers.
+    pub fn events(&self) -> usize {
+        self.summary.events(&self.header)
+    }
+
+    pub fn triggers(&self) -> &[Trigger] {
+        self.header.workflow.as_ref().map_or(&[], |w| w.triggers.as_slice())
+    }
+}
+
+/// Reads a plan's rows a chunk at a time.
+pub struct RowChunks {
+    path: PathBuf,
+    lines: BufReader<File>,
+    chunk: usize,
+    line: Vec<u8>,
+}
+
+impl Iterator for RowChunks {
+    type Item = Result<Vec<PlannedRow>, PlanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut rows = Vec::with_capacity(self.chunk);
+        while rows.len() < self.chunk.max(1) {
+            self.line.clear();
+            match self.lines.read_until(b'\n', &mut self.line) {
+                Ok(0) => break,
+                Ok(_) if self.line.first() == Some(&b'[') => match serde_json::from_slice(&self.line) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => {
+                        return Some(Err(PlanError::Tampered { path: self.path.clone(), problem: e.to_string() }))
+                    }
+                },
+                Ok(_) => {}
+                Err(source) => return Some(Err(PlanError::Read { path: self.path.clone(), source })),
+            }
+        }
+        (!rows.is_empty()).then_some(Ok(rows))
     }
 }
 
@@ -190,51 +449,57 @@ impl Plan {
 mod tests {
     use super::*;
 
-    fn row(id: i64, event_type: &str, status: &str) -> LedgerRow {
-        LedgerRow {
+    fn header(force: bool) -> Header {
+        Header::new(
+            "ops".into(),
+            "fix".into(),
+            force,
+            Some(Selector::default()),
+            DatabaseIdentity { system_identifier: Some("1".into()), database: "db".into() },
+        )
+    }
+
+    fn row(id: i64, event_type: &str, status: &str) -> PlannedRow {
+        PlannedRow {
             id,
             event_id: format!("e{id}"),
             event_type: event_type.into(),
-            payload: serde_json::json!({"n": id}),
-            occurred_at: "2026-01-02T03:04:05Z".parse().unwrap(),
             status: status.into(),
-            retry_count: 0,
-            error_message: None,
-            processed_at: None,
-            updated_at: "2026-01-02T03:04:06Z".parse().unwrap(),
+            version: "7".into(),
         }
     }
 
-    fn request(force: bool) -> Request {
-        Request {
-            reason: "fix".into(),
-            created_by: "ops".into(),
-            force,
-            selector: Selector::default(),
-            database: DatabaseIdentity { system_identifier: Some("1".into()), database: "db".into() },
+    fn write(dir: &Path, force: bool, rows: &[PlannedRow]) -> SealedPlan {
+        let mut writer = PlanWriter::create(dir, header(force)).unwrap();
+        for r in rows {
+            writer.push(r.clone(), "2026-01-02T03:04:05Z".parse().unwrap()).unwrap();
         }
+        writer.seal(vec![], &Registry::reference()).unwrap()
     }
 
     #[test]
-    fn a_sealed_plan_detects_any_edit() {
+    fn a_sealed_plan_reads_back_and_detects_any_edit() {
+        let dir = tempfile::tempdir().unwrap();
         let rows = [row(1, "payment.initiated", "processed"), row(2, "period.opened", "error")];
-        let mut plan = Plan::build(request(false), &rows, &Registry::reference());
-        assert!(plan.is_intact());
-        assert_eq!(plan.summary.by_status.get("error"), Some(&1));
-        assert_eq!(plan.external_effects, ["payment.initiated"]);
-        assert!(plan.warnings[0].contains("--allow-external-effects"));
-        plan.rows.pop();
-        assert!(!plan.is_intact(), "removing a row breaks the digest");
-        let forced = Plan::build(request(true), &rows, &Registry::reference());
-        assert!(forced.warnings.iter().any(|w| w.starts_with("--force")));
-    }
+        let sealed = write(dir.path(), false, &rows);
+        let opened = SealedPlan::open(&sealed.path).unwrap();
+        assert_eq!(opened.header, sealed.header);
+        assert_eq!(opened.summary.by_status.get("error"), Some(&1));
+        assert_eq!(opened.summary.external_effects, ["payment.initiated"]);
+        assert!(opened.summary.warnings[0].contains("--allow-external-effects"));
+        let read: Vec<PlannedRow> = opened.rows(1).unwrap().flat_map(Result::unwrap).collect();
+        assert_eq!(read, rows);
 
-    #[test]
-    fn fingerprints_follow_row_state() {
-        let before = row(1, "period.opened", "processed");
-        let mut after = before.clone();
-        assert_eq!(fingerprint(&before), fingerprint(&after));
-        after.retry_count = 1;
-        assert_ne!(fingerprint(&before), fingerprint(&after));
+        let text = std::fs::read_to_string(&sealed.path).unwrap();
+        let edited = text.replacen("\"e2\"", "\"e9\"", 1);
+        std::fs::write(&sealed.path, edited).unwrap();
+        let err = SealedPlan::open(&sealed.path).unwrap_err().to_string();
+        assert!(err.contains("edited after planning"), "{err}");
+        let dropped: String = text.lines().filter(|l| !l.contains("\"e2\"")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&sealed.path, dropped).unwrap();
+        assert!(SealedPlan::open(&sealed.path).is_err(), "removing a row breaks the digest");
+
+        let forced = write(dir.path(), true, &rows);
+        assert!(forced.summary.warnings.iter().any(|w| w.starts_with("--force")));
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use replay::plan::Plan;
+use replay::plan::SealedPlan;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -45,11 +45,11 @@ async fn plan_failed_events_writes_a_sealed_file_and_changes_nothing(pool: PgPoo
     assert_eq!(answer["by_type"]["contribution.submitted"], 2);
     assert_eq!(answer["warnings"].as_array().unwrap().len(), 0);
     let path = answer["plan_path"].as_str().unwrap();
-    let plan: Plan = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert!(plan.is_intact());
-    assert_eq!(plan.reason, "bug 42 fixed");
-    assert_eq!(plan.rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), ["e1", "e2"]);
-    assert_eq!(answer["plan_id"], plan.plan_id.to_string());
+    let plan = SealedPlan::open(std::path::Path::new(path)).unwrap();
+    assert_eq!(plan.header.reason, "bug 42 fixed");
+    let rows: Vec<_> = plan.rows(100).unwrap().flat_map(Result::unwrap).map(|r| r.event_id).collect();
+    assert_eq!(rows, ["e1", "e2"]);
+    assert_eq!(answer["plan_id"], plan.header.plan_id.to_string());
     assert_eq!(ledger_state(&world).await, before, "planning changes nothing");
 
     let out = world.replay(&["plan", "--type", "payment.initiated", "--reason", "r", "--out-dir", out_dir]).await;
@@ -100,6 +100,10 @@ async fn bad_selectors_are_usage_errors(pool: PgPool) {
         (vec!["--status", "failed", "--reason", "r"], "not a ledger status"),
         (vec!["--payload", "novalue", "--reason", "r"], "is not KEY=VALUE"),
         (vec!["--type", "x"], "--reason"),
+        (vec!["--reason", "r"], "nothing selected"),
+        (vec!["--workflow", "year-end", "--reason", "r"], "unknown workflow 'year-end'"),
+        (vec!["--workflow", "period-close", "--period", "not-a-uuid", "--reason", "r"], "is not a UUID"),
+        (vec!["--workflow", "member-allocations", "--period", "latest-closed", "--reason", "r"], "needs --member"),
     ] {
         let mut full = vec!["plan", "--out-dir", out_dir];
         full.extend(args);

@@ -1,12 +1,15 @@
 //! One module per subcommand: each turns its arguments into a request and
 //! calls the library. `anyhow` lives here and in `main`, not below.
 
+mod apply;
 mod audit;
 mod backup;
 mod bench;
+mod events;
 mod migrate;
 mod plan;
 mod publish;
+mod status;
 mod worker;
 
 use std::process::ExitCode;
@@ -23,9 +26,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Publish(args) => publish::run(&endpoints, args).await,
             Command::Worker(args) => worker::run(&endpoints, args).await,
             Command::Bench(args) => bench::run(&endpoints, args).await,
-            Command::Plan(args) => plan::run(&endpoints, args).await,
+            Command::Plan(args) => plan::run(&endpoints, *args).await,
+            Command::Apply(args) => apply::run(&endpoints, *args).await,
+            Command::Status(args) => status::run(&endpoints, args).await,
+            Command::Events(command) => events::run(&endpoints, command).await,
             Command::Audit(command) => audit::run(&endpoints, command).await,
             Command::Backup(args) => backup::run(&endpoints, args).await,
         }
     })
+}
+
+/// The operator's name when none is given: the OS user.
+fn os_user() -> String {
+    whoami::username().unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+fn spawn_signal_listener(shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the step in flight, then stopping"),
+            _ = int.recv() => tracing::info!("interrupted: finishing the step in flight, then stopping"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
 }

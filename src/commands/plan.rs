@@ -1,5 +1,5 @@
-//! `replay plan`: selects ledger rows, shows their blast radius, and writes a
-//! sealed plan file. Changes nothing in the database.
+//! `replay plan`: selects ledger rows (and/or a workflow), shows their blast
+//! radius, and writes a sealed plan file. Changes nothing in the database.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -8,26 +8,103 @@ use anyhow::Context;
 
 use crate::cli::PlanArgs;
 use crate::config::Endpoints;
-use crate::exit::UsageError;
+use crate::exit::{Refused, UsageError};
 use crate::handlers::Registry;
-use crate::plan::{Plan, Request};
+use crate::plan::{Header, PlanWriter, PlannedRow, SealedPlan, Trigger, WorkflowPlan};
 use crate::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
+use crate::workflows::{self, Params, WorkflowError};
 use crate::{database, ledger};
+
+/// Sample payloads shown in the summary.
+const SAMPLES: i64 = 3;
 
 pub async fn run(endpoints: &Endpoints, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let selector = selector_from(&args).map_err(|e| UsageError(e.to_string()))?;
+    if selector.is_none() && args.workflow.is_none() {
+        return Err(UsageError(
+            "nothing selected: give a selector (--event-id, --type, --from/--to, --processed-from/--processed-to, \
+             --status, --payload), a --workflow, or --all for the whole ledger"
+                .into(),
+        )
+        .into());
+    }
     if args.reason.trim().is_empty() {
         return Err(UsageError("--reason is empty: say why this replay is needed".into()).into());
     }
     if args.rate == Some(0) {
         return Err(UsageError("--rate must be at least 1 event per second".into()).into());
     }
+    let workflow = args.workflow.as_deref().map(workflows::find).transpose().map_err(workflow_error)?;
+
     let pool = database::connect(&endpoints.database_url, 2).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
-    let rows = ledger::select(&pool, &selector).await?;
     let identity = database::identity(&pool).await.context("reading the database's identity")?;
+    let mut header = Header::new(
+        args.operator.clone().unwrap_or_else(super::os_user),
+        args.reason.clone(),
+        args.force,
+        selector.clone(),
+        identity,
+    );
 
-    if rows.is_empty() {
+    if let Some(workflow) = workflow {
+        let mut params = Params::new();
+        for (key, value) in [("period", &args.period), ("member", &args.member)] {
+            if let Some(value) = value {
+                params.insert(key.to_string(), value.clone());
+            }
+        }
+        let mut conn = pool.acquire().await.context("reading the workflow's domain rows")?;
+        let inspection = workflow.inspect(&mut conn, &params).await.map_err(workflow_error)?;
+        let triggers = inspection
+            .triggers
+            .into_iter()
+            .enumerate()
+            .map(|(n, t)| Trigger {
+                event_id: header.trigger_id(n, &t.event_type),
+                event_type: t.event_type,
+                occurred_at: t.occurred_at,
+                payload: t.payload,
+            })
+            .collect();
+        header.workflow = Some(WorkflowPlan {
+            name: workflow.name().to_string(),
+            params: inspection.params,
+            steps: inspection.steps,
+            domain_rows: inspection.domain_rows,
+            fingerprint: inspection.fingerprint,
+            triggers,
+        });
+    }
+
+    let mut writer = PlanWriter::create(&args.out_dir, header)?;
+    let mut samples = Vec::new();
+    if let Some(selector) = &selector {
+        let streamed = ledger::for_each_selected(&pool, selector, |row| -> anyhow::Result<()> {
+            let occurred_at = row.occurred_at;
+            let planned = PlannedRow {
+                id: row.id,
+                event_id: row.event_id,
+                event_type: row.event_type,
+                status: row.status,
+                version: row.version,
+            };
+            Ok(writer.push(planned, occurred_at)?)
+        })
+        .await;
+        if let Err(error) = streamed {
+            writer.abandon();
+            return Err(error);
+        }
+        let first = Selector { limit: Some(selector.limit.map_or(SAMPLES, |l| l.min(SAMPLES))), ..selector.clone() };
+        samples = ledger::select(&pool, &first)
+            .await?
+            .into_iter()
+            .map(|r| serde_json::json!({"event_id": r.event_id, "event_type": r.event_type, "payload": r.payload}))
+            .collect();
+    }
+    if writer.rows() == 0 && writer.header().workflow.is_none() {
+        writer.abandon();
         if args.json {
             println!(
                 "{}",
@@ -38,47 +115,47 @@ pub async fn run(endpoints: &Endpoints, args: PlanArgs) -> anyhow::Result<ExitCo
         }
         return Ok(ExitCode::SUCCESS);
     }
-
-    let request = Request {
-        reason: args.reason.clone(),
-        created_by: args.operator.clone().unwrap_or_else(os_user),
-        force: args.force,
-        selector,
-        database: identity,
-    };
-    let plan = Plan::build(request, &rows, &Registry::reference());
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating the plan directory {}", args.out_dir.display()))?;
-    let path = plan.path_in(&args.out_dir);
-    let text = serde_json::to_string_pretty(&plan).context("serializing the plan")?;
-    std::fs::write(&path, text).with_context(|| format!("writing the plan to {}", path.display()))?;
+    let plan = writer.seal(samples, &Registry::reference())?;
 
     if args.json {
+        let s = &plan.summary;
         println!(
             "{}",
             serde_json::json!({
-                "plan_id": plan.plan_id,
-                "plan_path": path,
-                "rows": plan.summary.rows,
-                "by_type": plan.summary.by_type,
-                "by_status": plan.summary.by_status,
-                "by_day": plan.summary.by_day,
-                "first_occurred_at": plan.summary.first_occurred_at,
-                "last_occurred_at": plan.summary.last_occurred_at,
-                "estimated_seconds": args.rate.map(|r| plan.summary.rows as f64 / f64::from(r)),
-                "warnings": plan.warnings,
+                "plan_id": plan.header.plan_id,
+                "plan_path": plan.path,
+                "rows": s.rows,
+                "events": plan.events(),
+                "by_type": s.by_type,
+                "by_status": s.by_status,
+                "by_day": s.by_day,
+                "first_occurred_at": s.first_occurred_at,
+                "last_occurred_at": s.last_occurred_at,
+                "samples": s.samples,
+                "workflow": plan.header.workflow,
+                "estimated_seconds": args.rate.map(|r| plan.events() as f64 / f64::from(r)),
+                "warnings": s.warnings,
                 "digest": plan.digest,
             })
         );
     } else {
         print!("{}", human(&plan, args.rate));
-        println!("plan written to {}", path.display());
-        println!("next: read it; `replay apply` is not part of this build yet");
+        println!("plan written to {}", plan.path.display());
+        println!("next: read it, then `replay apply {}`", plan.path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn selector_from(args: &PlanArgs) -> Result<Selector, crate::selector::SelectorError> {
+fn workflow_error(error: WorkflowError) -> anyhow::Error {
+    match error {
+        WorkflowError::Usage(message) => UsageError(message).into(),
+        WorkflowError::Refused(message) => Refused(message).into(),
+        other => other.into(),
+    }
+}
+
+/// The selector the flags describe, or `None` when no selector flag was given.
+fn selector_from(args: &PlanArgs) -> Result<Option<Selector>, crate::selector::SelectorError> {
     let time = |flag, text: &Option<String>, bound| text.as_deref().map(|t| parse_time(flag, t, bound)).transpose();
     let selector = Selector {
         event_ids: args.event_ids.clone(),
@@ -93,11 +170,8 @@ fn selector_from(args: &PlanArgs) -> Result<Selector, crate::selector::SelectorE
         limit: args.limit,
     };
     selector.validate()?;
-    Ok(selector)
-}
-
-fn os_user() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_string())
+    let everything = Selector { limit: selector.limit, ..Selector::default() };
+    Ok((args.all || selector != everything).then_some(selector))
 }
 
 fn counts(map: &std::collections::BTreeMap<String, usize>) -> String {
@@ -105,23 +179,40 @@ fn counts(map: &std::collections::BTreeMap<String, usize>) -> String {
 }
 
 /// The five-second read.
-fn human(plan: &Plan, rate: Option<u32>) -> String {
+pub(super) fn human(plan: &SealedPlan, rate: Option<u32>) -> String {
     let s = &plan.summary;
     let mut out = String::new();
-    let _ = writeln!(out, "plan {}: {} rows to replay (reason: {})", plan.plan_id, s.rows, plan.reason);
-    let _ = writeln!(out, "  by type:    {}", counts(&s.by_type));
-    let _ = writeln!(out, "  by status:  {}", counts(&s.by_status));
-    let _ = writeln!(out, "  by day:     {}", counts(&s.by_day));
+    let _ = writeln!(
+        out,
+        "plan {}: {} rows to replay, {} events to publish (reason: {})",
+        plan.header.plan_id,
+        s.rows,
+        plan.events(),
+        plan.header.reason
+    );
+    if s.rows > 0 {
+        let _ = writeln!(out, "  by type:    {}", counts(&s.by_type));
+        let _ = writeln!(out, "  by status:  {}", counts(&s.by_status));
+        let _ = writeln!(out, "  by day:     {}", counts(&s.by_day));
+    }
     if let (Some(first), Some(last)) = (s.first_occurred_at, s.last_occurred_at) {
         let _ = writeln!(out, "  time span:  {} .. {}", first.to_rfc3339(), last.to_rfc3339());
     }
     for sample in &s.samples {
         let _ = writeln!(out, "  sample:     {sample}");
     }
-    if let Some(rate) = rate {
-        let _ = writeln!(out, "  duration:   about {:.1} s at {rate} events/s", s.rows as f64 / f64::from(rate));
+    if let Some(workflow) = &plan.header.workflow {
+        let _ = writeln!(out, "  workflow:   {}", workflow.name);
+        for (n, step) in workflow.steps.iter().enumerate() {
+            let _ = writeln!(out, "    {}. {step}", n + 1);
+        }
+        let resets: Vec<String> = workflow.domain_rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        let _ = writeln!(out, "  domain rows reset: {}", resets.join(", "));
     }
-    for warning in &plan.warnings {
+    if let Some(rate) = rate {
+        let _ = writeln!(out, "  duration:   about {:.1} s at {rate} events/s", plan.events() as f64 / f64::from(rate));
+    }
+    for warning in &s.warnings {
         let _ = writeln!(out, "  WARNING:    {warning}");
     }
     out

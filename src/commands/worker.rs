@@ -26,7 +26,7 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<Exit
 
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();
-    spawn_signal_listener(shutdown.clone())?;
+    super::spawn_signal_listener(shutdown.clone())?;
     if let HttpListen::On(addr) = args.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -37,19 +37,4 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<Exit
     }
     worker::run(config, endpoints.clone(), pool, Registry::reference(), liveness, shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-fn spawn_signal_listener(shutdown: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in flight, then stopping"),
-            _ = int.recv() => tracing::info!("interrupted: finishing the batch in flight, then stopping"),
-        }
-        shutdown.cancel();
-    });
-    Ok(())
 }

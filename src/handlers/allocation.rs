@@ -145,3 +145,47 @@ impl OneByOne for Distributed {
         })))
     }
 }
+
+/// An allocation as the replay workflows read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct AllocationState {
+    pub member_id: Uuid,
+    pub status: String,
+    pub amount: String,
+    pub calculated_at: DateTime<Utc>,
+}
+
+/// The allocations of a period (or of one member in it), by member.
+pub(crate) async fn of(
+    conn: &mut PgConnection,
+    period_id: Uuid,
+    member_id: Option<Uuid>,
+) -> Result<Vec<AllocationState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT member_id, status, amount::text AS amount, calculated_at FROM allocations
+          WHERE period_id = $1 AND ($2::uuid IS NULL OR member_id = $2)
+          ORDER BY member_id",
+    )
+    .bind(period_id)
+    .bind(member_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks calculated allocations `pending`, waiting for a replayed
+/// computation; distributed and paid ones are never touched.
+pub(crate) async fn mark_pending(
+    conn: &mut PgConnection,
+    period_id: Uuid,
+    member_id: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE allocations SET status = 'pending'
+          WHERE period_id = $1 AND ($2::uuid IS NULL OR member_id = $2) AND status = 'calculated'",
+    )
+    .bind(period_id)
+    .bind(member_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -10,10 +10,10 @@
 //!   leaves the tables as they were. Timestamps come from the event, never `now()`.
 //! - A handler that reports a per-event error has written nothing for that event.
 
-mod allocation;
+pub(crate) mod allocation;
 mod contribution;
 mod payment;
-mod period;
+pub(crate) mod period;
 
 use std::collections::HashMap;
 use std::sync::Arc;

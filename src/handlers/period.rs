@@ -96,3 +96,41 @@ impl OneByOne for Close {
         Ok(Ok(()))
     }
 }
+
+/// A period as the replay workflows read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct PeriodState {
+    pub id: Uuid,
+    pub status: String,
+    pub end_date: NaiveDate,
+    pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A period by id.
+pub(crate) async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<PeriodState>, sqlx::Error> {
+    sqlx::query_as("SELECT id, status, end_date, closed_at FROM allocation_periods WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The closed period that ended last, as the runbook finds it.
+pub(crate) async fn latest_closed(conn: &mut PgConnection) -> Result<Option<PeriodState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, end_date, closed_at FROM allocation_periods
+          WHERE status = 'closed' ORDER BY end_date DESC, id LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Opens a closed period again, for a replayed close to recompute it.
+pub(crate) async fn reopen(conn: &mut PgConnection, id: Uuid) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE allocation_periods SET status = 'open', closed_at = NULL WHERE id = $1 AND status = 'closed'",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,45 @@
+-- Why each ledger row was replayed: which plan and operator reset it, and
+-- what it was before (status, error, retries), so a replay never erases why
+-- an event failed. A row a workflow added (a trigger event) has no prior state.
+-- It sits beside the ledger, not in the control plane: restoring a pre-replay
+-- backup rewinds both together.
+CREATE TABLE replay_history (
+    id                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id           TEXT        NOT NULL,
+    plan_id            UUID        NOT NULL,
+    operator           TEXT        NOT NULL,
+    reset_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
+    prior_status       TEXT,
+    prior_error        TEXT,
+    prior_retry_count  INTEGER,
+    prior_processed_at TIMESTAMPTZ
+);
+CREATE INDEX replay_history_event_idx ON replay_history (event_id);
+CREATE INDEX replay_history_plan_idx ON replay_history (plan_id);
+
+-- Control plane: survives a restore of the domain (backups leave this schema out).
+
+-- The pause: while its row exists, workers take no work and `replay apply`
+-- refuses to start (or stops publishing).
+CREATE TABLE replay_control.pause (
+    singleton BOOLEAN     PRIMARY KEY DEFAULT true CHECK (singleton),
+    paused_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    operator  TEXT        NOT NULL,
+    reason    TEXT        NOT NULL
+);
+
+-- One row per applied plan: what was done once (backup, audit entry, reset)
+-- and how far the republish got, so running `apply` again resumes.
+CREATE TABLE replay_control.replay_runs (
+    plan_id     UUID        PRIMARY KEY,
+    digest      TEXT        NOT NULL,
+    operator    TEXT        NOT NULL,
+    backup_path TEXT        NOT NULL,
+    audit_id    BIGINT      NOT NULL,
+    events      BIGINT      NOT NULL,
+    published   BIGINT      NOT NULL DEFAULT 0,
+    state       TEXT        NOT NULL DEFAULT 'publishing'
+        CHECK (state IN ('publishing', 'done', 'stopped')),
+    started_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at TIMESTAMPTZ
+);

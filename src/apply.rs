@@ -1,0 +1,449 @@
+//! Applying a plan: every safety check first, then, in order, a checked
+//! backup, one transaction that writes the audit entry and resets the rows
+//! (and a workflow's domain rows), and the republish with publisher confirms,
+//! paced and resumable.
+//!
+//! Architecture invariants:
+//! - A refusal changes nothing: every check runs before the backup, and the
+//!   row checks run again under lock inside the reset transaction.
+//! - The audit entry, the run record and the resets commit together or not
+//!   at all; a resumed apply never repeats them.
+//! - A reset row stays parked (pending, not due) until its message is about
+//!   to be published, so `--rate` paces the replay, and a row whose message
+//!   is lost is still picked up by a claimer.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, AuditEntry, AuditError};
+use crate::backup::{self, BackupError};
+use crate::config::Endpoints;
+use crate::envelope::Event;
+use crate::ledger::{self, LedgerError};
+use crate::pause::{self, Pause};
+use crate::plan::{DatabaseIdentity, PlanError, SealedPlan};
+use crate::publisher::Publisher;
+use crate::runs::{self, ControlLock, NewRun, ReplayRun};
+use crate::transport::{self, TransportError};
+use crate::workflows::{self, WorkflowError};
+
+/// Rows checked and reset per statement.
+const RESET_CHUNK: usize = 10_000;
+/// Most events published between two progress records.
+const MAX_BATCH: usize = 1_000;
+/// Stale rows named in a refusal.
+const STALE_EXAMPLES: usize = 10;
+
+/// Where the pre-replay backup comes from.
+#[derive(Debug, Clone)]
+pub enum BackupSource {
+    /// Take a fresh one into this directory.
+    Fresh { dir: PathBuf },
+    /// Use this dump if it is younger than `max_age` and readable.
+    Existing { path: PathBuf, max_age: Duration },
+}
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub operator: String,
+    pub allow_external_effects: bool,
+    pub backup: BackupSource,
+    /// Events per second; unpaced when `None`.
+    pub rate: Option<u32>,
+}
+
+/// A safety check said no. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Edited(PlanError),
+    #[error(
+        "the plan was made for {planned}, but this is {actual}: apply it where it was made, or make a new plan here"
+    )]
+    OtherDatabase { planned: DatabaseIdentity, actual: DatabaseIdentity },
+    #[error("the plan is stale: {count} of its {total} rows changed since it was made (e.g. {}). Make a new plan with `replay plan`", examples.join(", "))]
+    Stale { count: usize, total: usize, examples: Vec<String> },
+    #[error("the plan is stale: the domain rows of workflow {workflow} changed since it was made. Make a new plan with `replay plan`")]
+    DomainMoved { workflow: String },
+    #[error("{0}")]
+    Workflow(String),
+    #[error("another `replay apply` or `replay emergency-stop` is running on this database: wait for it to finish (see `replay status`), then run this again")]
+    Locked,
+    #[error("workers are paused since {} by {} ({}): resume them with `replay resume --reason ...` first", .0.paused_at.to_rfc3339(), .0.operator, .0.reason)]
+    Paused(Pause),
+    #[error("the plan replays {} whose handlers have effects outside the database, which restoring a backup does not undo: pass --allow-external-effects if that is intended", .0.join(", "))]
+    ExternalEffects(Vec<String>),
+    #[error("this plan was stopped by an emergency stop and its backup restored: make a new plan with `replay plan`")]
+    StoppedRun,
+    #[error("the backup {path} is {age} old, older than --backup-max-age {max}: take a fresh one (omit --backup) or raise --backup-max-age")]
+    BackupTooOld { path: PathBuf, age: String, max: String },
+    #[error("the backup {path} cannot be used: {reason}. Omit --backup to take a fresh one")]
+    BackupUnusable { path: PathBuf, reason: String },
+}
+
+/// Why an apply did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("stopped: workers were paused ({0}) after {published} of {total} events were published. The pause (or emergency stop) is in charge now", .pause.reason)]
+    Paused { pause: Pause, published: u64, total: u64 },
+    #[error("interrupted after {published} of {total} events were published and confirmed: run the same `replay apply` again to resume")]
+    Interrupted { published: u64, total: u64 },
+    #[error(transparent)]
+    Plan(PlanError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("database error while {op}: {source}")]
+    Database { op: &'static str, source: sqlx::Error },
+    #[error("workflow: {0}")]
+    Workflow(WorkflowError),
+}
+
+impl From<PlanError> for ApplyError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::Tampered { .. } => Self::Refused(Refusal::Edited(error)),
+            other => Self::Plan(other),
+        }
+    }
+}
+
+impl From<WorkflowError> for ApplyError {
+    fn from(error: WorkflowError) -> Self {
+        match error {
+            WorkflowError::Refused(reason) => Self::Refused(Refusal::Workflow(reason)),
+            other => Self::Workflow(other),
+        }
+    }
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> ApplyError {
+    move |source| ApplyError::Database { op, source }
+}
+
+/// A plan that passed every check, with the control lock held.
+pub struct Checked {
+    pub plan: SealedPlan,
+    /// The run of an earlier apply of this plan, if any: resuming skips the
+    /// backup, the audit entry and the reset.
+    pub run: Option<ReplayRun>,
+    /// The backup to use, if checked already (`--backup FILE`).
+    existing_backup: Option<PathBuf>,
+    _lock: ControlLock,
+}
+
+impl Checked {
+    pub fn is_done(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.state == "done")
+    }
+}
+
+/// Runs every check, changing nothing: the plan is intact, made for this
+/// database, current (no planned row and no workflow domain row changed),
+/// no other apply or stop runs, workers are not paused, external effects
+/// are allowed, and a given backup is young and readable.
+pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request) -> Result<Checked, ApplyError> {
+    let plan = SealedPlan::open(plan_path)?;
+    let actual = crate::database::identity(pool).await.map_err(db("reading the database's identity"))?;
+    if plan.header.database != actual {
+        return Err(Refusal::OtherDatabase { planned: plan.header.database.clone(), actual }.into());
+    }
+    if !plan.summary.external_effects.is_empty() && !request.allow_external_effects {
+        return Err(Refusal::ExternalEffects(plan.summary.external_effects.clone()).into());
+    }
+    let lock = runs::try_lock(pool).await.map_err(db("taking the apply lock"))?.ok_or(Refusal::Locked)?;
+    if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+        return Err(Refusal::Paused(pause).into());
+    }
+    let run = runs::find(pool, plan.header.plan_id).await.map_err(db("reading the plan's run"))?;
+    if run.as_ref().is_some_and(|r| r.state == "stopped") {
+        return Err(Refusal::StoppedRun.into());
+    }
+    if run.is_none() {
+        let mut conn = pool.acquire().await.map_err(db("checking the planned rows"))?;
+        check_current(&mut conn, &plan, false).await?;
+    }
+    let existing_backup = match (&request.backup, &run) {
+        (BackupSource::Existing { path, max_age }, None) => Some(check_backup(path, *max_age).await?),
+        _ => None,
+    };
+    Ok(Checked { plan, run, existing_backup, _lock: lock })
+}
+
+/// Refuses if any planned row or workflow domain row changed since planning.
+/// With `lock`, the rows stay locked for the caller's transaction.
+async fn check_current(conn: &mut sqlx::PgConnection, plan: &SealedPlan, lock: bool) -> Result<(), ApplyError> {
+    let mut changed = 0;
+    let mut examples = Vec::new();
+    for chunk in plan.rows(RESET_CHUNK)? {
+        let chunk = chunk?;
+        let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+        let now: std::collections::HashMap<i64, String> =
+            ledger::versions(conn, &ids, lock).await?.into_iter().collect();
+        for row in &chunk {
+            if now.get(&row.id) != Some(&row.version) {
+                changed += 1;
+                if examples.len() < STALE_EXAMPLES {
+                    let what = if now.contains_key(&row.id) { "changed" } else { "gone" };
+                    examples.push(format!("{} ({}, {what})", row.event_id, row.event_type));
+                }
+            }
+        }
+    }
+    if changed > 0 {
+        return Err(Refusal::Stale { count: changed, total: plan.summary.rows, examples }.into());
+    }
+    if let Some(planned) = &plan.header.workflow {
+        let workflow = workflows::find(&planned.name)?;
+        let now = workflow.inspect(conn, &planned.params).await?;
+        if now.fingerprint != planned.fingerprint {
+            return Err(Refusal::DomainMoved { workflow: planned.name.clone() }.into());
+        }
+    }
+    Ok(())
+}
+
+async fn check_backup(path: &std::path::Path, max_age: Duration) -> Result<PathBuf, ApplyError> {
+    let unusable = |reason: String| Refusal::BackupUnusable { path: path.to_path_buf(), reason };
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| unusable(e.to_string()))?;
+    let age = modified.elapsed().unwrap_or_default();
+    if age > max_age {
+        return Err(Refusal::BackupTooOld {
+            path: path.to_path_buf(),
+            age: humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+            max: humantime::format_duration(max_age).to_string(),
+        }
+        .into());
+    }
+    backup::check(path).await.map_err(|e| unusable(e.to_string()))?;
+    Ok(path.to_path_buf())
+}
+
+/// Progress of the republish, for a bar or plain lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub published: u64,
+    pub total: u64,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub plan_id: uuid::Uuid,
+    pub events: u64,
+    /// Published by this invocation (less than `events` when resuming).
+    pub published_now: u64,
+    pub resumed: bool,
+    pub backup_path: String,
+    pub audit_id: i64,
+    pub seconds: f64,
+}
+
+/// Backs up, resets and republishes a checked plan.
+pub async fn execute(
+    pool: &PgPool,
+    endpoints: &Endpoints,
+    checked: Checked,
+    request: &Request,
+    shutdown: &CancellationToken,
+    mut progress: impl FnMut(Progress),
+) -> Result<Outcome, ApplyError> {
+    let started = Instant::now();
+    let plan = &checked.plan;
+    let plan_id = plan.header.plan_id;
+    let total = plan.events() as u64;
+    let resumed = checked.run.is_some();
+    let run = match &checked.run {
+        Some(run) => run.clone(),
+        None => {
+            let backup_path = match (&checked.existing_backup, &request.backup) {
+                (Some(path), _) => path.clone(),
+                (None, BackupSource::Fresh { dir }) => backup::take(&endpoints.database_url, dir, None).await?.path,
+                (None, BackupSource::Existing { path, .. }) => path.clone(),
+            };
+            reset(pool, plan, request, &backup_path.display().to_string()).await?
+        }
+    };
+
+    let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
+    let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
+    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+    let publisher = Publisher::new(channel, &endpoints.exchange).await?;
+
+    let batch = request.rate.map_or(MAX_BATCH, |r| (r as usize).clamp(1, MAX_BATCH));
+    let already = u64::try_from(run.published).unwrap_or(0);
+    let mut published = already;
+    progress(Progress { published, total });
+    let paced_from = Instant::now();
+    let plan_label = plan_id.to_string();
+    let mut batches = EventIds::new(plan, batch)?;
+    batches.skip_events(already)?;
+    while let Some(ids) = batches.next_batch()? {
+        if shutdown.is_cancelled() {
+            return Err(ApplyError::Interrupted { published, total });
+        }
+        if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+            return Err(ApplyError::Paused { pause, published, total });
+        }
+        ledger::release(pool, &ids).await?;
+        let events: Vec<Event> = ledger::events(pool, &ids).await?;
+        publisher.publish_all(&events, Some(&plan_label), |_| {}).await?;
+        published += ids.len() as u64;
+        runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
+        progress(Progress { published, total });
+        if let Some(rate) = request.rate {
+            let due = paced_from + Duration::from_secs_f64((published - already) as f64 / f64::from(rate));
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+    runs::finish(pool, plan_id).await.map_err(db("recording the end of the run"))?;
+    connection.close(200, "apply done".into()).await.map_err(TransportError::broker("close the connection"))?;
+    Ok(Outcome {
+        plan_id,
+        events: total,
+        published_now: published - already,
+        resumed,
+        backup_path: run.backup_path,
+        audit_id: run.audit_id,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The one transaction: rows checked again under lock, the audit entry, the
+/// run record, the ledger resets with their history, the workflow's trigger
+/// events and domain resets.
+async fn reset(
+    pool: &PgPool,
+    plan: &SealedPlan,
+    request: &Request,
+    backup_path: &str,
+) -> Result<ReplayRun, ApplyError> {
+    let header = &plan.header;
+    let mut tx = pool.begin().await.map_err(db("starting the reset"))?;
+    check_current(&mut tx, plan, true).await?;
+    let entry = AuditEntry {
+        operator: request.operator.clone(),
+        action: "replay.apply".into(),
+        details: serde_json::json!({
+            "plan_id": header.plan_id,
+            "plan_digest": plan.digest,
+            "plan_path": plan.path,
+            "reason": header.reason,
+            "planned_by": header.created_by,
+            "backup_path": backup_path,
+            "rows": plan.summary.rows,
+            "by_type": plan.summary.by_type,
+            "by_status": plan.summary.by_status,
+            "workflow": header.workflow.as_ref().map(|w| serde_json::json!({"name": w.name, "params": w.params, "domain_rows": w.domain_rows})),
+            "triggers": plan.triggers().len(),
+            "force": header.force,
+            "rate": request.rate,
+        }),
+    };
+    let record = audit::append(&mut tx, &entry).await?;
+    let new_run = NewRun {
+        plan_id: header.plan_id,
+        digest: &plan.digest,
+        operator: &request.operator,
+        backup_path,
+        audit_id: record.id,
+        events: plan.events() as i64,
+    };
+    runs::start(&mut tx, &new_run).await.map_err(db("recording the run"))?;
+    for chunk in plan.rows(RESET_CHUNK)? {
+        let ids: Vec<i64> = chunk?.iter().map(|r| r.id).collect();
+        ledger::reset_for_plan(&mut tx, &ids, header.plan_id, &request.operator).await?;
+    }
+    if let Some(planned) = &header.workflow {
+        workflows::find(&planned.name)?.reset(&mut tx, &planned.params).await?;
+        let events = planned
+            .triggers
+            .iter()
+            .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
+        ledger::insert_triggers(&mut tx, &events, header.plan_id, &request.operator).await?;
+    }
+    tx.commit().await.map_err(db("committing the reset"))?;
+    Ok(ReplayRun {
+        plan_id: header.plan_id,
+        digest: plan.digest.clone(),
+        operator: request.operator.clone(),
+        backup_path: backup_path.to_string(),
+        audit_id: record.id,
+        events: plan.events() as i64,
+        published: 0,
+        state: "publishing".into(),
+        started_at: Utc::now(),
+        finished_at: None,
+    })
+}
+
+/// The event ids to publish, in plan order: the rows, then the triggers.
+struct EventIds<'a> {
+    plan: &'a SealedPlan,
+    rows: crate::plan::RowChunks,
+    buffered: std::collections::VecDeque<String>,
+    triggers_from: Option<usize>,
+    batch: usize,
+}
+
+impl<'a> EventIds<'a> {
+    fn new(plan: &'a SealedPlan, batch: usize) -> Result<Self, PlanError> {
+        Ok(Self { plan, rows: plan.rows(batch)?, buffered: Default::default(), triggers_from: None, batch })
+    }
+
+    fn next_id(&mut self) -> Result<Option<String>, PlanError> {
+        loop {
+            if let Some(id) = self.buffered.pop_front() {
+                return Ok(Some(id));
+            }
+            match self.triggers_from {
+                Some(n) => {
+                    self.triggers_from = Some(n + 1);
+                    return Ok(self.plan.triggers().get(n).map(|t| t.event_id.clone()));
+                }
+                None => match self.rows.next() {
+                    Some(chunk) => self.buffered.extend(chunk?.into_iter().map(|r| r.event_id)),
+                    None => self.triggers_from = Some(0),
+                },
+            }
+        }
+    }
+
+    fn skip_events(&mut self, n: u64) -> Result<(), PlanError> {
+        for _ in 0..n {
+            if self.next_id()?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Vec<String>>, PlanError> {
+        let mut ids = Vec::with_capacity(self.batch);
+        while ids.len() < self.batch {
+            match self.next_id()? {
+                Some(id) => ids.push(id),
+                None => break,
+            }
+        }
+        Ok((!ids.is_empty()).then_some(ids))
+    }
+}

@@ -1,0 +1,170 @@
+//! `replay status [PLAN] [--watch] [--json]`: a plan's replay by status, rate
+//! and ETA, with failures grouped; without a plan, the ledger by type and
+//! status, the pause and the queue depth.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use comfy_table::Table;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::cli::StatusArgs;
+use crate::config::Endpoints;
+use crate::plan::SealedPlan;
+use crate::{database, ledger, pause, runs, transport};
+
+pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let pool = database::connect(&endpoints.database_url, 2).await?;
+    database::check_migrated(&pool, &endpoints.database_url).await?;
+    let plan = args.plan.as_deref().map(SealedPlan::open).transpose()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    if args.watch {
+        super::spawn_signal_listener(shutdown.clone())?;
+    }
+    loop {
+        let (report, settled) = match &plan {
+            Some(plan) => plan_report(&pool, plan).await?,
+            None => (ledger_report(&pool, endpoints).await?, true),
+        };
+        if args.json {
+            println!("{report}");
+        } else {
+            if args.watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", human(&report));
+        }
+        if !args.watch || (plan.is_some() && settled) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// A plan's progress, and whether it is settled (nothing left to publish or process).
+async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_json::Value, bool)> {
+    let plan_id = plan.header.plan_id;
+    let run = runs::find(pool, plan_id).await?;
+    let by_status: BTreeMap<String, i64> = ledger::plan_progress(pool, plan_id).await?.into_iter().collect();
+    let failures = ledger::plan_failures(pool, plan_id).await?;
+    let events = plan.events() as i64;
+    let done = by_status.get("processed").copied().unwrap_or(0) + by_status.get("skipped").copied().unwrap_or(0);
+    let open: i64 = ["waiting", "pending", "processing"].iter().filter_map(|s| by_status.get(*s)).sum();
+    let (rate, eta) = match &run {
+        Some(run) => {
+            let elapsed =
+                (run.finished_at.unwrap_or_else(Utc::now) - run.started_at).num_milliseconds().max(1) as f64 / 1000.0;
+            let rate = done as f64 / elapsed;
+            (Some(rate), (rate > 0.0 && open > 0).then(|| open as f64 / rate))
+        }
+        None => (None, None),
+    };
+    let state = run.as_ref().map_or("not applied", |r| r.state.as_str());
+    let report = json!({
+        "plan_id": plan_id,
+        "plan_path": plan.path,
+        "reason": plan.header.reason,
+        "state": state,
+        "events": events,
+        "published": run.as_ref().map_or(0, |r| r.published),
+        "by_status": by_status,
+        "rate_per_second": rate,
+        "eta_seconds": eta,
+        "failures": failures.iter().map(|(status, error, count)| json!({"status": status, "error": error, "count": count})).collect::<Vec<_>>(),
+    });
+    Ok((report, run.is_some() && open == 0 && state != "publishing"))
+}
+
+async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<serde_json::Value> {
+    let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for (event_type, status, count) in ledger::count_by_type_and_status(pool).await? {
+        by_type.entry(event_type).or_default().insert(status, count);
+    }
+    let paused = pause::current(pool).await?;
+    let queue = match queue_depth(endpoints).await {
+        Ok(depth) => json!({"name": endpoints.queue, "depth": depth}),
+        Err(error) => json!({"name": endpoints.queue, "depth": null, "error": error.to_string()}),
+    };
+    Ok(json!({"ledger": by_type, "paused": paused, "queue": queue}))
+}
+
+async fn queue_depth(endpoints: &Endpoints) -> Result<u32, transport::TransportError> {
+    let connection = transport::connect(&endpoints.amqp_url, "replay status").await?;
+    let channel = connection.create_channel().await.map_err(transport::TransportError::broker("open a channel"))?;
+    let depth = transport::queue_depth(&channel, &endpoints.queue).await;
+    let _ = connection.close(200, "status read".into()).await;
+    depth
+}
+
+fn human(report: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(plan_id) = report.get("plan_id") {
+        out += &format!(
+            "plan {} ({}): {} events, {} published, state {}\n",
+            plan_id.as_str().unwrap_or("?"),
+            report["reason"].as_str().unwrap_or(""),
+            report["events"],
+            report["published"],
+            report["state"].as_str().unwrap_or("?")
+        );
+        let mut table = Table::new();
+        table.set_header(["status", "rows"]);
+        for (status, count) in report["by_status"].as_object().into_iter().flatten() {
+            table.add_row([status.clone(), count.to_string()]);
+        }
+        out += &format!("{table}\n");
+        if let Some(rate) = report["rate_per_second"].as_f64() {
+            out += &format!("rate: {rate:.1} events/s");
+            if let Some(eta) = report["eta_seconds"].as_f64() {
+                out += &format!(", about {eta:.0} s to go");
+            }
+            out += "\n";
+        }
+        for failure in report["failures"].as_array().into_iter().flatten() {
+            out += &format!(
+                "WARNING: {} row(s) {} again during the replay: {}\n",
+                failure["count"],
+                if failure["status"] == "error" { "failed" } else { "are retrying" },
+                failure["error"].as_str().unwrap_or("")
+            );
+        }
+        if report["state"] == "not applied" {
+            out += "next: `replay apply` this plan\n";
+        }
+        return out;
+    }
+    let mut table = Table::new();
+    table.set_header(["event type", "pending", "processing", "processed", "error", "skipped"]);
+    for (event_type, statuses) in report["ledger"].as_object().into_iter().flatten() {
+        let mut row = vec![event_type.clone()];
+        for status in ["pending", "processing", "processed", "error", "skipped"] {
+            row.push(statuses.get(status).map_or("0".to_string(), |c| c.to_string()));
+        }
+        table.add_row(row);
+    }
+    out += &format!("{table}\n");
+    out += &match report["paused"].as_object() {
+        Some(p) => format!(
+            "workers: PAUSED since {} by {} ({})\n",
+            p["paused_at"].as_str().unwrap_or("?"),
+            p["operator"].as_str().unwrap_or("?"),
+            p["reason"].as_str().unwrap_or("")
+        ),
+        None => "workers: not paused\n".to_string(),
+    };
+    let queue = &report["queue"];
+    out += &match queue["depth"].as_u64() {
+        Some(depth) => format!("queue {}: {depth} ready messages\n", queue["name"].as_str().unwrap_or("?")),
+        None => format!(
+            "queue {}: unknown ({})\n",
+            queue["name"].as_str().unwrap_or("?"),
+            queue["error"].as_str().unwrap_or("")
+        ),
+    };
+    out
+}

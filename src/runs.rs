@@ -1,0 +1,106 @@
+//! Replay runs, `replay_control.replay_runs`: one row per applied plan,
+//! recording what `replay apply` did once (backup, audit entry, reset) and how
+//! far its republish got, so running it again resumes instead of repeating.
+//! Also the lock that lets one apply or emergency stop run at a time. All SQL
+//! on that table lives here.
+
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use uuid::Uuid;
+
+/// Key of the session lock held by a running apply or emergency stop.
+const CONTROL_LOCK: &str = "replay_control.apply";
+
+/// A plan's run.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct ReplayRun {
+    pub plan_id: Uuid,
+    pub digest: String,
+    pub operator: String,
+    pub backup_path: String,
+    pub audit_id: i64,
+    pub events: i64,
+    pub published: i64,
+    /// `publishing`, `done`, or `stopped` (by an emergency stop).
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What a new run starts from.
+pub struct NewRun<'a> {
+    pub plan_id: Uuid,
+    pub digest: &'a str,
+    pub operator: &'a str,
+    pub backup_path: &'a str,
+    pub audit_id: i64,
+    pub events: i64,
+}
+
+/// The control lock, held for as long as this value lives: its connection
+/// is closed on drop rather than returned to the pool, so the session lock
+/// goes with it even if the process is killed.
+pub struct ControlLock {
+    _conn: PoolConnection<Postgres>,
+}
+
+/// Takes the control lock, or returns `None` if another apply or emergency
+/// stop holds it.
+pub async fn try_lock(pool: &PgPool) -> Result<Option<ControlLock>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(CONTROL_LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    if taken {
+        // Never hand a connection holding the lock back to the pool.
+        conn.close_on_drop();
+        Ok(Some(ControlLock { _conn: conn }))
+    } else {
+        Ok(None)
+    }
+}
+
+pub async fn find(pool: &PgPool, plan_id: Uuid) -> Result<Option<ReplayRun>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM replay_control.replay_runs WHERE plan_id = $1")
+        .bind(plan_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Records a run inside the apply transaction.
+pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO replay_control.replay_runs (plan_id, digest, operator, backup_path, audit_id, events)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(run.plan_id)
+    .bind(run.digest)
+    .bind(run.operator)
+    .bind(run.backup_path)
+    .bind(run.audit_id)
+    .bind(run.events)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that the first `published` events are confirmed by the broker.
+pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE replay_control.replay_runs SET published = $2 WHERE plan_id = $1")
+        .bind(plan_id)
+        .bind(published)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks the run done.
+pub async fn finish(pool: &PgPool, plan_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE replay_control.replay_runs SET state = 'done', finished_at = now() WHERE plan_id = $1")
+        .bind(plan_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
