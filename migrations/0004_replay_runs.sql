@@ -17,6 +17,12 @@ CREATE TABLE replay_history (
 CREATE INDEX replay_history_event_idx ON replay_history (event_id);
 CREATE INDEX replay_history_plan_idx ON replay_history (plan_id);
 
+-- A row reset by a replay waits, parked, for its republished message: the
+-- message of this plan takes it at once, while claimers leave it alone until
+-- next_attempt_at (the plan's fallback time), so --rate paces the replay and a
+-- lost message still gets its row processed. Cleared when the row is settled.
+ALTER TABLE processed_events ADD COLUMN replay_plan UUID;
+
 -- Control plane: survives a restore of the domain (backups leave this schema out).
 
 -- The pause: while its row exists, workers take no work and `replay apply`
@@ -43,3 +49,8 @@ CREATE TABLE replay_control.replay_runs (
     started_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at TIMESTAMPTZ
 );
+
+-- Plans list rows in event-time order with the id breaking ties: an index in
+-- exactly that order lets a million-row plan stream without a sort.
+DROP INDEX processed_events_occurred_at_idx;
+CREATE INDEX processed_events_occurred_at_idx ON processed_events (occurred_at, id);

@@ -8,9 +8,9 @@
 //!   row checks run again under lock inside the reset transaction.
 //! - The audit entry, the run record and the resets commit together or not
 //!   at all; a resumed apply never repeats them.
-//! - A reset row stays parked (pending, not due) until its message is about
-//!   to be published, so `--rate` paces the replay, and a row whose message
-//!   is lost is still picked up by a claimer.
+//! - A reset row stays parked for its plan: its republished message takes it
+//!   at once, claimers only after the plan's fallback time, so `--rate`
+//!   paces the replay and a row whose message is lost is still processed.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,6 +38,9 @@ const RESET_CHUNK: usize = 10_000;
 const MAX_BATCH: usize = 1_000;
 /// Stale rows named in a refusal.
 const STALE_EXAMPLES: usize = 10;
+/// How long after its expected republish a reset row waits for its message
+/// before claimers take it anyway.
+const FALLBACK_GRACE: Duration = Duration::from_secs(600);
 
 /// Where the pre-replay backup comes from.
 #[derive(Debug, Clone)]
@@ -250,6 +253,16 @@ pub struct Outcome {
     pub backup_path: String,
     pub audit_id: i64,
     pub seconds: f64,
+    /// Time of each step in seconds: backup, reset (one transaction), publish.
+    pub steps: StepTimes,
+}
+
+/// How long each step of an apply took, in seconds (0 for a step a resumed apply skips).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepTimes {
+    pub backup: f64,
+    pub reset: f64,
+    pub publish: f64,
 }
 
 /// Backs up, resets and republishes a checked plan.
@@ -266,17 +279,26 @@ pub async fn execute(
     let plan_id = plan.header.plan_id;
     let total = plan.events() as u64;
     let resumed = checked.run.is_some();
+    let mut steps = StepTimes::default();
     let run = match &checked.run {
         Some(run) => run.clone(),
         None => {
+            let step = Instant::now();
             let backup_path = match (&checked.existing_backup, &request.backup) {
                 (Some(path), _) => path.clone(),
                 (None, BackupSource::Fresh { dir }) => backup::take(&endpoints.database_url, dir, None).await?.path,
                 (None, BackupSource::Existing { path, .. }) => path.clone(),
             };
-            reset(pool, plan, request, &backup_path.display().to_string()).await?
+            steps.backup = step.elapsed().as_secs_f64();
+            tracing::info!(path = %backup_path.display(), seconds = steps.backup, "backup checked");
+            let step = Instant::now();
+            let run = reset(pool, plan, request, &backup_path.display().to_string()).await?;
+            steps.reset = step.elapsed().as_secs_f64();
+            tracing::info!(rows = plan.summary.rows, seconds = steps.reset, "rows reset, audit entry written");
+            run
         }
     };
+    let step = Instant::now();
 
     let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
     let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
@@ -291,16 +313,37 @@ pub async fn execute(
     let plan_label = plan_id.to_string();
     let mut batches = EventIds::new(plan, batch)?;
     batches.skip_events(already)?;
-    while let Some(ids) = batches.next_batch()? {
+    // While the broker confirms one batch, the next is released and read.
+    let mut ready = match batches.next_batch()? {
+        Some(ids) => Some(prepare(pool, ids).await?),
+        None => None,
+    };
+    while let Some((ids, events)) = ready.take() {
         if shutdown.is_cancelled() {
             return Err(ApplyError::Interrupted { published, total });
         }
         if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
             return Err(ApplyError::Paused { pause, published, total });
         }
-        ledger::release(pool, &ids).await?;
-        let events: Vec<Event> = ledger::events(pool, &ids).await?;
-        publisher.publish_all(&events, Some(&plan_label), |_| {}).await?;
+        let following = batches.next_batch()?;
+        let t0 = Instant::now();
+        let (sent, next) = tokio::join!(
+            async {
+                let r = publisher.publish_all(&events, Some(&plan_label), |_| {}).await;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "published batch");
+                r
+            },
+            async {
+                let r = match following {
+                    Some(ids) => prepare(pool, ids).await.map(Some),
+                    None => Ok(None),
+                };
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "prepared batch");
+                r
+            }
+        );
+        sent?;
+        ready = next?;
         published += ids.len() as u64;
         runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
         progress(Progress { published, total });
@@ -322,7 +365,14 @@ pub async fn execute(
         backup_path: run.backup_path,
         audit_id: run.audit_id,
         seconds: started.elapsed().as_secs_f64(),
+        steps: StepTimes { publish: step.elapsed().as_secs_f64(), ..steps },
     })
+}
+
+/// Reads a batch's events to publish.
+async fn prepare(pool: &PgPool, ids: Vec<String>) -> Result<(Vec<String>, Vec<Event>), ApplyError> {
+    let events = ledger::events(pool, &ids).await?;
+    Ok((ids, events))
 }
 
 /// The one transaction: rows checked again under lock, the audit entry, the
@@ -366,9 +416,10 @@ async fn reset(
         events: plan.events() as i64,
     };
     runs::start(&mut tx, &new_run).await.map_err(db("recording the run"))?;
+    let fallback = fallback_time(plan.events(), request.rate);
     for chunk in plan.rows(RESET_CHUNK)? {
         let ids: Vec<i64> = chunk?.iter().map(|r| r.id).collect();
-        ledger::reset_for_plan(&mut tx, &ids, header.plan_id, &request.operator).await?;
+        ledger::reset_for_plan(&mut tx, &ids, header.plan_id, &request.operator, fallback).await?;
     }
     if let Some(planned) = &header.workflow {
         workflows::find(&planned.name)?.reset(&mut tx, &planned.params).await?;
@@ -378,7 +429,7 @@ async fn reset(
             .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
-        ledger::insert_triggers(&mut tx, &events, header.plan_id, &request.operator).await?;
+        ledger::insert_triggers(&mut tx, &events, header.plan_id, &request.operator, fallback).await?;
     }
     tx.commit().await.map_err(db("committing the reset"))?;
     Ok(ReplayRun {
@@ -393,6 +444,15 @@ async fn reset(
         started_at: Utc::now(),
         finished_at: None,
     })
+}
+
+/// When claimers may take a reset row whose replayed message never came: the
+/// republish's expected end (at `rate`, or at a conservative 1,000 events/s)
+/// plus [`FALLBACK_GRACE`].
+fn fallback_time(events: usize, rate: Option<u32>) -> chrono::DateTime<Utc> {
+    let seconds = events as f64 / f64::from(rate.unwrap_or(1_000));
+    let publish = chrono::Duration::milliseconds((seconds * 1000.0) as i64);
+    Utc::now() + publish + chrono::Duration::from_std(FALLBACK_GRACE).unwrap_or_default()
 }
 
 /// The event ids to publish, in plan order: the rows, then the triggers.

@@ -7,6 +7,8 @@
 //! binary, spawned as a child process so its memory can be read from /proc.
 //! Both drain a queue filled before the clock starts.
 
+pub mod replay;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -294,7 +296,7 @@ async fn processed(pool: &PgPool) -> anyhow::Result<usize> {
     Ok(count as usize)
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
@@ -315,7 +317,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmHWM:")
 }
 
-async fn cleanup_broker(names: &Endpoints) {
+pub(crate) async fn cleanup_broker(names: &Endpoints) {
     if let Ok(connection) = transport::connect(&names.amqp_url, "replay bench cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel.queue_delete(names.queue.as_str().into(), QueueDeleteOptions::default()).await;
@@ -326,14 +328,14 @@ async fn cleanup_broker(names: &Endpoints) {
 }
 
 /// A throwaway database on the same server.
-struct Scratch {
-    name: String,
-    url: SecretUrl,
-    pool: PgPool,
+pub(crate) struct Scratch {
+    pub name: String,
+    pub url: SecretUrl,
+    pub pool: PgPool,
 }
 
 impl Scratch {
-    async fn create(admin_url: &SecretUrl, name: &str) -> anyhow::Result<Self> {
+    pub async fn create(admin_url: &SecretUrl, name: &str) -> anyhow::Result<Self> {
         let admin = database::connect(admin_url, 1).await?;
         // The name is ours (a fixed prefix and hex digits), so it can be spliced.
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
@@ -346,7 +348,7 @@ impl Scratch {
         Ok(Self { name: name.to_string(), url, pool })
     }
 
-    async fn drop_database(&self, admin_url: &SecretUrl) -> anyhow::Result<()> {
+    pub async fn drop_database(&self, admin_url: &SecretUrl) -> anyhow::Result<()> {
         let admin = database::connect(admin_url, 1).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
             .execute(&admin)

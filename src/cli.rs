@@ -53,7 +53,7 @@ pub enum Command {
     Publish(PublishArgs),
     /// Consume events and claim due ledger rows until stopped (SIGTERM, Ctrl-C).
     Worker(WorkerArgs),
-    /// Measure the worker against a raw consume-and-insert loop.
+    /// Measure against a raw baseline in the same run: the worker (default), apply, or plan.
     Bench(BenchArgs),
     /// Select ledger rows to replay and write a sealed plan file to read before applying.
     Plan(Box<PlanArgs>),
@@ -281,10 +281,26 @@ impl std::str::FromStr for HttpListen {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Events per measured run.
+    /// What to measure.
+    #[arg(value_enum, default_value_t = BenchScenario::Worker)]
+    pub scenario: BenchScenario,
+    /// Events per measured run (worker, apply).
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
+    /// Ledger rows to plan over (plan).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
     /// Keep the scratch database afterwards, for inspection.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchScenario {
+    /// The worker's drain against consume -> batched INSERT -> ack.
+    Worker,
+    /// `replay apply` (backup included) against a raw publish-with-confirms loop and the runbook's loop.
+    Apply,
+    /// `replay plan` over a large ledger against a raw streamed read of the same rows.
+    Plan,
 }

@@ -24,7 +24,14 @@ pub enum DatabaseError {
 }
 
 fn options(url: &SecretUrl) -> Result<PgConnectOptions, DatabaseError> {
-    url.expose().parse::<PgConnectOptions>().map_err(|source| DatabaseError::BadUrl { url: url.redacted(), source })
+    use sqlx::ConnectOptions;
+    let options = url
+        .expose()
+        .parse::<PgConnectOptions>()
+        .map_err(|source| DatabaseError::BadUrl { url: url.redacted(), source })?;
+    // A plan over a million rows is one long statement by design: not a
+    // warning an operator should read. Slow statements stay visible at debug.
+    Ok(options.log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(1)))
 }
 
 /// Connects a pool, failing now if the database cannot be reached.

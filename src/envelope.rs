@@ -35,6 +35,9 @@ pub struct Event {
     pub payload: Value,
     /// The payload exactly as received, for the ledger.
     pub payload_json: String,
+    /// The replay plan a republished message belongs to (its `x-replay-plan`
+    /// header): such a message may take its parked ledger row.
+    pub replay_plan: Option<String>,
 }
 
 impl Event {
@@ -47,7 +50,7 @@ impl Event {
     ) -> Result<Self, Rejection> {
         check_storable(&payload)?;
         let payload_json = payload.to_string();
-        Ok(Self { event_id, event_type, occurred_at, payload, payload_json })
+        Ok(Self { event_id, event_type, occurred_at, payload, payload_json, replay_plan: None })
     }
 
     /// The AMQP properties `replay` publishes this event with.
@@ -136,17 +139,21 @@ impl Received<'_> {
             _ => derived_event_id(self.routing_key, self.body),
         };
         let occurred_at = self.occurred_at().unwrap_or_else(Utc::now);
-        Ok(Event { event_id, event_type, occurred_at, payload, payload_json: text.to_string() })
+        let replay_plan = self.header_text(REPLAY_PLAN_HEADER);
+        Ok(Event { event_id, event_type, occurred_at, payload, payload_json: text.to_string(), replay_plan })
+    }
+
+    fn header_text(&self, name: &str) -> Option<String> {
+        self.properties.headers().as_ref().and_then(|headers| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        })
     }
 
     fn occurred_at(&self) -> Option<DateTime<Utc>> {
-        let from_header =
-            self.properties.headers().as_ref().and_then(|headers| match headers.inner().get(OCCURRED_AT_HEADER) {
-                Some(AMQPValue::LongString(s)) => {
-                    DateTime::parse_from_rfc3339(&s.to_string()).ok().map(|t| t.with_timezone(&Utc))
-                }
-                _ => None,
-            });
+        let from_header = self
+            .header_text(OCCURRED_AT_HEADER)
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc)));
         from_header.or_else(|| {
             self.properties
                 .timestamp()

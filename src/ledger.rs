@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::envelope::{Event, Rejection};
 use crate::selector::Selector;
@@ -106,18 +106,24 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
     .map_err(query_error("insert new events"))
 }
 
-/// Takes, inside the caller's transaction, the rows among `event_ids` that are
-/// due (`pending` and past `next_attempt_at`): a replayed message whose row an
-/// operator reset. Rows processed, failed, or held by another worker are not
-/// returned: their message is a duplicate.
-pub async fn take_due(conn: &mut PgConnection, event_ids: &[&str], worker: &str) -> Result<Vec<Claimed>, LedgerError> {
+/// Takes, inside the caller's transaction, the rows of `events` that are due
+/// (`pending` and past `next_attempt_at`: a row an operator reset), or parked
+/// for the replay plan the message belongs to (its republished message).
+/// Rows processed, failed, or held by another worker are not returned: their
+/// message is a duplicate.
+pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) -> Result<Vec<Claimed>, LedgerError> {
+    let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let plans: Vec<Option<&str>> = events.iter().map(|e| e.replay_plan.as_deref()).collect();
     let rows: Vec<ClaimedRow> = sqlx::query_as(
-        "UPDATE processed_events
-            SET status = 'processing', locked_by = $2, updated_at = now()
-          WHERE event_id = ANY($1) AND status = 'pending' AND next_attempt_at <= now()
-          RETURNING id, event_id, event_type, payload, occurred_at, retry_count",
+        "UPDATE processed_events p
+            SET status = 'processing', locked_by = $3, updated_at = now()
+           FROM unnest($1::text[], $2::text[]) AS m(event_id, plan)
+          WHERE p.event_id = m.event_id AND p.status = 'pending'
+            AND (p.next_attempt_at <= now() OR p.replay_plan::text = m.plan)
+          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count",
     )
-    .bind(event_ids)
+    .bind(&event_ids)
+    .bind(&plans)
     .bind(worker)
     .fetch_all(conn)
     .await
@@ -207,6 +213,7 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
                 next_attempt_at = COALESCE(s.retry_at, p.next_attempt_at),
                 processed_at = CASE WHEN s.status = 'pending' THEN NULL ELSE now() END,
                 locked_by = NULL,
+                replay_plan = NULL,
                 updated_at = now()
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
              AS s(id, status, error, retry_at, failed)
@@ -285,32 +292,40 @@ fn selection(columns: &'static str, selector: &Selector) -> QueryBuilder<Postgre
     query
 }
 
-/// A selected row as a plan records it: no payload, and its row version.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SelectedRow {
+/// A selected row as a plan records it, borrowed from the result row.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectedRow<'r> {
     pub id: i64,
-    pub event_id: String,
-    pub event_type: String,
-    pub status: String,
+    pub event_id: &'r str,
+    pub event_type: &'r str,
+    pub status: &'r str,
     pub occurred_at: DateTime<Utc>,
     /// The row version (`xmin`): changes with every change to the row.
-    pub version: String,
+    pub version: &'r str,
 }
 
 /// Streams the rows a selector picks to `each`, in event-time order, without
-/// holding them in memory. Every value is a bind parameter.
+/// holding them in memory. Every value is a bind parameter. Columns are read
+/// by position and borrowed: a million rows cost no allocation each.
 pub async fn for_each_selected<E: From<LedgerError>>(
     pool: &PgPool,
     selector: &Selector,
-    mut each: impl FnMut(SelectedRow) -> Result<(), E>,
+    mut each: impl FnMut(SelectedRow<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut query = selection(
-        "SELECT id, event_id, event_type, status, occurred_at, xmin::text AS version FROM processed_events",
-        selector,
-    );
-    let mut rows = query.build_query_as::<SelectedRow>().fetch(pool);
+    let mut query =
+        selection("SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events", selector);
+    let mut rows = query.build().fetch(pool);
+    let decode = |source| LedgerError::Query { op: "read selected rows", source };
     while let Some(row) = rows.try_next().await.map_err(query_error("select rows"))? {
-        each(row)?;
+        let selected = SelectedRow {
+            id: row.try_get_unchecked(0).map_err(decode)?,
+            event_id: row.try_get_unchecked(1).map_err(decode)?,
+            event_type: row.try_get_unchecked(2).map_err(decode)?,
+            status: row.try_get_unchecked(3).map_err(decode)?,
+            occurred_at: row.try_get_unchecked(4).map_err(decode)?,
+            version: row.try_get_unchecked(5).map_err(decode)?,
+        };
+        each(selected)?;
     }
     Ok(())
 }
@@ -329,14 +344,15 @@ pub async fn versions(conn: &mut PgConnection, ids: &[i64], lock: bool) -> Resul
 
 /// Resets rows for a replay plan, inside the caller's transaction: each
 /// row's prior status, error and retry count go to `replay_history`, then the
-/// row becomes `pending` with a clean slate, parked (`next_attempt_at =
-/// infinity`) until the apply releases it with its republished message, so
-/// `--rate` paces the replay and not the claimers.
+/// row becomes `pending` with a clean slate, parked for the plan: its
+/// republished message takes it (so `--rate` paces the replay, not the
+/// claimers), and only if no message came by `fallback` does a claimer.
 pub async fn reset_for_plan(
     conn: &mut PgConnection,
     ids: &[i64],
     plan_id: uuid::Uuid,
     operator: &str,
+    fallback: DateTime<Utc>,
 ) -> Result<u64, LedgerError> {
     let done = sqlx::query(
         "WITH prior AS (
@@ -349,32 +365,35 @@ pub async fn reset_for_plan(
          )
          UPDATE processed_events p
             SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
-                locked_by = NULL, next_attempt_at = 'infinity', updated_at = now()
+                locked_by = NULL, replay_plan = $2, next_attempt_at = $4, updated_at = now()
            FROM prior WHERE p.id = prior.id",
     )
     .bind(ids)
     .bind(plan_id)
     .bind(operator)
+    .bind(fallback)
     .execute(conn)
     .await
     .map_err(query_error("reset rows for a replay"))?;
     Ok(done.rows_affected())
 }
 
-/// Adds a workflow's trigger events to the ledger as parked pending rows,
-/// with a history entry that has no prior state. Ids already present are
-/// left alone.
+/// Adds a workflow's trigger events to the ledger as pending rows parked
+/// for the plan (see [`reset_for_plan`]), with a history entry that has no
+/// prior state. Ids already present are left alone.
 pub async fn insert_triggers(
     conn: &mut PgConnection,
     events: &[Event],
     plan_id: uuid::Uuid,
     operator: &str,
+    fallback: DateTime<Utc>,
 ) -> Result<(), LedgerError> {
     for event in events {
         sqlx::query(
             "WITH added AS (
-                 INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, next_attempt_at)
-                 VALUES ($1, $2, $3::jsonb, $4, 'pending', 'infinity')
+                 INSERT INTO processed_events
+                        (event_id, event_type, payload, occurred_at, status, replay_plan, next_attempt_at)
+                 VALUES ($1, $2, $3::jsonb, $4, 'pending', $5, $7)
                  ON CONFLICT (event_id) DO NOTHING
                  RETURNING event_id
              )
@@ -386,24 +405,11 @@ pub async fn insert_triggers(
         .bind(event.occurred_at)
         .bind(plan_id)
         .bind(operator)
+        .bind(fallback)
         .execute(&mut *conn)
         .await
         .map_err(query_error("add workflow trigger events"))?;
     }
-    Ok(())
-}
-
-/// Makes parked rows of a replay due, just before their messages are
-/// published: if a message is lost, a claimer still picks its row up.
-pub async fn release(pool: &PgPool, event_ids: &[String]) -> Result<(), LedgerError> {
-    sqlx::query(
-        "UPDATE processed_events SET next_attempt_at = now()
-          WHERE event_id = ANY($1) AND status = 'pending' AND next_attempt_at = 'infinity'",
-    )
-    .bind(event_ids)
-    .execute(pool)
-    .await
-    .map_err(query_error("release replayed rows"))?;
     Ok(())
 }
 
@@ -459,11 +465,11 @@ pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>
     .map_err(query_error("read replay history"))
 }
 
-/// Where a plan's rows stand now: counts by status, and how many of them
-/// are parked (waiting for the apply to release them).
+/// Where a plan's rows stand now: counts by status, `waiting` for rows still
+/// parked for the plan (their message not yet consumed).
 pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, i64)>, LedgerError> {
     sqlx::query_as(
-        "SELECT CASE WHEN p.status = 'pending' AND p.next_attempt_at = 'infinity' THEN 'waiting' ELSE p.status END,
+        "SELECT CASE WHEN p.status = 'pending' AND p.replay_plan = $1 THEN 'waiting' ELSE p.status END,
                 count(*)
            FROM replay_history h JOIN processed_events p ON p.event_id = h.event_id
           WHERE h.plan_id = $1

@@ -84,6 +84,17 @@ pub struct PlannedRow {
 /// A row as one compact JSON array, in [`ROW_FIELDS`] order.
 type RowLine = (i64, String, String, String, String);
 
+/// A row to write, borrowed from wherever it was read, in [`ROW_FIELDS`]
+/// order: serialized exactly as [`PlannedRow`] is.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RowRef<'a>(pub i64, pub &'a str, pub &'a str, pub &'a str, pub &'a str);
+
+impl<'a> From<&'a PlannedRow> for RowRef<'a> {
+    fn from(row: &'a PlannedRow) -> Self {
+        Self(row.id, &row.event_id, &row.event_type, &row.status, &row.version)
+    }
+}
+
 impl From<RowLine> for PlannedRow {
     fn from((id, event_id, event_type, status, version): RowLine) -> Self {
         Self { id, event_id, event_type, status, version }
@@ -188,11 +199,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, row: &PlannedRow, occurred_at: DateTime<Utc>) {
+    fn add(&mut self, event_type: &str, status: &str, occurred_at: DateTime<Utc>) {
         self.rows += 1;
-        *self.by_type.entry(row.event_type.clone()).or_default() += 1;
-        *self.by_status.entry(row.status.clone()).or_default() += 1;
-        *self.by_day.entry(occurred_at.format("%Y-%m-%d").to_string()).or_default() += 1;
+        count(&mut self.by_type, event_type);
+        count(&mut self.by_status, status);
         self.first_occurred_at = Some(self.first_occurred_at.map_or(occurred_at, |t| t.min(occurred_at)));
         self.last_occurred_at = Some(self.last_occurred_at.map_or(occurred_at, |t| t.max(occurred_at)));
     }
@@ -225,6 +235,17 @@ impl Summary {
     }
 }
 
+/// Adds one to `key`'s count without allocating a key that is already there
+/// (a plan over a million rows has a handful of distinct ones).
+fn count(map: &mut BTreeMap<String, usize>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct HeaderLine {
     header: Header,
@@ -245,10 +266,14 @@ struct DigestLine {
 pub struct PlanWriter {
     header: Header,
     summary: Summary,
+    /// Rows by day, kept as dates while streaming: no string per row.
+    days: BTreeMap<chrono::NaiveDate, usize>,
     partial: PathBuf,
     path: PathBuf,
     out: BufWriter<File>,
     hasher: Sha256,
+    /// One line's bytes, reused.
+    buffer: Vec<u8>,
 }
 
 impl PlanWriter {
@@ -260,8 +285,10 @@ impl PlanWriter {
         let file = File::create(&partial).map_err(write_error)?;
         let mut writer = Self {
             summary: Summary::default(),
+            days: BTreeMap::new(),
             out: BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
+            buffer: Vec::with_capacity(256),
             partial,
             path,
             header,
@@ -280,16 +307,28 @@ impl PlanWriter {
     }
 
     /// Adds a row; `occurred_at` feeds the summary only.
-    pub fn push(&mut self, row: PlannedRow, occurred_at: DateTime<Utc>) -> Result<(), PlanError> {
-        self.summary.add(&row, occurred_at);
+    pub fn push(&mut self, row: RowRef<'_>, occurred_at: DateTime<Utc>) -> Result<(), PlanError> {
+        self.count(row.2, row.3, occurred_at);
         self.line(&row)
     }
 
+    fn count(&mut self, event_type: &str, status: &str, occurred_at: DateTime<Utc>) {
+        self.summary.add(event_type, status, occurred_at);
+        *self.days.entry(occurred_at.date_naive()).or_default() += 1;
+    }
+
     fn line(&mut self, value: &impl Serialize) -> Result<(), PlanError> {
-        let mut bytes = serde_json::to_vec(value).map_err(|e| self.write_error(e.into()))?;
-        bytes.push(b'\n');
-        self.hasher.update(&bytes);
-        self.out.write_all(&bytes).map_err(|e| self.write_error(e))
+        self.buffer.clear();
+        if let Err(e) = serde_json::to_writer(&mut self.buffer, value) {
+            return Err(self.write_error(e.into()));
+        }
+        self.buffer.push(b'\n');
+        self.flush_line()
+    }
+
+    fn flush_line(&mut self) -> Result<(), PlanError> {
+        self.hasher.update(&self.buffer);
+        self.out.write_all(&self.buffer).map_err(|e| PlanError::Write { path: self.path.clone(), source: e })
     }
 
     fn write_error(&self, source: std::io::Error) -> PlanError {
@@ -299,6 +338,7 @@ impl PlanWriter {
     /// Writes the summary and the digest, and moves the file into place.
     pub fn seal(mut self, samples: Vec<Value>, registry: &Registry) -> Result<SealedPlan, PlanError> {
         self.summary.samples = samples;
+        self.summary.by_day = self.days.iter().map(|(day, n)| (day.to_string(), *n)).collect();
         self.summary.warn(&self.header, registry);
         let line = SummaryLine { summary: self.summary.clone() };
         self.line(&line)?;
@@ -472,7 +512,7 @@ mod tests {
     fn write(dir: &Path, force: bool, rows: &[PlannedRow]) -> SealedPlan {
         let mut writer = PlanWriter::create(dir, header(force)).unwrap();
         for r in rows {
-            writer.push(r.clone(), "2026-01-02T03:04:05Z".parse().unwrap()).unwrap();
+            writer.push(r.into(), "2026-01-02T03:04:05Z".parse().unwrap()).unwrap();
         }
         writer.seal(vec![], &Registry::reference()).unwrap()
     }

@@ -555,9 +555,13 @@ async fn a_pause_stops_a_running_apply_with_exit_4(pool: PgPool) {
     assert!(stderr_of(&out).contains("INC-13"), "{}", stderr_of(&out));
     let published = world.scalar("SELECT published FROM replay_control.replay_runs").await;
     assert!(published < 30);
-    // Rows not yet published stay parked, not due: no claimer takes them.
-    let parked = world.scalar("SELECT count(*) FROM processed_events WHERE next_attempt_at = 'infinity'").await;
-    assert_eq!(parked, 30 - published);
+    // Every reset row stays parked for its message: no claimer takes one.
+    let due = world.scalar("SELECT count(*) FROM processed_events WHERE next_attempt_at <= now()").await;
+    let parked = world
+        .scalar("SELECT count(*) FROM processed_events WHERE status = 'pending' AND replay_plan IS NOT NULL")
+        .await;
+    assert_eq!((due, parked), (0, 30));
+    assert_eq!(world.queue_depth().await as i64, published);
     world.cleanup().await;
 }
 

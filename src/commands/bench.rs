@@ -1,15 +1,20 @@
-//! `replay bench`: prints the worker's rate next to the raw baseline's.
+//! `replay bench [worker|apply|plan]`: prints a measurement next to its raw baseline.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchScenario};
 use crate::config::Endpoints;
 
 pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the replay binary to spawn as the worker")?;
-    let report = crate::bench::run(endpoints, args.events, args.keep, &exe).await?;
-    print!("{report}");
+    match args.scenario {
+        BenchScenario::Worker => print!("{}", crate::bench::run(endpoints, args.events, args.keep, &exe).await?),
+        BenchScenario::Apply => {
+            print!("{}", crate::bench::replay::apply(endpoints, args.events, args.keep, &exe).await?)
+        }
+        BenchScenario::Plan => print!("{}", crate::bench::replay::plan(endpoints, args.rows, args.keep, &exe).await?),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use crate::cli::PlanArgs;
 use crate::config::Endpoints;
 use crate::exit::{Refused, UsageError};
 use crate::handlers::Registry;
-use crate::plan::{Header, PlanWriter, PlannedRow, SealedPlan, Trigger, WorkflowPlan};
+use crate::plan::{Header, PlanWriter, RowRef, SealedPlan, Trigger, WorkflowPlan};
 use crate::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
 use crate::workflows::{self, Params, WorkflowError};
 use crate::{database, ledger};
@@ -81,15 +81,8 @@ pub async fn run(endpoints: &Endpoints, args: PlanArgs) -> anyhow::Result<ExitCo
     let mut samples = Vec::new();
     if let Some(selector) = &selector {
         let streamed = ledger::for_each_selected(&pool, selector, |row| -> anyhow::Result<()> {
-            let occurred_at = row.occurred_at;
-            let planned = PlannedRow {
-                id: row.id,
-                event_id: row.event_id,
-                event_type: row.event_type,
-                status: row.status,
-                version: row.version,
-            };
-            Ok(writer.push(planned, occurred_at)?)
+            let planned = RowRef(row.id, row.event_id, row.event_type, row.status, row.version);
+            Ok(writer.push(planned, row.occurred_at)?)
         })
         .await;
         if let Err(error) = streamed {

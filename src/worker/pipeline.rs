@@ -141,12 +141,8 @@ impl Pipeline {
                 None => others.push(event),
             }
         }
-        let taken = if others.is_empty() {
-            Vec::new()
-        } else {
-            let ids: Vec<&str> = others.iter().map(|e| e.event_id.as_str()).collect();
-            ledger::take_due(&mut tx, &ids, &self.worker).await?
-        };
+        let taken =
+            if others.is_empty() { Vec::new() } else { ledger::take_due(&mut tx, &others, &self.worker).await? };
         tally.duplicates += (others.len() - taken.len()) as u64;
         work.extend(taken.iter().map(Work::claimed));
 

@@ -1,0 +1,399 @@
+//! `replay bench apply` and `replay bench plan`: the replay path measured
+//! next to raw baselines in the same run, on a scratch database and scratch
+//! broker names.
+//!
+//! - apply: the real `replay apply` binary over a plan of every ledger row
+//!   (fresh pg_dump, audit, reset and confirmed republish all included), next
+//!   to a raw lapin publish-with-confirms loop of the same messages, and to
+//!   the runbook's loop (one `psql` UPDATE and one fresh broker connection
+//!   and publish per event) on a sample.
+//! - plan: the real `replay plan` binary over the whole ledger and over
+//!   10,000 rows of it, with its peak memory, next to a raw streamed read
+//!   of the same rows.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::BasicProperties;
+use sqlx::{PgPool, Row};
+
+use super::{cleanup_broker, proc_status_kib, Drain, Scratch};
+use crate::config::Endpoints;
+use crate::transport;
+
+/// Measured rounds; ratios reported are their medians.
+const ROUNDS: usize = 3;
+/// Events the runbook's loop is timed on (it is slow; the rate extrapolates).
+const RUNBOOK_SAMPLE: usize = 100;
+
+/// A scratch database and broker names, dropped when done unless kept.
+async fn scratch(endpoints: &Endpoints, prefix: &str) -> anyhow::Result<(Scratch, Endpoints)> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let scratch = Scratch::create(&endpoints.database_url, &format!("replay_bench_{prefix}_{suffix}")).await?;
+    let names = Endpoints {
+        database_url: scratch.url.clone(),
+        amqp_url: endpoints.amqp_url.clone(),
+        exchange: format!("replay-bench-{suffix}"),
+        queue: format!("replay-bench-{suffix}.worker"),
+    };
+    Ok((scratch, names))
+}
+
+async fn finish(endpoints: &Endpoints, scratch: Scratch, names: &Endpoints, keep: bool) -> anyhow::Result<()> {
+    cleanup_broker(names).await;
+    scratch.pool.close().await;
+    if keep {
+        eprintln!("kept scratch database {}", scratch.name);
+        Ok(())
+    } else {
+        scratch.drop_database(&endpoints.database_url).await
+    }
+}
+
+/// Fills the ledger with `rows` processed contribution events, one day of
+/// event time per 50,000 rows, in one statement per 200,000 rows.
+async fn seed(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(200_000);
+        sqlx::query(
+            "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, processed_at)
+             SELECT gen_random_uuid()::text, 'contribution.submitted',
+                    jsonb_build_object('contribution_id', gen_random_uuid(), 'member_id', gen_random_uuid(),
+                                       'period_id', '00000000-0000-0000-0000-000000000001', 'type', 'labor',
+                                       'amount', i % 90 + 10),
+                    timestamptz '2026-01-01' + make_interval(secs => (i * 86400.0 / 50000)),
+                    'processed', now()
+               FROM generate_series($1::bigint, $2::bigint) i",
+        )
+        .bind(done as i64)
+        .bind((done + n - 1) as i64)
+        .execute(pool)
+        .await?;
+        done += n;
+        if rows > 200_000 {
+            eprintln!("  seeded {done} of {rows} ledger rows…");
+        }
+    }
+    sqlx::query("VACUUM ANALYZE processed_events").execute(pool).await?;
+    Ok(())
+}
+
+/// Runs `replay ARGS` against `names` and returns its output, failing on a non-zero exit.
+async fn replay(exe: &Path, names: &Endpoints, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let output = command(exe, names, args).output().await.with_context(|| format!("running {}", exe.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "replay {} failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+fn command(exe: &Path, names: &Endpoints, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(args)
+        .env("DATABASE_URL", names.database_url.expose())
+        .env("AMQP_URL", names.amqp_url.expose())
+        .env("REPLAY_EXCHANGE", &names.exchange)
+        .env("REPLAY_QUEUE", &names.queue)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Plans every row and returns the plan's path.
+async fn plan_all(exe: &Path, names: &Endpoints, dir: &Path) -> anyhow::Result<String> {
+    let dir = dir.display().to_string();
+    let out = replay(exe, names, &["plan", "--all", "--reason", "bench", "--out-dir", &dir, "--json"]).await?;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    answer["plan_path"].as_str().map(str::to_string).context("plan printed no path")
+}
+
+/// What `replay bench apply` prints.
+pub struct ApplyReport {
+    /// (raw publish, apply, runbook loop) per round.
+    pub rounds: Vec<(Drain, Drain, Drain)>,
+    pub backup_bytes: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+impl std::fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, d: &Drain| {
+            writeln!(f, "{name:<62} {:>7} events in {:>7.2} s = {:>8.0} events/s", d.events, d.seconds, d.rate())
+        };
+        for (round, (raw, apply, runbook)) in self.rounds.iter().enumerate() {
+            writeln!(f, "round {}:", round + 1)?;
+            line(f, "  raw publish (lapin, confirms in windows of 1000):", raw)?;
+            line(f, "  replay apply (pg_dump + audit + reset + confirmed republish):", apply)?;
+            line(f, "  runbook loop (psql UPDATE + new connection publish per event):", runbook)?;
+        }
+        let ratio = median(self.rounds.iter().map(|(raw, apply, _)| apply.rate() / raw.rate()).collect());
+        let runbook = median(self.rounds.iter().map(|(raw, _, runbook)| runbook.rate() / raw.rate()).collect());
+        writeln!(
+            f,
+            "ratio: apply / raw publish = {ratio:.2} (median of {} rounds; target >= 0.70)",
+            self.rounds.len()
+        )?;
+        writeln!(f, "ratio: runbook loop / raw publish = {runbook:.3}")?;
+        writeln!(f, "backup size per apply: {:.1} MiB", self.backup_bytes as f64 / 1_048_576.0)
+    }
+}
+
+/// `replay bench apply`.
+pub async fn apply(endpoints: &Endpoints, events: usize, keep: bool, exe: &Path) -> anyhow::Result<ApplyReport> {
+    let (scratch, names) = scratch(endpoints, "apply").await?;
+    let result = measure_apply(&names, &scratch.pool, events, exe).await;
+    finish(endpoints, scratch, &names, keep).await?;
+    result
+}
+
+async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Path) -> anyhow::Result<ApplyReport> {
+    seed(pool, events).await?;
+    let messages: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT event_id, event_type, payload::text FROM processed_events ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let work = tempfile::tempdir().context("creating a scratch directory")?;
+    let connection = transport::connect(&names.amqp_url, "replay bench").await?;
+    let channel = connection.create_channel().await?;
+    transport::declare(&channel, &names.exchange, &names.queue).await?;
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    let mut backup_bytes = 0;
+    for round in 1..=ROUNDS {
+        eprintln!("round {round}/{ROUNDS}: raw publish of {events} events…");
+        let raw = raw_publish(names, &messages).await?;
+        channel.queue_purge(names.queue.as_str().into(), QueuePurgeOptions::default()).await?;
+
+        eprintln!("round {round}/{ROUNDS}: replay apply of a {events}-row plan…");
+        let plan = plan_all(exe, names, &work.path().join("plans")).await?;
+        let backups = work.path().join(format!("backups-{round}"));
+        let backups_arg = backups.display().to_string();
+        let started = Instant::now();
+        replay(exe, names, &["apply", &plan, "--yes", "--operator", "bench", "--backup-dir", &backups_arg]).await?;
+        let apply = Drain { events, seconds: started.elapsed().as_secs_f64() };
+        let depth = transport::queue_depth(&channel, &names.queue).await? as usize;
+        anyhow::ensure!(
+            depth == events,
+            "apply left {depth} messages in the queue, expected {events}: the benchmark is void"
+        );
+        backup_bytes = dir_bytes(&backups);
+        channel.queue_purge(names.queue.as_str().into(), QueuePurgeOptions::default()).await?;
+        // Back to the state planned from: every row processed.
+        sqlx::query("UPDATE processed_events SET status = 'processed', processed_at = now(), next_attempt_at = now()")
+            .execute(pool)
+            .await?;
+
+        eprintln!("round {round}/{ROUNDS}: runbook loop over {RUNBOOK_SAMPLE} events…");
+        let runbook = runbook_loop(names, &messages[..RUNBOOK_SAMPLE.min(messages.len())]).await?;
+        channel.queue_purge(names.queue.as_str().into(), QueuePurgeOptions::default()).await?;
+        rounds.push((raw, apply, runbook));
+    }
+    let _ = channel.close(200, "bench done".into()).await;
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(ApplyReport { rounds, backup_bytes })
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+fn properties(event_id: &str, event_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(event_id.into())
+        .with_type(event_type.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// The raw loop: one connection, confirm mode, windows of 1000 confirms.
+async fn raw_publish(names: &Endpoints, messages: &[(String, String, String)]) -> anyhow::Result<Drain> {
+    let connection = transport::connect(&names.amqp_url, "replay bench raw publisher").await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let started = Instant::now();
+    for window in messages.chunks(1000) {
+        let mut confirms = Vec::with_capacity(window.len());
+        for (event_id, event_type, payload) in window {
+            let confirm = channel
+                .basic_publish(
+                    names.exchange.as_str().into(),
+                    event_type.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    payload.as_bytes(),
+                    properties(event_id, event_type),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in futures::future::try_join_all(confirms).await? {
+            anyhow::ensure!(confirm.is_ack(), "the broker did not confirm a raw publish");
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = connection.close(200, "raw publish done".into()).await;
+    Ok(Drain { events: messages.len(), seconds })
+}
+
+/// The runbook's loop: per event, a `psql` UPDATE and a publish over a new
+/// connection (what `rabbitmqadmin publish` amounts to).
+async fn runbook_loop(names: &Endpoints, messages: &[(String, String, String)]) -> anyhow::Result<Drain> {
+    let env = crate::backup::libpq_env(&names.database_url)?;
+    let started = Instant::now();
+    for (event_id, event_type, payload) in messages {
+        // psql interpolates :'id' (quoted) only in scripts, so the statement goes on stdin.
+        let mut psql = tokio::process::Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-v", &format!("id={event_id}")])
+            .envs(env.clone())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("running psql (the runbook's loop needs the PostgreSQL client)")?;
+        if let Some(mut stdin) = psql.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(b"UPDATE processed_events SET status = 'pending' WHERE event_id = :'id';\n").await?;
+        }
+        let status = psql.wait().await?;
+        anyhow::ensure!(status.success(), "psql failed in the runbook loop");
+        let connection = transport::connect(&names.amqp_url, "replay bench runbook").await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .basic_publish(
+                names.exchange.as_str().into(),
+                event_type.as_str().into(),
+                BasicPublishOptions::default(),
+                payload.as_bytes(),
+                properties(event_id, event_type),
+            )
+            .await?
+            .await?;
+        let _ = connection.close(200, "published".into()).await;
+    }
+    Ok(Drain { events: messages.len(), seconds: started.elapsed().as_secs_f64() })
+}
+
+/// What `replay bench plan` prints.
+pub struct PlanReport {
+    pub rows: usize,
+    /// (raw streamed read, plan over every row, plan over 10,000 rows) per round.
+    pub rounds: Vec<(Drain, Drain, Drain)>,
+    /// Peak RSS in KiB of the plan over every row, and over 10,000 rows.
+    pub peak_kib: (u64, u64),
+    pub plan_bytes: u64,
+}
+
+impl std::fmt::Display for PlanReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, d: &Drain| {
+            writeln!(f, "{name:<52} {:>8} rows in {:>6.2} s = {:>9.0} rows/s", d.events, d.seconds, d.rate())
+        };
+        for (round, (raw, all, small)) in self.rounds.iter().enumerate() {
+            writeln!(f, "round {}:", round + 1)?;
+            line(f, "  raw streamed read of the same columns (sqlx):", raw)?;
+            line(f, "  replay plan --all (summary + sealed plan file):", all)?;
+            line(f, "  replay plan --all --limit 10000:", small)?;
+        }
+        let seconds = median(self.rounds.iter().map(|(_, all, _)| all.seconds).collect());
+        let ratio = median(self.rounds.iter().map(|(raw, all, _)| all.rate() / raw.rate()).collect());
+        writeln!(f, "plan over {} rows: {seconds:.2} s (median; target < 2 s)", self.rows)?;
+        writeln!(f, "ratio: plan / raw read = {ratio:.2}")?;
+        writeln!(
+            f,
+            "peak RSS: {:.1} MiB for {} rows, {:.1} MiB for 10000 rows (flat: the rows stream to the file)",
+            self.peak_kib.0 as f64 / 1024.0,
+            self.rows,
+            self.peak_kib.1 as f64 / 1024.0
+        )?;
+        writeln!(f, "plan file: {:.1} MiB", self.plan_bytes as f64 / 1_048_576.0)
+    }
+}
+
+/// `replay bench plan`.
+pub async fn plan(endpoints: &Endpoints, rows: usize, keep: bool, exe: &Path) -> anyhow::Result<PlanReport> {
+    let (scratch, names) = scratch(endpoints, "plan").await?;
+    let result = measure_plan(&names, &scratch.pool, rows, exe).await;
+    finish(endpoints, scratch, &names, keep).await?;
+    result
+}
+
+async fn measure_plan(names: &Endpoints, pool: &PgPool, rows: usize, exe: &Path) -> anyhow::Result<PlanReport> {
+    eprintln!("seeding {rows} ledger rows…");
+    seed(pool, rows).await?;
+    let work = tempfile::tempdir().context("creating a scratch directory")?;
+    let dir = work.path().display().to_string();
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    let mut peaks = (0, 0);
+    let mut plan_bytes = 0;
+    for round in 1..=ROUNDS {
+        eprintln!("round {round}/{ROUNDS}…");
+        let raw = raw_read(pool).await?;
+        let (all, peak_all, path) =
+            timed_plan(exe, names, &["plan", "--all", "--reason", "bench", "--out-dir", &dir, "--json"]).await?;
+        plan_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(&path).ok();
+        let (small, peak_small, path) = timed_plan(
+            exe,
+            names,
+            &["plan", "--all", "--limit", "10000", "--reason", "bench", "--out-dir", &dir, "--json"],
+        )
+        .await?;
+        std::fs::remove_file(&path).ok();
+        rounds.push((
+            Drain { events: rows, ..raw },
+            Drain { events: rows, ..all },
+            Drain { events: 10_000.min(rows), ..small },
+        ));
+        peaks = (peak_all, peak_small);
+    }
+    Ok(PlanReport { rows, rounds, peak_kib: peaks, plan_bytes })
+}
+
+/// The baseline: the same rows and columns, streamed and dropped.
+async fn raw_read(pool: &PgPool) -> anyhow::Result<Drain> {
+    let started = Instant::now();
+    let mut rows = sqlx::query(
+        "SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events ORDER BY occurred_at, id",
+    )
+    .fetch(pool);
+    let mut n = 0usize;
+    while let Some(row) = rows.try_next().await? {
+        let id: i64 = row.try_get_unchecked(0)?;
+        n += usize::from(id > 0);
+    }
+    Ok(Drain { events: n, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Runs a plan command, sampling its peak RSS until it exits.
+async fn timed_plan(exe: &Path, names: &Endpoints, args: &[&str]) -> anyhow::Result<(Drain, u64, PathBuf)> {
+    let started = Instant::now();
+    let child = command(exe, names, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let pid = child.id().context("plan exited at once")?;
+    let waiting = tokio::spawn(child.wait_with_output());
+    let mut peak = 0;
+    while !waiting.is_finished() {
+        peak = peak.max(proc_status_kib(pid, "VmHWM:"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let output = waiting.await??;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(output.status.success(), "replay plan failed: {}", String::from_utf8_lossy(&output.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let path = answer["plan_path"].as_str().map(PathBuf::from).context("plan printed no path")?;
+    Ok((Drain { events: 0, seconds }, peak, path))
+}
