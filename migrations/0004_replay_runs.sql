@@ -23,6 +23,13 @@ CREATE INDEX replay_history_plan_idx ON replay_history (plan_id);
 -- lost message still gets its row processed. Cleared when the row is settled.
 ALTER TABLE processed_events ADD COLUMN replay_plan UUID;
 
+-- A parked row needs no wake-up: its message is on its way.
+DROP TRIGGER processed_events_pending_notify ON processed_events;
+CREATE TRIGGER processed_events_pending_notify
+    AFTER INSERT OR UPDATE OF status ON processed_events
+    FOR EACH ROW WHEN (NEW.status = 'pending' AND NEW.replay_plan IS NULL)
+    EXECUTE FUNCTION processed_events_notify_pending();
+
 -- Control plane: survives a restore of the domain (backups leave this schema out).
 
 -- The pause: while its row exists, workers take no work and `replay apply`

@@ -283,18 +283,8 @@ pub async fn execute(
     let run = match &checked.run {
         Some(run) => run.clone(),
         None => {
-            let step = Instant::now();
-            let backup_path = match (&checked.existing_backup, &request.backup) {
-                (Some(path), _) => path.clone(),
-                (None, BackupSource::Fresh { dir }) => backup::take(&endpoints.database_url, dir, None).await?.path,
-                (None, BackupSource::Existing { path, .. }) => path.clone(),
-            };
-            steps.backup = step.elapsed().as_secs_f64();
-            tracing::info!(path = %backup_path.display(), seconds = steps.backup, "backup checked");
-            let step = Instant::now();
-            let run = reset(pool, plan, request, &backup_path.display().to_string()).await?;
-            steps.reset = step.elapsed().as_secs_f64();
-            tracing::info!(rows = plan.summary.rows, seconds = steps.reset, "rows reset, audit entry written");
+            let (run, times) = back_up_and_reset(pool, endpoints, &checked, request).await?;
+            steps = times;
             run
         }
     };
@@ -326,22 +316,12 @@ pub async fn execute(
             return Err(ApplyError::Paused { pause, published, total });
         }
         let following = batches.next_batch()?;
-        let t0 = Instant::now();
-        let (sent, next) = tokio::join!(
-            async {
-                let r = publisher.publish_all(&events, Some(&plan_label), |_| {}).await;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "published batch");
-                r
-            },
-            async {
-                let r = match following {
-                    Some(ids) => prepare(pool, ids).await.map(Some),
-                    None => Ok(None),
-                };
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "prepared batch");
-                r
+        let (sent, next) = tokio::join!(publisher.publish_all(&events, Some(&plan_label), |_| {}), async {
+            match following {
+                Some(ids) => prepare(pool, ids).await.map(Some),
+                None => Ok(None),
             }
-        );
+        });
         sent?;
         ready = next?;
         published += ids.len() as u64;
@@ -375,15 +355,64 @@ async fn prepare(pool: &PgPool, ids: Vec<String>) -> Result<(Vec<String>, Vec<Ev
     Ok((ids, events))
 }
 
-/// The one transaction: rows checked again under lock, the audit entry, the
-/// run record, the ledger resets with their history, the workflow's trigger
-/// events and domain resets.
-async fn reset(
+/// Takes the backup and resets the rows at the same time, safely: the dump
+/// reads a snapshot exported before the reset began, so it holds the
+/// pre-replay state, and the reset commits only once the dump is checked.
+/// A failed backup rolls the reset back.
+async fn back_up_and_reset(
     pool: &PgPool,
+    endpoints: &Endpoints,
+    checked: &Checked,
+    request: &Request,
+) -> Result<(ReplayRun, StepTimes), ApplyError> {
+    let started = Instant::now();
+    let plan = &checked.plan;
+    let (backup_path, mut snapshot) = match (&checked.existing_backup, &request.backup) {
+        (Some(path), _) | (None, BackupSource::Existing { path, .. }) => (path.clone(), None),
+        (None, BackupSource::Fresh { dir }) => {
+            let mut tx = pool.begin().await.map_err(db("exporting a snapshot for the backup"))?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(db("exporting a snapshot for the backup"))?;
+            let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("exporting a snapshot for the backup"))?;
+            (backup::path_in(dir), Some((tx, id)))
+        }
+    };
+    let label = backup_path.display().to_string();
+    let backup = async {
+        let Some((_, id)) = &snapshot else { return Ok(started.elapsed()) };
+        backup::take_at(&endpoints.database_url, backup_path.clone(), Some(id)).await?;
+        tracing::info!(path = %label, seconds = started.elapsed().as_secs_f64(), "backup checked");
+        Ok::<_, ApplyError>(started.elapsed())
+    };
+    let reset = async {
+        let done = reset(pool, plan, request, &label).await?;
+        Ok::<_, ApplyError>((done, started.elapsed()))
+    };
+    let (backup, reset) = tokio::join!(backup, reset);
+    if let Some((tx, _)) = snapshot.take() {
+        let _ = tx.rollback().await;
+    }
+    let backup_time = backup?;
+    let ((tx, run), reset_time) = reset?;
+    tx.commit().await.map_err(db("committing the reset"))?;
+    tracing::info!(rows = plan.summary.rows, seconds = reset_time.as_secs_f64(), "rows reset, audit entry written");
+    Ok((run, StepTimes { backup: backup_time.as_secs_f64(), reset: reset_time.as_secs_f64(), publish: 0.0 }))
+}
+
+/// The one transaction, returned uncommitted: rows checked again under lock,
+/// the audit entry, the run record, the ledger resets with their history, the
+/// workflow's trigger events and domain resets.
+async fn reset<'p>(
+    pool: &'p PgPool,
     plan: &SealedPlan,
     request: &Request,
     backup_path: &str,
-) -> Result<ReplayRun, ApplyError> {
+) -> Result<(sqlx::Transaction<'p, sqlx::Postgres>, ReplayRun), ApplyError> {
     let header = &plan.header;
     let mut tx = pool.begin().await.map_err(db("starting the reset"))?;
     check_current(&mut tx, plan, true).await?;
@@ -431,8 +460,7 @@ async fn reset(
             .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
         ledger::insert_triggers(&mut tx, &events, header.plan_id, &request.operator, fallback).await?;
     }
-    tx.commit().await.map_err(db("committing the reset"))?;
-    Ok(ReplayRun {
+    let run = ReplayRun {
         plan_id: header.plan_id,
         digest: plan.digest.clone(),
         operator: request.operator.clone(),
@@ -443,7 +471,8 @@ async fn reset(
         state: "publishing".into(),
         started_at: Utc::now(),
         finished_at: None,
-    })
+    };
+    Ok((tx, run))
 }
 
 /// When claimers may take a reset row whose replayed message never came: the

@@ -77,11 +77,22 @@ fn decode(text: &str) -> String {
         .unwrap_or_else(|| text.to_string())
 }
 
+/// Where a dump taken now into `dir` goes.
+pub fn path_in(dir: &Path) -> PathBuf {
+    dir.join(format!("replay-{}.dump", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")))
+}
+
 /// Takes a custom-format dump (`-Fc -Z1`: fast, still compressed) into `out`,
 /// or a timestamped file in `dir`, and checks it with `pg_restore --list`.
 pub async fn take(url: &SecretUrl, dir: &Path, out: Option<PathBuf>) -> Result<Backup, BackupError> {
+    take_at(url, out.unwrap_or_else(|| path_in(dir)), None).await
+}
+
+/// Takes a checked dump into `path`; with `snapshot` (from
+/// `pg_export_snapshot()`, its transaction still open), of the database as
+/// that snapshot saw it, whatever commits meanwhile.
+pub async fn take_at(url: &SecretUrl, path: PathBuf, snapshot: Option<&str>) -> Result<Backup, BackupError> {
     let taken_at = Utc::now();
-    let path = out.unwrap_or_else(|| dir.join(format!("replay-{}.dump", taken_at.format("%Y%m%dT%H%M%S%.3fZ"))));
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| BackupError::Io { path: parent.to_path_buf(), source })?;
     }
@@ -89,6 +100,7 @@ pub async fn take(url: &SecretUrl, dir: &Path, out: Option<PathBuf>) -> Result<B
     let output = Command::new("pg_dump")
         .args(["--format=custom", "--compress=1", "--no-owner"])
         .arg(format!("--exclude-schema={CONTROL_SCHEMA}"))
+        .args(snapshot.map(|id| format!("--snapshot={id}")))
         .arg("--file")
         .arg(&path)
         .envs(env)

@@ -133,9 +133,19 @@ async fn failed_events_are_replayed_once_the_cause_is_fixed(pool: PgPool) {
 
     let plan = desk.plan(&world, &["--status", "error", "--reason", "INC-7: approval before submission"]).await;
     assert_eq!((plan["rows"].clone(), plan["by_type"].clone()), (json!(1), json!({"contribution.approved": 1})));
-    apply_ok(&world, &desk, &plan, &[]).await;
+    let outcome = apply_ok(&world, &desk, &plan, &[]).await;
     world.wait_for_count(PROCESSED, 3, Duration::from_secs(20)).await;
     worker.stop().await;
+
+    // The backup, taken while the reset ran, holds the row as it was before.
+    let dump = std::process::Command::new("pg_restore")
+        .args(["--data-only", "--table", "processed_events", "--file", "-"])
+        .arg(outcome["backup_path"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let line = dump.lines().find(|l| l.contains(&approval.event_id)).expect("the row is in the backup");
+    assert!(line.contains("\terror\t"), "{line}");
 
     assert_eq!(world.contribution_status(contribution).await, "approved");
     // The replay kept why the event had failed.
