@@ -177,7 +177,7 @@ pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request
     }
     if run.is_none() {
         let mut conn = pool.acquire().await.map_err(db("checking the planned rows"))?;
-        check_current(&mut conn, &plan, false).await?;
+        check_current(&mut conn, &plan).await?;
     }
     let existing_backup = match (&request.backup, &run) {
         (BackupSource::Existing { path, max_age }, None) => Some(check_backup(path, *max_age).await?),
@@ -187,15 +187,13 @@ pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request
 }
 
 /// Refuses if any planned row or workflow domain row changed since planning.
-/// With `lock`, the rows stay locked for the caller's transaction.
-async fn check_current(conn: &mut sqlx::PgConnection, plan: &SealedPlan, lock: bool) -> Result<(), ApplyError> {
+async fn check_current(conn: &mut sqlx::PgConnection, plan: &SealedPlan) -> Result<(), ApplyError> {
     let mut changed = 0;
     let mut examples = Vec::new();
     for chunk in plan.rows(RESET_CHUNK)? {
         let chunk = chunk?;
         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
-        let now: std::collections::HashMap<i64, String> =
-            ledger::versions(conn, &ids, lock).await?.into_iter().collect();
+        let now: std::collections::HashMap<i64, String> = ledger::versions(conn, &ids).await?.into_iter().collect();
         for row in &chunk {
             if now.get(&row.id) != Some(&row.version) {
                 changed += 1;
@@ -295,7 +293,8 @@ pub async fn execute(
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
     let publisher = Publisher::new(channel, &endpoints.exchange).await?;
 
-    let batch = request.rate.map_or(MAX_BATCH, |r| (r as usize).clamp(1, MAX_BATCH));
+    // Paced: four batches a second, so the rate holds within a quarter second.
+    let batch = request.rate.map_or(MAX_BATCH, |r| (r as usize / 4).clamp(1, MAX_BATCH));
     let already = u64::try_from(run.published).unwrap_or(0);
     let mut published = already;
     progress(Progress { published, total });
@@ -308,25 +307,36 @@ pub async fn execute(
         Some(ids) => Some(prepare(pool, ids).await?),
         None => None,
     };
+    // Each round publishes one batch while it reads the next and records
+    // the progress of the one before.
+    let record = |published: u64| async move {
+        runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))
+    };
     while let Some((ids, events)) = ready.take() {
         if shutdown.is_cancelled() {
+            record(published).await?;
             return Err(ApplyError::Interrupted { published, total });
         }
         if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+            record(published).await?;
             return Err(ApplyError::Paused { pause, published, total });
         }
         let following = batches.next_batch()?;
-        let (sent, next) = tokio::join!(publisher.publish_all(&events, Some(&plan_label), |_| {}), async {
-            match following {
-                Some(ids) => prepare(pool, ids).await.map(Some),
-                None => Ok(None),
-            }
-        });
+        let (sent, next, recorded) = tokio::join!(
+            publisher.publish_all(&events, Some(&plan_label), |_| {}),
+            async {
+                match following {
+                    Some(ids) => prepare(pool, ids).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            record(published)
+        );
         sent?;
-        ready = next?;
+        recorded?;
         published += ids.len() as u64;
-        runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
         progress(Progress { published, total });
+        ready = next?;
         if let Some(rate) = request.rate {
             let due = paced_from + Duration::from_secs_f64((published - already) as f64 / f64::from(rate));
             tokio::select! {
@@ -335,6 +345,7 @@ pub async fn execute(
             }
         }
     }
+    record(published).await?;
     runs::finish(pool, plan_id).await.map_err(db("recording the end of the run"))?;
     connection.close(200, "apply done".into()).await.map_err(TransportError::broker("close the connection"))?;
     Ok(Outcome {
@@ -415,7 +426,12 @@ async fn reset<'p>(
 ) -> Result<(sqlx::Transaction<'p, sqlx::Postgres>, ReplayRun), ApplyError> {
     let header = &plan.header;
     let mut tx = pool.begin().await.map_err(db("starting the reset"))?;
-    check_current(&mut tx, plan, true).await?;
+    if let Some(planned) = &header.workflow {
+        let now = workflows::find(&planned.name)?.inspect(&mut tx, &planned.params).await?;
+        if now.fingerprint != planned.fingerprint {
+            return Err(Refusal::DomainMoved { workflow: planned.name.clone() }.into());
+        }
+    }
     let entry = AuditEntry {
         operator: request.operator.clone(),
         action: "replay.apply".into(),
@@ -447,8 +463,16 @@ async fn reset<'p>(
     runs::start(&mut tx, &new_run).await.map_err(db("recording the run"))?;
     let fallback = fallback_time(plan.events(), request.rate);
     for chunk in plan.rows(RESET_CHUNK)? {
-        let ids: Vec<i64> = chunk?.iter().map(|r| r.id).collect();
-        ledger::reset_for_plan(&mut tx, &ids, header.plan_id, &request.operator, fallback).await?;
+        let rows: Vec<(i64, String)> = chunk?.into_iter().map(|r| (r.id, r.version)).collect();
+        let reset = ledger::reset_for_plan(&mut tx, &rows, header.plan_id, &request.operator, fallback).await?;
+        if reset < rows.len() as u64 {
+            // A row changed between the check and now: roll back, and name it.
+            drop(tx);
+            let mut conn = pool.acquire().await.map_err(db("checking the planned rows"))?;
+            check_current(&mut conn, plan).await?;
+            let count = rows.len() - reset as usize;
+            return Err(Refusal::Stale { count, total: plan.summary.rows, examples: vec![] }.into());
+        }
     }
     if let Some(planned) = &header.workflow {
         workflows::find(&planned.name)?.reset(&mut tx, &planned.params).await?;

@@ -330,52 +330,60 @@ pub async fn for_each_selected<E: From<LedgerError>>(
     Ok(())
 }
 
-/// The current version of each row among `ids` that still exists, as
-/// `(id, version)`; with `lock`, the rows are locked for the caller's
-/// transaction, so they cannot change between this check and the reset.
-pub async fn versions(conn: &mut PgConnection, ids: &[i64], lock: bool) -> Result<Vec<(i64, String)>, LedgerError> {
-    let sql = if lock {
-        "SELECT id, xmin::text FROM processed_events WHERE id = ANY($1) FOR UPDATE"
-    } else {
-        "SELECT id, xmin::text FROM processed_events WHERE id = ANY($1)"
-    };
-    sqlx::query_as(sql).bind(ids).fetch_all(conn).await.map_err(query_error("read row versions"))
+/// The current version of each row among `ids` that still exists, as `(id, version)`.
+pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<(i64, String)>, LedgerError> {
+    sqlx::query_as("SELECT id, xmin::text FROM processed_events WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+        .map_err(query_error("read row versions"))
 }
 
-/// Resets rows for a replay plan, inside the caller's transaction: each
+/// Resets rows for a replay plan, inside the caller's transaction, each only
+/// if it is still at the version planned (`rows` are `(id, version)`); returns
+/// how many were reset, so fewer than asked means the plan is stale. Each
 /// row's prior status, error and retry count go to `replay_history`, then the
 /// row becomes `pending` with a clean slate, parked for the plan: its
 /// republished message takes it (so `--rate` paces the replay, not the
 /// claimers), and only if no message came by `fallback` does a claimer.
+///
+/// One statement and no separate locking pass: the UPDATE locks each row as
+/// it writes it and re-checks the version of a row changed meanwhile, so the
+/// prior state recorded is the state it replaced.
 pub async fn reset_for_plan(
     conn: &mut PgConnection,
-    ids: &[i64],
+    rows: &[(i64, String)],
     plan_id: uuid::Uuid,
     operator: &str,
     fallback: DateTime<Utc>,
 ) -> Result<u64, LedgerError> {
-    let done = sqlx::query(
-        "WITH prior AS (
-             SELECT id, event_id, status, error_message, retry_count, processed_at
-               FROM processed_events WHERE id = ANY($1) FOR UPDATE
+    let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|(id, v)| (*id, v.as_str())).unzip();
+    let reset: i64 = sqlx::query_scalar(
+        "WITH reset AS (
+             UPDATE processed_events p
+                SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
+                    locked_by = NULL, replay_plan = $3, next_attempt_at = $5, updated_at = now()
+               FROM (SELECT o.id, o.status, o.error_message, o.retry_count, o.processed_at, v.version
+                       FROM unnest($1::bigint[], $2::text[]) AS v(id, version)
+                       JOIN processed_events o ON o.id = v.id) prior
+              WHERE p.id = prior.id AND p.xmin::text = prior.version
+          RETURNING p.event_id, prior.status, prior.error_message, prior.retry_count, prior.processed_at
          ), history AS (
              INSERT INTO replay_history
                     (event_id, plan_id, operator, prior_status, prior_error, prior_retry_count, prior_processed_at)
-             SELECT event_id, $2, $3, status, error_message, retry_count, processed_at FROM prior
+             SELECT event_id, $3, $4, status, error_message, retry_count, processed_at FROM reset
          )
-         UPDATE processed_events p
-            SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
-                locked_by = NULL, replay_plan = $2, next_attempt_at = $4, updated_at = now()
-           FROM prior WHERE p.id = prior.id",
+         SELECT count(*) FROM reset",
     )
-    .bind(ids)
+    .bind(&ids)
+    .bind(&versions)
     .bind(plan_id)
     .bind(operator)
     .bind(fallback)
-    .execute(conn)
+    .fetch_one(conn)
     .await
     .map_err(query_error("reset rows for a replay"))?;
-    Ok(done.rows_affected())
+    Ok(reset as u64)
 }
 
 /// Adds a workflow's trigger events to the ledger as pending rows parked
