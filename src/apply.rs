@@ -93,8 +93,9 @@ pub enum Refusal {
 /// Why an apply did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// Not a `#[from]`: the refusal is the whole message, printed once.
     #[error("refused: {0}")]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
     #[error("stopped: workers were paused ({0}) after {published} of {total} events were published. The pause (or emergency stop) is in charge now", .pause.reason)]
     Paused { pause: Pause, published: u64, total: u64 },
     #[error("interrupted after {published} of {total} events were published and confirmed: run the same `replay apply` again to resume")]
@@ -113,6 +114,12 @@ pub enum ApplyError {
     Database { op: &'static str, source: sqlx::Error },
     #[error("workflow: {0}")]
     Workflow(WorkflowError),
+}
+
+impl From<Refusal> for ApplyError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
 }
 
 impl From<PlanError> for ApplyError {
@@ -277,21 +284,24 @@ pub async fn execute(
     let plan_id = plan.header.plan_id;
     let total = plan.events() as u64;
     let resumed = checked.run.is_some();
-    let mut steps = StepTimes::default();
-    let run = match &checked.run {
-        Some(run) => run.clone(),
-        None => {
-            let (run, times) = back_up_and_reset(pool, endpoints, &checked, request).await?;
-            steps = times;
-            run
+    // The broker connection opens while the backup and the reset run.
+    let broker = async {
+        let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
+        let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
+        transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+        let publisher = Publisher::new(channel, &endpoints.exchange).await?;
+        Ok::<_, ApplyError>((connection, publisher))
+    };
+    let prepared = async {
+        match &checked.run {
+            Some(run) => Ok((run.clone(), StepTimes::default())),
+            None => back_up_and_reset(pool, endpoints, &checked, request).await,
         }
     };
+    let (broker, prepared) = tokio::join!(broker, prepared);
+    let (run, steps) = prepared?;
+    let (connection, publisher) = broker?;
     let step = Instant::now();
-
-    let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
-    let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
-    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
-    let publisher = Publisher::new(channel, &endpoints.exchange).await?;
 
     // Paced: four batches a second, so the rate holds within a quarter second.
     let batch = request.rate.map_or(MAX_BATCH, |r| (r as usize / 4).clamp(1, MAX_BATCH));

@@ -322,6 +322,7 @@ pub(crate) async fn cleanup_broker(names: &Endpoints) {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel.queue_delete(names.queue.as_str().into(), QueueDeleteOptions::default()).await;
             let _ = channel.exchange_delete(names.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel.close(200, "cleaned".into()).await;
         }
         let _ = connection.close(200, "cleaned".into()).await;
     }

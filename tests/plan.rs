@@ -55,7 +55,10 @@ async fn plan_failed_events_writes_a_sealed_file_and_changes_nothing(pool: PgPoo
     let out = world.replay(&["plan", "--type", "payment.initiated", "--reason", "r", "--out-dir", out_dir]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let text = stdout_of(&out);
-    assert!(text.contains("1 rows to replay") && text.contains("--allow-external-effects"), "{text}");
+    assert!(
+        text.contains("1 row to replay, 1 event to publish") && text.contains("--allow-external-effects"),
+        "{text}"
+    );
     assert!(text.contains("plan written to"), "{text}");
     world.cleanup().await;
 }

@@ -193,9 +193,13 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
         backup_bytes = dir_bytes(&backups);
         channel.queue_purge(names.queue.as_str().into(), QueuePurgeOptions::default()).await?;
         // Back to the state planned from: every row processed.
-        sqlx::query("UPDATE processed_events SET status = 'processed', processed_at = now(), next_attempt_at = now()")
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "UPDATE processed_events SET status = 'processed', processed_at = now(), next_attempt_at = now(), replay_plan = NULL",
+        )
+        .execute(pool)
+        .await?;
+        // A ledger is not rewritten whole between two replays: do not let this one's bloat slow the next round.
+        sqlx::query("VACUUM processed_events").execute(pool).await?;
 
         eprintln!("round {round}/{ROUNDS}: runbook loop over {RUNBOOK_SAMPLE} events…");
         let runbook = runbook_loop(names, &messages[..RUNBOOK_SAMPLE.min(messages.len())]).await?;

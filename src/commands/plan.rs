@@ -177,10 +177,10 @@ pub(super) fn human(plan: &SealedPlan, rate: Option<u32>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "plan {}: {} rows to replay, {} events to publish (reason: {})",
+        "plan {}: {} to replay, {} to publish (reason: {})",
         plan.header.plan_id,
-        s.rows,
-        plan.events(),
+        super::count(s.rows, "row"),
+        super::count(plan.events(), "event"),
         plan.header.reason
     );
     if s.rows > 0 {
