@@ -61,3 +61,16 @@ CREATE TABLE replay_control.replay_runs (
 -- exactly that order lets a million-row plan stream without a sort.
 DROP INDEX processed_events_occurred_at_idx;
 CREATE INDEX processed_events_occurred_at_idx ON processed_events (occurred_at, id);
+
+-- A row reset for a replay (pending, processed_at NULL) costs no entry in
+-- these two indexes, and the reset of a large plan is mostly index
+-- maintenance. Queries lose nothing: processing-time ranges never match NULL,
+-- status selections other than `pending` still use the first index (the
+-- planner proves `status = 'error'` implies the predicate), and pending rows
+-- are found through processed_events_due_idx.
+DROP INDEX processed_events_status_processed_at_idx;
+CREATE INDEX processed_events_status_processed_at_idx ON processed_events (status, processed_at)
+    WHERE status <> 'pending';
+DROP INDEX processed_events_processed_at_idx;
+CREATE INDEX processed_events_processed_at_idx ON processed_events (processed_at)
+    WHERE processed_at IS NOT NULL;

@@ -580,3 +580,25 @@ fn nix_kill(child: &tokio::process::Child, signal: &str) {
     let status = std::process::Command::new("kill").args([&format!("-{signal}"), pid.as_str()]).status().unwrap();
     assert!(status.success());
 }
+
+#[sqlx::test]
+async fn a_failed_backup_resets_nothing_and_delivers_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let desk = Desk::new();
+    seed_processed(&world, 300).await;
+    let plan = desk.plan(&world, &["--all", "--reason", "backup fails"]).await;
+    let before = ledger_state(&world).await;
+    // A backup directory that cannot be created: pg_dump never gets to write.
+    let out = world
+        .replay(&["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--backup-dir", "/proc/replay-backups"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("/proc/replay-backups"), "{}", stderr_of(&out));
+    assert_eq!(ledger_state(&world).await, before, "the reset was rolled back");
+    assert_eq!(audit_entries(&world).await, 0);
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.replay_runs").await, 0);
+    // The events staged alongside the reset were never delivered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.queue_depth().await, 0);
+    world.cleanup().await;
+}
