@@ -260,7 +260,7 @@ mod tests {
         let props = event.properties(Some("plan-9"));
         let body = event.payload_json.clone();
         let parsed = received("ignored", &props, body.as_bytes()).parse(1024).unwrap();
-        assert_eq!(parsed, event);
+        assert_eq!(parsed, Event { replay_plan: Some("plan-9".into()), ..event });
     }
 
     #[test]
