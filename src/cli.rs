@@ -66,6 +66,10 @@ pub enum Command {
     /// Read ledger rows.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Pause every worker, on every host, and wait until they stopped taking work.
+    Pause(PauseArgs),
+    /// Lift the pause: workers take work again within a second.
+    Resume(ResumeArgs),
     /// Inspect the append-only audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -97,6 +101,35 @@ pub struct ApplyArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
     /// Who applies it, for the audit log (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Why; recorded in the pause and the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Who pauses (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Longest wait for every live worker to report paused.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Why; recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Who resumes (default: the OS user).
     #[arg(long)]
     pub operator: Option<String>,
     /// Print the result as JSON on stdout.

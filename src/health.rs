@@ -49,6 +49,17 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
         }
     }
     if !readiness.liveness.is_consuming() {
+        if let Ok(Some(pause)) = crate::pause::current(&readiness.pool).await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "paused since {} by {} ({}): `replay resume --reason ...` lifts it\n",
+                    pause.paused_at.to_rfc3339(),
+                    pause.operator,
+                    pause.reason
+                ),
+            );
+        }
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not consuming: the broker is unreachable or the consumer is being re-established\n".into(),

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod exit;
 pub mod handlers;
 pub mod health;
+pub mod heartbeats;
 pub mod ledger;
 pub mod pause;
 pub mod plan;

@@ -7,6 +7,7 @@ mod backup;
 mod bench;
 mod events;
 mod migrate;
+mod pause;
 mod plan;
 mod publish;
 mod status;
@@ -30,6 +31,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Apply(args) => apply::run(&endpoints, *args).await,
             Command::Status(args) => status::run(&endpoints, args).await,
             Command::Events(command) => events::run(&endpoints, command).await,
+            Command::Pause(args) => pause::pause(&endpoints, args).await,
+            Command::Resume(args) => pause::resume(&endpoints, args).await,
             Command::Audit(command) => audit::run(&endpoints, command).await,
             Command::Backup(args) => backup::run(&endpoints, args).await,
         }

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::pipeline::Pipeline;
-use super::{pause, WorkerConfig};
+use super::{pause, pausing, Liveness, WorkerConfig};
 use crate::config::SecretUrl;
 use crate::ledger;
 
@@ -20,10 +20,17 @@ pub(super) async fn run(
     pool: PgPool,
     database_url: SecretUrl,
     config: WorkerConfig,
+    liveness: Liveness,
+    mut paused: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let mut listener = None;
     while !shutdown.is_cancelled() {
+        liveness.set_claiming(false);
+        if !pausing::wait_while_paused(&mut paused, &shutdown).await {
+            break;
+        }
+        liveness.set_claiming(true);
         if listener.is_none() {
             listener = listen(&pool, &database_url).await;
         }
@@ -42,8 +49,10 @@ pub(super) async fn run(
                 }
             }
             Ok(_) => {
+                liveness.set_claiming(false);
                 let woke = match listener.as_mut() {
                     Some(l) => tokio::select! {
+                        _ = paused.wait_for(|p| *p) => true,
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(config.poll_interval) => true,
                         notified = l.recv() => notified.is_ok(),
@@ -63,6 +72,7 @@ pub(super) async fn run(
             }
         }
     }
+    liveness.set_claiming(false);
 }
 
 async fn listen(pool: &PgPool, url: &SecretUrl) -> Option<PgListener> {

@@ -16,7 +16,7 @@ use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use super::pipeline::Pipeline;
-use super::{pause, Liveness, WorkerConfig};
+use super::{pause, pausing, Liveness, WorkerConfig};
 use crate::config::Endpoints;
 use crate::dead_letters::DeadLetter;
 use crate::envelope::{Event, Received};
@@ -37,14 +37,22 @@ pub(super) async fn run(
     endpoints: &Endpoints,
     config: &WorkerConfig,
     liveness: &Liveness,
+    mut paused: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), IntakeError> {
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        let consumed = consume(&pipeline, endpoints, config, liveness, &shutdown).await;
+        if !pausing::wait_while_paused(&mut paused, &shutdown).await {
+            break;
+        }
+        let consumed = consume(&pipeline, endpoints, config, liveness, &mut paused, &shutdown).await;
         liveness.set_consuming(false);
         match consumed {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Paused) => {
+                tracing::info!("paused: consumer closed, unacked messages returned to the queue");
+                delay = Duration::from_millis(200);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "consuming stopped; reconnecting");
                 if !pause(delay, &shutdown).await {
@@ -57,14 +65,21 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// One connection's life: consume until shutdown (Ok) or a broker fault (Err).
+/// Why a connection's life ended without a fault.
+enum Ended {
+    Shutdown,
+    Paused,
+}
+
+/// One connection's life: consume until shutdown or a pause (Ok) or a broker fault (Err).
 async fn consume(
     pipeline: &Pipeline,
     endpoints: &Endpoints,
     config: &WorkerConfig,
     liveness: &Liveness,
+    paused: &mut tokio::sync::watch::Receiver<bool>,
     shutdown: &CancellationToken,
-) -> Result<(), TransportError> {
+) -> Result<Ended, TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {}", config.id)).await?;
     let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
@@ -84,7 +99,7 @@ async fn consume(
     tracing::info!(queue = %endpoints.queue, prefetch = config.prefetch, "consuming");
     liveness.set_consuming(true);
 
-    let result = consume_batches(pipeline, endpoints, config, shutdown, &channel, &mut consumer).await;
+    let result = consume_batches(pipeline, endpoints, config, paused, shutdown, &channel, &mut consumer).await;
     close(&connection, &channel, &consumer).await;
     result
 }
@@ -93,13 +108,16 @@ async fn consume_batches(
     pipeline: &Pipeline,
     endpoints: &Endpoints,
     config: &WorkerConfig,
+    paused: &mut tokio::sync::watch::Receiver<bool>,
     shutdown: &CancellationToken,
     channel: &Channel,
     consumer: &mut Consumer,
-) -> Result<(), TransportError> {
+) -> Result<Ended, TransportError> {
     loop {
+        // Between batches only: a batch in flight always finishes first.
         let first = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            _ = paused.wait_for(|p| *p) => return Ok(Ended::Paused),
             next = consumer.next() => next,
         };
         let mut batch = vec![next_delivery(first)?];
@@ -117,7 +135,7 @@ async fn consume_batches(
         if !commit_with_retry(pipeline, events, &dead, shutdown).await {
             // Shut down before the batch could commit: closing the channel
             // returns its messages to the queue.
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
         channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })

@@ -9,10 +9,12 @@
 //!
 //! Shutdown is a [`CancellationToken`]: both loops stop taking work, finish the
 //! batch in flight and return; unacked messages go back to the queue when the
-//! channel closes.
+//! channel closes. A pause (`pausing`) does the same without returning: the
+//! intake closes its channel and the claimer stops claiming until it lifts.
 
 mod claimer;
 mod intake;
+mod pausing;
 pub mod pipeline;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,12 +113,15 @@ impl WorkerConfig {
 
 /// A name for this worker that tells its host and process apart.
 pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "worker".to_string())
 }
 
 /// Runs a worker until `shutdown` is cancelled. Returns an error only for
@@ -138,17 +143,25 @@ pub async fn run(
         queue = %endpoints.queue,
         "worker starting"
     );
+    // Paused until the watcher has read the pause once: a worker started
+    // during a pause never takes work.
+    let (paused_tx, paused) = tokio::sync::watch::channel(true);
+    let watcher =
+        tokio::spawn(pausing::watch(pool.clone(), config.id.clone(), liveness.clone(), paused_tx, shutdown.clone()));
     let claimer = tokio::spawn(claimer::run(
         pipeline.clone(),
         pool,
         endpoints.database_url.clone(),
         config.clone(),
+        liveness.clone(),
+        paused.clone(),
         shutdown.clone(),
     ));
-    let intake_result = intake::run(pipeline, &endpoints, &config, &liveness, shutdown.clone()).await;
+    let intake_result = intake::run(pipeline, &endpoints, &config, &liveness, paused, shutdown.clone()).await;
     // Whatever ended the intake ends the worker.
     shutdown.cancel();
     let claimer_result = claimer.await;
+    let _ = watcher.await;
     intake_result?;
     claimer_result?;
     tracing::info!(worker = %config.id, "worker stopped");
@@ -159,6 +172,7 @@ pub async fn run(
 #[derive(Clone, Debug, Default)]
 pub struct Liveness {
     consuming: Arc<AtomicBool>,
+    claiming: Arc<AtomicBool>,
 }
 
 impl Liveness {
@@ -169,6 +183,15 @@ impl Liveness {
 
     fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Relaxed);
+    }
+
+    /// Whether the claimer is claiming or processing ledger rows right now.
+    pub fn is_claiming(&self) -> bool {
+        self.claiming.load(Ordering::Relaxed)
+    }
+
+    fn set_claiming(&self, claiming: bool) {
+        self.claiming.store(claiming, Ordering::Relaxed);
     }
 }
 

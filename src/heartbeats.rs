@@ -1,0 +1,74 @@
+//! Worker heartbeats, `replay_control.worker_heartbeats`: each worker says
+//! every second who and where it is and whether it is taking work, so a pause
+//! can wait for every live worker to stop and name the ones that went quiet.
+//! All SQL on that table lives here.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// A worker's state as it last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Taking work.
+    Running,
+    /// Paused: no consumer open, no claim in progress.
+    Paused,
+    /// Shut down cleanly.
+    Stopped,
+}
+
+impl WorkerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// A worker's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Heartbeat {
+    pub worker_id: String,
+    pub host: String,
+    pub pid: i32,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Records that `worker` is alive and in `state`.
+pub async fn beat(pool: &PgPool, worker: &str, host: &str, state: WorkerState) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO replay_control.worker_heartbeats (worker_id, host, pid, state)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (worker_id) DO UPDATE
+            SET host = EXCLUDED.host, pid = EXCLUDED.pid, state = EXCLUDED.state, last_seen = now(),
+                started_at = CASE WHEN worker_heartbeats.pid = EXCLUDED.pid
+                                  THEN worker_heartbeats.started_at ELSE now() END",
+    )
+    .bind(worker)
+    .bind(host)
+    .bind(std::process::id() as i32)
+    .bind(state.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Every worker that reported within `live_within`, and those that went quiet
+/// (stopped cleanly ones left out).
+pub async fn live_and_stale(
+    pool: &PgPool,
+    live_within: std::time::Duration,
+) -> Result<(Vec<Heartbeat>, Vec<Heartbeat>), sqlx::Error> {
+    let all: Vec<Heartbeat> = sqlx::query_as(
+        "SELECT worker_id, host, pid, state, started_at, last_seen FROM replay_control.worker_heartbeats
+          WHERE state <> 'stopped' ORDER BY worker_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let cutoff = Utc::now() - chrono::Duration::from_std(live_within).unwrap_or_default();
+    Ok(all.into_iter().partition(|h| h.last_seen >= cutoff))
+}

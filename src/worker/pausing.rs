@@ -1,0 +1,93 @@
+//! How a worker hears of a pause and says what it is doing: one task that
+//! listens on `replay_pause` and polls the pause every quarter second (a
+//! notification sent while disconnected is lost), publishes it to the intake
+//! and the claimer through a watch channel, and writes the worker's heartbeat
+//! every second, `paused` only once neither loop is taking work.
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Liveness;
+use crate::heartbeats::{self, WorkerState};
+use crate::pause;
+
+/// How often the pause is read without a notification.
+const POLL: Duration = Duration::from_millis(250);
+/// How often the heartbeat is written when nothing changes.
+const BEAT: Duration = Duration::from_secs(1);
+
+pub(super) async fn watch(
+    pool: PgPool,
+    worker: String,
+    liveness: Liveness,
+    paused: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let host = super::host_name();
+    let mut listener = None;
+    let mut last_beat: Option<(Instant, WorkerState)> = None;
+    while !shutdown.is_cancelled() {
+        if listener.is_none() {
+            listener = listen(&pool).await;
+        }
+        match pause::current(&pool).await {
+            Ok(now) => {
+                let is_paused = now.is_some();
+                paused.send_if_modified(|p| std::mem::replace(p, is_paused) != is_paused);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the pause; keeping the last known state"),
+        }
+        let state = if *paused.borrow() && !liveness.is_consuming() && !liveness.is_claiming() {
+            WorkerState::Paused
+        } else {
+            WorkerState::Running
+        };
+        let due = last_beat.is_none_or(|(at, last)| last != state || at.elapsed() >= BEAT);
+        if due {
+            match heartbeats::beat(&pool, &worker, &host, state).await {
+                Ok(()) => {
+                    if last_beat.is_some_and(|(_, last)| last != state) {
+                        tracing::info!(state = ?state, "worker state changed");
+                    }
+                    last_beat = Some((Instant::now(), state));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
+            }
+        }
+        let woke = match listener.as_mut() {
+            Some(l) => tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(POLL) => true,
+                notified = l.recv() => notified.is_ok(),
+            },
+            None => tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(POLL) => true,
+            },
+        };
+        if !woke {
+            listener = None;
+        }
+    }
+    if let Err(e) = heartbeats::beat(&pool, &worker, &host, WorkerState::Stopped).await {
+        tracing::warn!(error = %e, "cannot record that the worker stopped");
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen(pause::CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// Waits while paused; returns false if shutdown came first.
+pub(super) async fn wait_while_paused(paused: &mut watch::Receiver<bool>, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        resumed = paused.wait_for(|p| !*p) => resumed.is_ok(),
+    }
+}
