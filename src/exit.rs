@@ -22,6 +22,20 @@ pub const REFUSED: u8 = 3;
 /// Exit code 4: stopped by a pause or an emergency stop.
 pub const STOPPED: u8 = 4;
 
+/// An error chain as one line: each cause once, skipping a cause whose text
+/// the message above it already quotes (our errors name their cause inline).
+pub fn render(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
 /// The exit code for an error chain.
 pub fn code_for(error: &anyhow::Error) -> ExitCode {
     for cause in error.chain() {

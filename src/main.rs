@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match replay::commands::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", replay::exit::render(&error));
             replay::exit::code_for(&error)
         }
     }
