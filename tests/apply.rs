@@ -97,23 +97,6 @@ async fn audit_entries(world: &World) -> i64 {
     world.scalar("SELECT count(*) FROM replay_control.audit_log").await
 }
 
-/// The cooperative's life: a period, two contributions (one approved, one
-/// rejected), the close, a distribution and a payment. Returns (period, member).
-async fn cooperative(world: &World) -> (Uuid, Uuid) {
-    let (period, member, contribution, rejected) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    world
-        .publish(&[
-            period_opened(period),
-            submitted(contribution, member, period, 70),
-            submitted(rejected, member, period, 30),
-            approved(contribution),
-            event("contribution.rejected", json!({"contribution_id": rejected, "reason": "duplicate"})),
-            event("period.close", json!({"period_id": period})),
-        ])
-        .await;
-    (period, member)
-}
-
 #[sqlx::test]
 async fn failed_events_are_replayed_once_the_cause_is_fixed(pool: PgPool) {
     let world = World::new(pool).await;
@@ -226,7 +209,7 @@ async fn selections_by_range_type_event_and_payload_replay_exactly_their_rows(po
 async fn replaying_every_processed_event_through_apply_leaves_the_domain_as_it_was(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    let (_, _) = cooperative(&world).await;
+    let (_, _) = world.cooperative().await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
     let allocation: Uuid = sqlx::query_scalar("SELECT id FROM allocations").fetch_one(&world.pool).await.unwrap();
@@ -257,7 +240,7 @@ async fn replaying_every_processed_event_through_apply_leaves_the_domain_as_it_w
 async fn the_period_close_workflow_recomputes_allocations_and_refuses_paid_ones(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    let (period, member) = cooperative(&world).await;
+    let (period, member) = world.cooperative().await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
     let before = world.domain_digest().await;
@@ -338,7 +321,7 @@ async fn the_period_close_workflow_recomputes_allocations_and_refuses_paid_ones(
 async fn every_refusal_exits_3_and_changes_nothing(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    cooperative(&world).await;
+    world.cooperative().await;
     let payment = json!({"payment_id": Uuid::new_v4(), "allocation_id": Uuid::new_v4(), "amount": 1});
     world.publish(&[event("payment.initiated", payment)]).await;
     let worker = world.start_worker(world.worker_config("w1"));
@@ -426,7 +409,7 @@ async fn every_refusal_exits_3_and_changes_nothing(pool: PgPool) {
 async fn a_plan_made_for_another_database_is_refused(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    cooperative(&world).await;
+    world.cooperative().await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
     worker.stop().await;

@@ -225,18 +225,7 @@ async fn two_workers_process_ten_thousand_events_once(pool: PgPool) {
 #[sqlx::test]
 async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPool) {
     let world = World::new(pool).await;
-    let (period, member, contribution) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let rejected = Uuid::new_v4();
-    world
-        .publish(&[
-            period_opened(period),
-            submitted(contribution, member, period, 70),
-            submitted(rejected, member, period, 30),
-            approved(contribution),
-            event("contribution.rejected", json!({"contribution_id": rejected, "reason": "duplicate"})),
-            event("period.close", json!({"period_id": period})),
-        ])
-        .await;
+    let (period, member) = world.cooperative().await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
     let allocation: Uuid = sqlx::query_scalar("SELECT id FROM allocations").fetch_one(&world.pool).await.unwrap();

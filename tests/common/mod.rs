@@ -198,6 +198,23 @@ impl World {
         digest
     }
 
+    /// The cooperative's life, published: a period, two contributions of one
+    /// member (70 approved, 30 rejected) and the period's close. Returns
+    /// (period, member).
+    pub async fn cooperative(&self) -> (Uuid, Uuid) {
+        let (period, member, contribution, rejected) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        self.publish(&[
+            period_opened(period),
+            submitted(contribution, member, period, 70),
+            submitted(rejected, member, period, 30),
+            approved(contribution),
+            event("contribution.rejected", json!({"contribution_id": rejected, "reason": "duplicate"})),
+            event("period.close", json!({"period_id": period})),
+        ])
+        .await;
+        (period, member)
+    }
+
     pub async fn cleanup(&self) {
         if let Ok(connection) = transport::connect(&self.endpoints.amqp_url, "test cleanup").await {
             if let Ok(channel) = connection.create_channel().await {
