@@ -121,6 +121,33 @@ pub async fn take_at(url: &SecretUrl, path: PathBuf, snapshot: Option<&str>) -> 
     Ok(Backup { path, bytes, entries, taken_at })
 }
 
+/// Restores a dump over the database, in one transaction (all or nothing),
+/// dropping and recreating what the dump holds and nothing else: the
+/// control plane, left out of every dump, is untouched.
+pub async fn restore(url: &SecretUrl, path: &Path) -> Result<(), BackupError> {
+    check(path).await?;
+    let env = libpq_env(url)?;
+    let database = env.iter().find(|(k, _)| *k == "PGDATABASE").map(|(_, v)| v.clone()).unwrap_or_default();
+    let output = Command::new("pg_restore")
+        .args(["--clean", "--if-exists", "--single-transaction", "--no-owner", "--exit-on-error"])
+        .arg("--dbname")
+        .arg(database)
+        .arg(path)
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| BackupError::Spawn { tool: "pg_restore", source })?;
+    if !output.status.success() {
+        return Err(BackupError::Failed {
+            tool: "pg_restore",
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Reads a dump's table of contents; fails if it is missing or unreadable.
 pub async fn check(path: &Path) -> Result<usize, BackupError> {
     let output = Command::new("pg_restore")

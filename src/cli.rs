@@ -70,6 +70,8 @@ pub enum Command {
     Pause(PauseArgs),
     /// Lift the pause: workers take work again within a second.
     Resume(ResumeArgs),
+    /// Pause every worker, purge the replay's messages, restore the pre-replay backup; keep everything else.
+    EmergencyStop(EmergencyStopArgs),
     /// Inspect the append-only audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -119,6 +121,38 @@ pub struct PauseArgs {
     /// Longest wait for every live worker to report paused.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("restore").required(true).args(["plan", "backup", "no_restore"]))]
+pub struct EmergencyStopArgs {
+    /// Why; recorded in the pause, the audit log and the incident report.
+    #[arg(long)]
+    pub reason: String,
+    /// The plan being applied: purge its messages and restore its pre-replay backup.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Restore this dump instead (every replay's messages are purged).
+    #[arg(long)]
+    pub backup: Option<PathBuf>,
+    /// Pause and purge only; restore nothing.
+    #[arg(long)]
+    pub no_restore: bool,
+    /// Do it without asking (required when there is no terminal to ask on).
+    #[arg(long)]
+    pub yes: bool,
+    /// Who stops (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Longest wait for the workers to report paused and release the queue.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    /// Where the incident report goes when no backup is restored.
+    #[arg(long, default_value = "backups")]
+    pub report_dir: PathBuf,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -421,6 +421,52 @@ pub async fn insert_triggers(
     Ok(())
 }
 
+/// Events first seen at or after `since`, except the ones a replay plan reset
+/// or added: what a restore of a backup taken at `since` would erase and an
+/// emergency stop must keep.
+pub async fn first_seen_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    except_plan: Option<uuid::Uuid>,
+) -> Result<Vec<Event>, LedgerError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events p
+          WHERE received_at >= $1
+            AND NOT EXISTS (SELECT 1 FROM replay_history h WHERE h.event_id = p.event_id AND h.plan_id = $2)
+          ORDER BY id",
+    )
+    .bind(since)
+    .bind(except_plan)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("read events first seen since the backup"))?;
+    Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| c.event).collect())
+}
+
+/// Adds events as `pending` rows, due now; ids already in the ledger are
+/// left as they are. Returns how many were added.
+pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result<u64, LedgerError> {
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let done = sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status)
+         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, 'pending'
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+             AS e(event_id, event_type, payload, occurred_at)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&times)
+    .execute(conn)
+    .await
+    .map_err(query_error("add pending events"))?;
+    Ok(done.rows_affected())
+}
+
 /// The events stored for `event_ids`, as they are republished, in the order asked.
 pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, LedgerError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(

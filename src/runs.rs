@@ -96,6 +96,15 @@ pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(),
     Ok(())
 }
 
+/// Marks a run stopped by an emergency stop: it is never resumed.
+pub async fn stop(pool: &PgPool, plan_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE replay_control.replay_runs SET state = 'stopped', finished_at = now() WHERE plan_id = $1")
+        .bind(plan_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Marks the run done.
 pub async fn finish(pool: &PgPool, plan_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE replay_control.replay_runs SET state = 'done', finished_at = now() WHERE plan_id = $1")

@@ -69,3 +69,36 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, Transpor
         .map_err(TransportError::broker(format!("inspect queue '{queue}'")))?;
     Ok(declared.message_count())
 }
+
+/// Ready messages and open consumers of a queue.
+pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32), TransportError> {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(TransportError::broker(format!("inspect queue '{queue}'")))?;
+    Ok((declared.message_count(), declared.consumer_count()))
+}
+
+/// Takes every ready message off `queue` with `basic.get`, unacked: they
+/// stay the channel's until [`ack_through`] (or return to the queue if the
+/// channel closes first).
+pub async fn take_all(channel: &Channel, queue: &str) -> Result<Vec<lapin::message::Delivery>, TransportError> {
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: false })
+        .await
+        .map_err(TransportError::broker(format!("take messages from '{queue}'")))?
+    {
+        taken.push(message.delivery);
+    }
+    Ok(taken)
+}
+
+/// Acks every delivery on the channel up to and including `tag`.
+pub async fn ack_through(channel: &Channel, tag: u64) -> Result<(), TransportError> {
+    channel
+        .basic_ack(tag, lapin::options::BasicAckOptions { multiple: true })
+        .await
+        .map_err(TransportError::broker("ack taken messages"))
+}

@@ -5,6 +5,7 @@ mod apply;
 mod audit;
 mod backup;
 mod bench;
+mod emergency_stop;
 mod events;
 mod migrate;
 mod pause;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Events(command) => events::run(&endpoints, command).await,
             Command::Pause(args) => pause::pause(&endpoints, args).await,
             Command::Resume(args) => pause::resume(&endpoints, args).await,
+            Command::EmergencyStop(args) => emergency_stop::run(&endpoints, args).await,
             Command::Audit(command) => audit::run(&endpoints, command).await,
             Command::Backup(args) => backup::run(&endpoints, args).await,
         }

@@ -153,8 +153,12 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, Tran
 }
 
 /// Splits deliveries into events and messages that are not events.
-fn read_batch(batch: &[Delivery], endpoints: &Endpoints, max_bytes: usize) -> (Vec<Event>, Vec<DeadLetter>) {
-    let mut events = Vec::with_capacity(batch.len());
+pub(crate) fn read_batch<'d>(
+    batch: impl IntoIterator<Item = &'d Delivery>,
+    endpoints: &Endpoints,
+    max_bytes: usize,
+) -> (Vec<Event>, Vec<DeadLetter>) {
+    let mut events = Vec::new();
     let mut dead = Vec::new();
     for delivery in batch {
         let received = Received {

@@ -31,6 +31,7 @@ use crate::handlers::{HandlerError, Registry};
 use crate::ledger::Settlement;
 use pipeline::Pipeline;
 
+pub(crate) use intake::read_batch;
 pub use intake::IntakeError;
 
 /// How failed attempts are retried.

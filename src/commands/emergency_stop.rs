@@ -1,0 +1,92 @@
+//! `replay emergency-stop`: what to restore, a confirmation, the stop, and
+//! what to do next.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use crate::cli::EmergencyStopArgs;
+use crate::config::Endpoints;
+use crate::emergency::{self, Request, Restore};
+use crate::exit::{Refused, UsageError};
+use crate::plan::SealedPlan;
+use crate::{database, runs};
+
+pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Result<ExitCode> {
+    if args.reason.trim().is_empty() {
+        return Err(UsageError("--reason is empty: say why the replay is stopped".into()).into());
+    }
+    let pool = database::connect(&endpoints.database_url, 4).await?;
+    database::check_migrated(&pool, &endpoints.database_url).await?;
+    let restore = match (&args.plan, &args.backup) {
+        (Some(path), _) => {
+            let plan = SealedPlan::open(path)?;
+            let plan_id = plan.header.plan_id;
+            let run = runs::find(&pool, plan_id).await?.ok_or_else(|| {
+                UsageError(format!(
+                    "plan {plan_id} was never applied: there is no pre-replay backup to restore. Use --backup FILE or --no-restore"
+                ))
+            })?;
+            Restore::Plan { plan_id, backup: run.backup_path.into() }
+        }
+        (None, Some(path)) => Restore::Backup(path.clone()),
+        (None, None) => Restore::Nothing,
+    };
+    if !args.yes {
+        confirm(&restore)?;
+    }
+    let request = Request {
+        operator: args.operator.clone().unwrap_or_else(super::os_user),
+        reason: args.reason.clone(),
+        restore,
+        wait: args.wait,
+        report_dir: args.report_dir.clone(),
+    };
+    let report = emergency::stop(&pool, endpoints, &request).await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for step in &report.steps {
+            println!(
+                "{:<18} {:>6} ms  {}  {}",
+                step.name,
+                step.ms,
+                if step.ok { "ok    " } else { "FAILED" },
+                step.detail
+            );
+        }
+        if let Some(path) = &report.report_path {
+            println!("incident report: {}", path.display());
+        }
+    }
+    let failed = report.failed();
+    if failed.is_empty() {
+        if !args.json {
+            println!("workers stay paused. next: check the state, then `replay resume --reason ...`");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let names: Vec<&str> = failed.iter().map(|s| s.name).collect();
+    anyhow::bail!(
+        "emergency stop incomplete: {} failed (see above). The pause stays in force; fix the cause and run the same command again to continue",
+        names.join(", ")
+    )
+}
+
+fn confirm(restore: &Restore) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Refused("no terminal to confirm on: pass --yes to stop".into()).into());
+    }
+    let what = match restore {
+        Restore::Plan { backup, .. } | Restore::Backup(backup) => format!("and restore {}", backup.display()),
+        Restore::Nothing => "without restoring".to_string(),
+    };
+    eprint!("pause every worker, purge the replay's messages {what}? Type 'yes' to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Refused("not confirmed: nothing was changed".into()).into())
+    }
+}

@@ -1,0 +1,95 @@
+//! Operator actions on the workers: pause (and wait until every live worker
+//! stopped taking work) and resume, each audited in the same transaction as
+//! the change. `replay pause`, `replay resume` and `replay emergency-stop`
+//! share them.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::audit::{self, AuditEntry, AuditError};
+use crate::heartbeats;
+use crate::pause::{self, Pause};
+
+/// A worker whose heartbeat is older than this is not waited for.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control plane query failed ({op}): {source}")]
+    Query { op: &'static str, source: sqlx::Error },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+fn query(op: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError {
+    move |source| ControlError::Query { op, source }
+}
+
+/// What a pause found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paused {
+    pub pause: Option<Pause>,
+    pub already_paused: bool,
+    pub workers_paused: Vec<String>,
+    pub workers_still_running: Vec<String>,
+    /// Workers with no heartbeat for [`LIVE_WITHIN`]: named, not waited for.
+    pub workers_not_heard_from: Vec<String>,
+    /// From the call to the last live worker reporting paused.
+    pub latency_ms: u64,
+}
+
+/// Pauses (audited, unless a pause is already in force) and waits up to
+/// `wait` for every live worker to report paused.
+pub async fn pause(pool: &PgPool, operator: &str, reason: &str, wait: Duration) -> Result<Paused, ControlError> {
+    let started = Instant::now();
+    let mut tx = pool.begin().await.map_err(query("pause"))?;
+    let set = pause::set(&mut tx, operator, reason).await.map_err(query("pause"))?;
+    if set.is_some() {
+        let entry = AuditEntry {
+            operator: operator.to_string(),
+            action: "workers.pause".into(),
+            details: json!({"reason": reason}),
+        };
+        audit::append(&mut tx, &entry).await?;
+    }
+    tx.commit().await.map_err(query("pause"))?;
+    let current = pause::current(pool).await.map_err(query("read the pause"))?;
+    let (live, stale) = loop {
+        let (live, stale) = heartbeats::live_and_stale(pool, LIVE_WITHIN).await.map_err(query("read heartbeats"))?;
+        if live.iter().all(|h| h.state == "paused") || started.elapsed() >= wait {
+            break (live, stale);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (paused, running): (Vec<_>, Vec<_>) = live.into_iter().partition(|h| h.state == "paused");
+    Ok(Paused {
+        pause: current,
+        already_paused: set.is_none(),
+        workers_paused: paused.into_iter().map(|h| h.worker_id).collect(),
+        workers_still_running: running.into_iter().map(|h| h.worker_id).collect(),
+        workers_not_heard_from: stale
+            .into_iter()
+            .map(|h| format!("{} on {} (last seen {})", h.worker_id, h.host, h.last_seen.to_rfc3339()))
+            .collect(),
+        latency_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Lifts the pause (audited); returns the pause lifted, if there was one.
+pub async fn resume(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, ControlError> {
+    let mut tx = pool.begin().await.map_err(query("resume"))?;
+    let lifted = pause::lift(&mut tx).await.map_err(query("resume"))?;
+    if let Some(p) = &lifted {
+        let entry = AuditEntry {
+            operator: operator.to_string(),
+            action: "workers.resume".into(),
+            details: json!({"reason": reason, "paused_at": p.paused_at, "paused_by": p.operator, "pause_reason": p.reason}),
+        };
+        audit::append(&mut tx, &entry).await?;
+    }
+    tx.commit().await.map_err(query("resume"))?;
+    Ok(lifted)
+}

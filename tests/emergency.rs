@@ -1,0 +1,217 @@
+//! `replay emergency-stop` with two workers and a replay mid-flight: the
+//! workers pause, the apply exits 4, the replay's messages are gone, the
+//! ledger and the domain are back to their pre-replay state, and nothing
+//! else is lost: events that arrived after the backup are processed on resume.
+#![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const SKIPPED: &str = "SELECT count(*) FROM processed_events WHERE status = 'skipped'";
+const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
+
+fn noted(n: usize, tag: &str) -> Vec<replay::envelope::Event> {
+    (0..n).map(|i| event("member.noted", json!({"n": i, "tag": tag}))).collect()
+}
+
+/// The ledger's state, row by row, leaving out the given event ids.
+async fn ledger_state(world: &World, except: &[String]) -> String {
+    sqlx::query_scalar(
+        "SELECT md5(string_agg(event_id || status || retry_count || coalesce(error_message, ''), '|' ORDER BY event_id))
+           FROM processed_events WHERE NOT event_id = ANY($1)",
+    )
+    .bind(except)
+    .fetch_one(&world.pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (plans, backups) = (dir.path().join("plans"), dir.path().join("backups"));
+    let _w1 = world.spawn_worker_process("w1", &[]);
+    let _w2 = world.spawn_worker_process("w2", &[]);
+    world.cooperative().await;
+    world.publish(&noted(200, "before")).await;
+    world.wait_for_count(PROCESSED, 6, Duration::from_secs(30)).await;
+    world.wait_for_count(SKIPPED, 200, Duration::from_secs(30)).await;
+    let domain_before = world.domain_digest().await;
+    let ledger_before = ledger_state(&world, &[]).await;
+
+    let out =
+        world.replay(&["plan", "--all", "--reason", "INC-60", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let plan_path = plan["plan_path"].as_str().unwrap().to_string();
+    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["apply", &plan_path, "--yes", "--rate", "20", "--backup-dir", backups.to_str().unwrap()])
+        .envs(world.env())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 10",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    // Legitimate traffic after the backup: processed before the stop.
+    let late = noted(5, "late");
+    let late_ids: Vec<String> = late.iter().map(|e| e.event_id.clone()).collect();
+    world.publish(&late).await;
+    let late_done = format!(
+        "SELECT count(*) FROM processed_events WHERE status = 'skipped' AND event_id IN ('{}')",
+        late_ids.join("', '")
+    );
+    world.wait_for_count(&late_done, 5, Duration::from_secs(30)).await;
+
+    let out = world
+        .replay(&["emergency-stop", "--plan", &plan_path, "--reason", "INC-61: wrong totals", "--yes", "--json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let out = apply.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "the apply stops: {}", stderr_of(&out));
+
+    // Paused, purged, restored.
+    assert_eq!(report["pause"]["workers_paused"], json!(["w1", "w2"]), "{report}");
+    eprintln!("pause latency: {} ms; steps: {}", report["pause"]["latency_ms"], report["steps"]);
+    assert_eq!(world.queue_depth().await, 0, "none of the replay's messages is left");
+    assert_eq!(world.domain_digest().await, domain_before);
+    assert_eq!(ledger_state(&world, &late_ids).await, ledger_before, "the ledger is back to its pre-replay state");
+    let late_pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id = ANY($1) AND status = 'pending'")
+            .bind(&late_ids)
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(late_pending, 5, "events first seen after the backup are kept, to be processed on resume");
+    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM replay_control.audit_log ORDER BY id")
+        .fetch_all(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(actions, ["replay.apply", "workers.pause", "emergency.stop"]);
+    let incident = std::fs::read_to_string(report["report_path"].as_str().unwrap()).unwrap();
+    assert!(incident.contains("\"restore\""), "{incident}");
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.replay_runs WHERE state = 'stopped'").await, 1);
+
+    // The pause survived the restore: new events wait in the queue.
+    world.publish(&noted(3, "after")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(world.queue_depth().await, 3);
+
+    let out = world.replay(&["resume", "--reason", "INC-61 understood"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    world.wait_for_count(SKIPPED, 208, Duration::from_secs(30)).await;
+    assert_eq!(world.domain_digest().await, domain_before);
+    // The stopped plan is never resumed.
+    let out = world.replay(&["apply", &plan_path, "--yes"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("stopped by an emergency stop"), "{}", stderr_of(&out));
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.publish(&noted(10, "x")).await;
+    world.wait_for_count(SKIPPED, 10, Duration::from_secs(20)).await;
+    worker.stop().await;
+    let report_dir = dir.path().to_str().unwrap();
+
+    // The backup is missing: the restore fails, says so, the pause stays.
+    let out = world
+        .replay(&[
+            "emergency-stop",
+            "--backup",
+            "/nonexistent/pre-replay.dump",
+            "--reason",
+            "r",
+            "--yes",
+            "--report-dir",
+            report_dir,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains("restore") && stdout_of(&out).contains("FAILED"), "{}", stdout_of(&out));
+    assert!(
+        stderr_of(&out).contains("restore failed") && stderr_of(&out).contains("run the same command again"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1);
+    assert_eq!(world.scalar(SKIPPED).await, 10, "nothing was restored or lost");
+
+    // The broker is down: the purge fails and says so.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["--amqp-url", "amqp://guest:canary-secret@127.0.0.1:1/%2f"])
+        .args(["emergency-stop", "--no-restore", "--reason", "r", "--yes", "--wait", "1s", "--report-dir", report_dir])
+        .envs(world.env().into_iter().filter(|(k, _)| *k != "AMQP_URL"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = stdout_of(&out);
+    assert!(said.contains("purge") && said.contains("127.0.0.1:1") && !said.contains("canary-secret"), "{said}");
+
+    // With a readable backup it completes, and a second run is harmless.
+    let dump = dir.path().join("pre.dump");
+    assert_eq!(world.replay(&["backup", "--out", dump.to_str().unwrap()]).await.status.code(), Some(0));
+    for _ in 0..2 {
+        let out = world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", "r", "--yes"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    }
+    assert_eq!(world.scalar(SKIPPED).await, 10);
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.audit_log WHERE action = 'emergency.stop'").await, 4);
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.publish(&noted(40, "before")).await;
+    world.wait_for_count(SKIPPED, 40, Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    // No worker runs: the replay's messages and new traffic wait in the queue.
+    let plans = dir.path().join("plans");
+    let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
+    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let plan_path = plan["plan_path"].as_str().unwrap();
+    let backups = dir.path().join("backups");
+    let out = world.replay(&["apply", plan_path, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let legitimate = noted(3, "new");
+    world.publish(&legitimate).await;
+    world.publish_raw("member.noted", b"not json").await;
+    assert_eq!(world.queue_depth().await, 44);
+
+    let out = world.replay(&["emergency-stop", "--plan", plan_path, "--reason", "r", "--yes", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(
+        (report["purged_replay_messages"].clone(), report["kept_messages"].clone(), report["dead_lettered"].clone()),
+        (json!(40), json!(3), json!(1)),
+        "{report}"
+    );
+    assert_eq!(world.queue_depth().await, 0);
+    assert_eq!(world.scalar(SKIPPED).await, 40, "the replayed rows are back to skipped");
+    for event in &legitimate {
+        assert_eq!(world.status_of(&event.event_id).await.unwrap().0, "pending");
+    }
+    assert_eq!(world.scalar("SELECT count(*) FROM dead_letters").await, 1);
+    world.cleanup().await;
+}
