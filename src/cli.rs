@@ -370,4 +370,6 @@ pub enum BenchScenario {
     Apply,
     /// `replay plan` over a large ledger against a raw streamed read of the same rows.
     Plan,
+    /// `replay emergency-stop` (two workers running) against a plain pg_restore of the same dump; --events ledger rows.
+    Stop,
 }

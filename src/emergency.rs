@@ -30,10 +30,12 @@ use crate::control::{self, Paused};
 use crate::envelope::{Event, REPLAY_PLAN_HEADER};
 use crate::{backup, dead_letters, ledger, runs, transport};
 
-/// How far before the backup's file time events are saved: a row that the
-/// backup does hold is skipped when put back, so an early bound is only
-/// slower, never wrong.
-const SAVE_MARGIN: Duration = Duration::from_secs(600);
+/// How far before the backup's snapshot time (known to the second) events
+/// are saved: a row that the backup does hold is skipped when put back, so an
+/// early bound is only slower, never wrong.
+const SAVE_MARGIN: Duration = Duration::from_secs(5);
+/// The margin when only the dump file's time is known (the dump ran before it).
+const FILE_TIME_MARGIN: Duration = Duration::from_secs(3600);
 /// Longest wait for a running apply to let go of the control lock.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -320,7 +322,11 @@ async fn restore_keeping(
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| {
         format!("the backup {} cannot be read ({e}): pass --backup FILE with a dump that exists", path.display())
     })?;
-    let since = DateTime::<Utc>::from(modified) - chrono::Duration::from_std(SAVE_MARGIN).unwrap_or_default();
+    let margin = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+    let since = match backup::created_at(path).await.map_err(|e| e.to_string())? {
+        Some(created) => created - margin(SAVE_MARGIN),
+        None => DateTime::<Utc>::from(modified) - margin(FILE_TIME_MARGIN),
+    };
     let saved = ledger::first_seen_since(pool, since, plan_id).await.map_err(|e| e.to_string())?;
     backup::restore(&endpoints.database_url, path).await.map_err(|e| e.to_string())?;
     Ok(saved)

@@ -10,6 +10,9 @@
 //! - plan: the real `replay plan` binary over the whole ledger and over
 //!   10,000 rows of it, with its peak memory, next to a raw streamed read
 //!   of the same rows.
+//! - stop: the real `replay emergency-stop --backup` with two worker
+//!   processes running (its pause latency included), next to a plain
+//!   `pg_restore --clean --single-transaction` of the same dump.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -400,4 +403,105 @@ async fn timed_plan(exe: &Path, names: &Endpoints, args: &[&str]) -> anyhow::Res
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     let path = answer["plan_path"].as_str().map(PathBuf::from).context("plan printed no path")?;
     Ok((Drain { events: 0, seconds }, peak, path))
+}
+
+/// What `replay bench stop` prints.
+pub struct StopReport {
+    pub rows: usize,
+    /// (plain pg_restore, emergency stop, pause latency) per round.
+    pub rounds: Vec<(Drain, Drain, Duration)>,
+}
+
+impl std::fmt::Display for StopReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (round, (restore, stop, latency)) in self.rounds.iter().enumerate() {
+            writeln!(f, "round {}:", round + 1)?;
+            writeln!(f, "  plain pg_restore --clean --single-transaction:  {:>6.2} s", restore.seconds)?;
+            writeln!(
+                f,
+                "  replay emergency-stop --backup (2 workers):     {:>6.2} s  (pause latency {} ms)",
+                stop.seconds,
+                latency.as_millis()
+            )?;
+        }
+        let ratio = median(self.rounds.iter().map(|(restore, stop, _)| stop.seconds / restore.seconds).collect());
+        let latency = median(self.rounds.iter().map(|(_, _, l)| l.as_secs_f64() * 1000.0).collect());
+        writeln!(f, "ledger rows: {}", self.rows)?;
+        writeln!(
+            f,
+            "ratio: emergency stop / plain restore = {ratio:.2} (median of {} rounds; target <= 1.5)",
+            self.rounds.len()
+        )?;
+        writeln!(f, "pause latency: {latency:.0} ms (median; target < 1000 ms)")
+    }
+}
+
+/// `replay bench stop`.
+pub async fn stop(endpoints: &Endpoints, rows: usize, keep: bool, exe: &Path) -> anyhow::Result<StopReport> {
+    let (scratch, names) = scratch(endpoints, "stop").await?;
+    let result = measure_stop(&names, &scratch.pool, rows, exe).await;
+    finish(endpoints, scratch, &names, keep).await?;
+    result
+}
+
+async fn measure_stop(names: &Endpoints, pool: &PgPool, rows: usize, exe: &Path) -> anyhow::Result<StopReport> {
+    eprintln!("seeding {rows} ledger rows…");
+    seed(pool, rows).await?;
+    let work = tempfile::tempdir().context("creating a scratch directory")?;
+    let dump = work.path().join("pre.dump");
+    let dump_arg = dump.display().to_string();
+    replay(exe, names, &["backup", "--out", &dump_arg]).await?;
+    let mut workers = Vec::new();
+    for id in ["bench-w1", "bench-w2"] {
+        workers.push(command(exe, names, &["worker", "--id", id, "--http", "off"]).spawn()?);
+    }
+    let running =
+        "SELECT count(*) FROM replay_control.worker_heartbeats WHERE state = 'running' AND worker_id LIKE 'bench-w%'";
+    let env = crate::backup::libpq_env(&names.database_url)?;
+    let database = env.iter().find(|(k, _)| *k == "PGDATABASE").map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 1..=ROUNDS {
+        wait_for(pool, running, 2).await?;
+        eprintln!("round {round}/{ROUNDS}: plain pg_restore…");
+        let started = Instant::now();
+        let status = tokio::process::Command::new("pg_restore")
+            .args(["--clean", "--if-exists", "--single-transaction", "--no-owner", "--dbname", &database])
+            .arg(&dump)
+            .envs(env.clone())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "pg_restore failed: the benchmark is void");
+        let restore = Drain { events: rows, seconds: started.elapsed().as_secs_f64() };
+
+        eprintln!("round {round}/{ROUNDS}: replay emergency-stop…");
+        let started = Instant::now();
+        let out =
+            replay(exe, names, &["emergency-stop", "--backup", &dump_arg, "--reason", "bench", "--yes", "--json"])
+                .await?;
+        let stop = Drain { events: rows, seconds: started.elapsed().as_secs_f64() };
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let latency = Duration::from_millis(report["pause"]["latency_ms"].as_u64().unwrap_or(0));
+        anyhow::ensure!(
+            report["pause"]["workers_paused"].as_array().map_or(0, Vec::len) == 2,
+            "the stop did not see both workers paused: the benchmark is void"
+        );
+        replay(exe, names, &["resume", "--reason", "bench"]).await?;
+        rounds.push((restore, stop, latency));
+    }
+    for mut worker in workers {
+        let _ = worker.kill().await;
+    }
+    Ok(StopReport { rows, rounds })
+}
+
+async fn wait_for(pool: &PgPool, sql: &'static str, expected: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
+        if n == expected {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "waited 60 s for the workers to run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -15,6 +15,7 @@ pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitC
             print!("{}", crate::bench::replay::apply(endpoints, args.events, args.keep, &exe).await?)
         }
         BenchScenario::Plan => print!("{}", crate::bench::replay::plan(endpoints, args.rows, args.keep, &exe).await?),
+        BenchScenario::Stop => print!("{}", crate::bench::replay::stop(endpoints, args.events, args.keep, &exe).await?),
     }
     Ok(ExitCode::SUCCESS)
 }
