@@ -302,8 +302,13 @@ async fn take_messages(endpoints: &Endpoints, wait: Duration) -> Result<Held, tr
     let deadline = Instant::now() + wait;
     loop {
         let (_, consumers) = transport::queue_counts(&channel, &endpoints.queue).await?;
-        if consumers == 0 || Instant::now() >= deadline {
+        if consumers == 0 {
             break;
+        }
+        if Instant::now() >= deadline {
+            // A consumer still holds deliveries the purge cannot see; it
+            // would put them back after the purge. Not purging is the safe side.
+            return Err(transport::TransportError::StillConsumed { queue: endpoints.queue.clone(), consumers });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -23,6 +23,8 @@ pub enum TransportError {
     ConsumerClosed,
     #[error("RabbitMQ did not confirm {unconfirmed} of {total} published events (last error: {reason}); nothing after the first unconfirmed event should be assumed delivered. Re-run the same publish: the ledger ignores events it already has")]
     Unconfirmed { unconfirmed: usize, total: usize, reason: String },
+    #[error("{consumers} consumer(s) still hold queue '{queue}' (a worker that did not pause?): not purging, since their unacked messages would come back after it. Stop them, then run this again")]
+    StillConsumed { queue: String, consumers: u32 },
 }
 
 impl TransportError {

@@ -215,3 +215,26 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     assert_eq!(world.scalar("SELECT count(*) FROM dead_letters").await, 1);
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
+    let world = World::new(pool).await;
+    // A consumer that is no paused worker: it would hold deliveries the purge cannot see.
+    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test stray consumer").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let _consumer = channel
+        .basic_consume(
+            world.endpoints.queue.as_str().into(),
+            "stray".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let out = world.replay(&["emergency-stop", "--no-restore", "--reason", "r", "--yes", "--wait", "1s"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains("1 consumer(s) still hold queue"), "{}", stdout_of(&out));
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1, "the pause stays");
+    let _ = connection.close(200, "done".into()).await;
+    world.cleanup().await;
+}
