@@ -151,6 +151,22 @@ pub async fn restore(url: &SecretUrl, path: &Path) -> Result<(), BackupError> {
 /// When the dump's snapshot was taken ("Archive created at", to the second),
 /// read from its table of contents in UTC; `None` if the line is missing.
 pub async fn created_at(path: &Path) -> Result<Option<DateTime<Utc>>, BackupError> {
+    let listing = list(path).await?;
+    Ok(listing
+        .lines()
+        .find_map(|l| l.trim_start_matches(';').trim().strip_prefix("Archive created at "))
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t.trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S").ok())
+        .map(|t| t.and_utc()))
+}
+
+/// Reads a dump's table of contents; fails if it is missing or unreadable.
+pub async fn check(path: &Path) -> Result<usize, BackupError> {
+    let listing = list(path).await?;
+    Ok(listing.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count())
+}
+
+/// `pg_restore --list`, its times in UTC.
+async fn list(path: &Path) -> Result<String, BackupError> {
     let output = Command::new("pg_restore")
         .arg("--list")
         .arg(path)
@@ -166,32 +182,7 @@ pub async fn created_at(path: &Path) -> Result<Option<DateTime<Utc>>, BackupErro
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    let listing = String::from_utf8_lossy(&output.stdout);
-    Ok(listing
-        .lines()
-        .find_map(|l| l.trim_start_matches(';').trim().strip_prefix("Archive created at "))
-        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t.trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S").ok())
-        .map(|t| t.and_utc()))
-}
-
-/// Reads a dump's table of contents; fails if it is missing or unreadable.
-pub async fn check(path: &Path) -> Result<usize, BackupError> {
-    let output = Command::new("pg_restore")
-        .arg("--list")
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| BackupError::Spawn { tool: "pg_restore", source })?;
-    if !output.status.success() {
-        return Err(BackupError::Failed {
-            tool: "pg_restore --list",
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    let listing = String::from_utf8_lossy(&output.stdout);
-    Ok(listing.lines().filter(|l| !l.starts_with(';') && !l.trim().is_empty()).count())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -212,15 +212,7 @@ async fn replaying_every_processed_event_through_apply_leaves_the_domain_as_it_w
     let (_, _) = world.cooperative().await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
-    let allocation: Uuid = sqlx::query_scalar("SELECT id FROM allocations").fetch_one(&world.pool).await.unwrap();
-    let payment = Uuid::new_v4();
-    world
-        .publish(&[
-            event("allocation.distributed", json!({"allocation_id": allocation})),
-            event("payment.initiated", json!({"payment_id": payment, "allocation_id": allocation, "amount": 70})),
-            event("payment.completed", json!({"payment_id": payment})),
-        ])
-        .await;
+    world.publish(&world.paying_the_allocation().await).await;
     world.wait_for_count(PROCESSED, 9, Duration::from_secs(20)).await;
     let before = world.domain_digest().await;
 

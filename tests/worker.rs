@@ -228,16 +228,9 @@ async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPoo
     let (period, member) = world.cooperative().await;
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
-    let allocation: Uuid = sqlx::query_scalar("SELECT id FROM allocations").fetch_one(&world.pool).await.unwrap();
-    let payment = Uuid::new_v4();
-    world
-        .publish(&[
-            event("allocation.distributed", json!({"allocation_id": allocation})),
-            event("payment.initiated", json!({"payment_id": payment, "allocation_id": allocation, "amount": 70})),
-            event("payment.completed", json!({"payment_id": payment})),
-            event("allocation.calculate", json!({"member_id": member, "period_id": period})),
-        ])
-        .await;
+    let mut events = world.paying_the_allocation().await;
+    events.push(event("allocation.calculate", json!({"member_id": member, "period_id": period})));
+    world.publish(&events).await;
     world.wait_for_count(PROCESSED, 10, Duration::from_secs(20)).await;
     let before = world.domain_digest().await;
     assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1);

@@ -1,7 +1,7 @@
 //! `replay apply PLAN`: checks the plan, asks (or takes `--yes`), then backs
 //! up, resets and republishes, with a progress bar on a terminal.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,6 @@ use crate::apply::{self, BackupSource, Progress, Request};
 use crate::cli::ApplyArgs;
 use crate::config::Endpoints;
 use crate::database;
-use crate::exit::Refused;
 
 pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let request = Request {
@@ -94,20 +93,11 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
 
 /// Asks on the terminal; refuses when there is none.
 fn confirm(summary: &str, checked: &apply::Checked) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Refused("no terminal to confirm on: read the plan, then pass --yes to apply it".into()).into());
-    }
-    eprint!("{summary}");
     let action = if checked.run.is_some() { "resume publishing" } else { "back up, reset and republish" };
-    eprint!("{action} {} events now? Type 'yes' to continue: ", checked.plan.events());
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if answer.trim() == "yes" {
-        Ok(())
-    } else {
-        Err(Refused("not confirmed: nothing was changed".into()).into())
-    }
+    super::confirm(
+        &format!("{summary}{action} {} events now?", checked.plan.events()),
+        "read the plan, then pass --yes to apply it",
+    )
 }
 
 fn progress_bar(total: u64, json: bool) -> ProgressBar {

@@ -1,13 +1,12 @@
 //! `replay emergency-stop`: what to restore, a confirmation, the stop, and
 //! what to do next.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use crate::cli::EmergencyStopArgs;
 use crate::config::Endpoints;
 use crate::emergency::{self, Request, Restore};
-use crate::exit::{Refused, UsageError};
+use crate::exit::UsageError;
 use crate::plan::SealedPlan;
 use crate::{database, runs};
 
@@ -73,20 +72,9 @@ pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Resu
 }
 
 fn confirm(restore: &Restore) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Refused("no terminal to confirm on: pass --yes to stop".into()).into());
-    }
     let what = match restore {
         Restore::Plan { backup, .. } | Restore::Backup(backup) => format!("and restore {}", backup.display()),
         Restore::Nothing => "without restoring".to_string(),
     };
-    eprint!("pause every worker, purge the replay's messages {what}? Type 'yes' to continue: ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if answer.trim() == "yes" {
-        Ok(())
-    } else {
-        Err(Refused("not confirmed: nothing was changed".into()).into())
-    }
+    super::confirm(&format!("pause every worker, purge the replay's messages {what}?"), "pass --yes to stop")
 }

@@ -41,6 +41,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Asks `question` on the terminal and goes on only on "yes"; with no
+/// terminal, refuses and says what flag to pass (`without_terminal`).
+fn confirm(question: &str, without_terminal: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::exit::Refused(format!("no terminal to confirm on: {without_terminal}")).into());
+    }
+    eprint!("{question} Type 'yes' to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(crate::exit::Refused("not confirmed: nothing was changed".into()).into())
+    }
+}
+
 /// "1 row", "2 rows".
 fn count(n: usize, noun: &str) -> String {
     if n == 1 {

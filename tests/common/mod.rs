@@ -215,6 +215,18 @@ impl World {
         (period, member)
     }
 
+    /// The events that hand out the cooperative's one allocation (70) and pay it.
+    pub async fn paying_the_allocation(&self) -> Vec<Event> {
+        let allocation: Uuid =
+            sqlx::query_scalar("SELECT id FROM allocations").fetch_one(&self.pool).await.expect("one allocation");
+        let payment = Uuid::new_v4();
+        vec![
+            event("allocation.distributed", json!({"allocation_id": allocation})),
+            event("payment.initiated", json!({"payment_id": payment, "allocation_id": allocation, "amount": 70})),
+            event("payment.completed", json!({"payment_id": payment})),
+        ]
+    }
+
     pub async fn cleanup(&self) {
         if let Ok(connection) = transport::connect(&self.endpoints.amqp_url, "test cleanup").await {
             if let Ok(channel) = connection.create_channel().await {
