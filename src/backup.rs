@@ -128,24 +128,14 @@ pub async fn restore(url: &SecretUrl, path: &Path) -> Result<(), BackupError> {
     check(path).await?;
     let env = libpq_env(url)?;
     let database = env.iter().find(|(k, _)| *k == "PGDATABASE").map(|(_, v)| v.clone()).unwrap_or_default();
-    let output = Command::new("pg_restore")
+    let mut command = Command::new("pg_restore");
+    command
         .args(["--clean", "--if-exists", "--single-transaction", "--no-owner", "--exit-on-error"])
         .arg("--dbname")
         .arg(database)
         .arg(path)
-        .envs(env)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| BackupError::Spawn { tool: "pg_restore", source })?;
-    if !output.status.success() {
-        return Err(BackupError::Failed {
-            tool: "pg_restore",
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+        .envs(env);
+    pg_restore("pg_restore", command).await.map(drop)
 }
 
 /// When the dump's snapshot was taken ("Archive created at", to the second),
@@ -167,17 +157,21 @@ pub async fn check(path: &Path) -> Result<usize, BackupError> {
 
 /// `pg_restore --list`, its times in UTC.
 async fn list(path: &Path) -> Result<String, BackupError> {
-    let output = Command::new("pg_restore")
-        .arg("--list")
-        .arg(path)
-        .env("TZ", "UTC")
+    let mut command = Command::new("pg_restore");
+    command.arg("--list").arg(path).env("TZ", "UTC");
+    pg_restore("pg_restore --list", command).await
+}
+
+/// Runs a `pg_restore` command to its end; its stdout, or why it failed.
+async fn pg_restore(tool: &'static str, mut command: Command) -> Result<String, BackupError> {
+    let output = command
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(|source| BackupError::Spawn { tool: "pg_restore", source })?;
     if !output.status.success() {
         return Err(BackupError::Failed {
-            tool: "pg_restore --list",
+            tool,
             status: output.status,
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
