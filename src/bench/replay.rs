@@ -26,6 +26,7 @@ use sqlx::{PgPool, Row};
 
 use super::{cleanup_broker, proc_status_kib, Drain, Scratch};
 use crate::config::Endpoints;
+use crate::envelope::Event;
 use crate::transport;
 
 /// Measured rounds; ratios reported are their medians.
@@ -166,10 +167,10 @@ pub async fn apply(endpoints: &Endpoints, events: usize, keep: bool, exe: &Path)
 
 async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Path) -> anyhow::Result<ApplyReport> {
     seed(pool, events).await?;
-    let messages: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT event_id, event_type, payload::text FROM processed_events ORDER BY id")
-            .fetch_all(pool)
-            .await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM processed_events ORDER BY id").fetch_all(pool).await?;
+    // The very messages apply sends: same bodies, same properties and headers.
+    let messages = crate::ledger::events(pool, &ids).await?;
     let work = tempfile::tempdir().context("creating a scratch directory")?;
     let connection = transport::connect(&names.amqp_url, "replay bench").await?;
     let channel = connection.create_channel().await?;
@@ -220,30 +221,26 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn properties(event_id: &str, event_type: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(event_id.into())
-        .with_type(event_type.into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-}
-
-/// The raw loop: one connection, confirm mode, windows of 1000 confirms.
-async fn raw_publish(names: &Endpoints, messages: &[(String, String, String)]) -> anyhow::Result<Drain> {
+/// The raw loop: one connection, confirm mode, windows of 1000 confirms, the
+/// same messages apply publishes (bodies, properties, replay headers) built
+/// before the clock starts.
+async fn raw_publish(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Drain> {
     let connection = transport::connect(&names.amqp_url, "replay bench raw publisher").await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let plan = uuid::Uuid::new_v4().to_string();
+    let properties: Vec<BasicProperties> = messages.iter().map(|e| e.properties(Some(&plan))).collect();
     let started = Instant::now();
-    for window in messages.chunks(1000) {
+    for (window, properties) in messages.chunks(1000).zip(properties.chunks(1000)) {
         let mut confirms = Vec::with_capacity(window.len());
-        for (event_id, event_type, payload) in window {
+        for (event, properties) in window.iter().zip(properties) {
             let confirm = channel
                 .basic_publish(
                     names.exchange.as_str().into(),
-                    event_type.as_str().into(),
+                    event.event_type.as_str().into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
-                    payload.as_bytes(),
-                    properties(event_id, event_type),
+                    event.payload_json.as_bytes(),
+                    properties.clone(),
                 )
                 .await?;
             confirms.push(confirm);
@@ -259,10 +256,11 @@ async fn raw_publish(names: &Endpoints, messages: &[(String, String, String)]) -
 
 /// The runbook's loop: per event, a `psql` UPDATE and a publish over a new
 /// connection (what `rabbitmqadmin publish` amounts to).
-async fn runbook_loop(names: &Endpoints, messages: &[(String, String, String)]) -> anyhow::Result<Drain> {
+async fn runbook_loop(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Drain> {
     let env = crate::backup::libpq_env(&names.database_url)?;
     let started = Instant::now();
-    for (event_id, event_type, payload) in messages {
+    for event in messages {
+        let event_id = &event.event_id;
         // psql interpolates :'id' (quoted) only in scripts, so the statement goes on stdin.
         let mut psql = tokio::process::Command::new("psql")
             .args(["-q", "-v", "ON_ERROR_STOP=1", "-v", &format!("id={event_id}")])
@@ -283,10 +281,10 @@ async fn runbook_loop(names: &Endpoints, messages: &[(String, String, String)]) 
         channel
             .basic_publish(
                 names.exchange.as_str().into(),
-                event_type.as_str().into(),
+                event.event_type.as_str().into(),
                 BasicPublishOptions::default(),
-                payload.as_bytes(),
-                properties(event_id, event_type),
+                event.payload_json.as_bytes(),
+                event.properties(None),
             )
             .await?
             .await?;
