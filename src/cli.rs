@@ -75,6 +75,63 @@ pub enum Command {
     /// Inspect the append-only audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Maintain the ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Delete processed rows older than a duration, in bounded batches (audited).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete `processed` rows processed longer ago than this (e.g. 90d, 12h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Duration,
+    /// Rows deleted per statement, so no lock is held long.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch: i64,
+    /// Delete without asking (required when there is no terminal to ask on).
+    #[arg(long)]
+    pub yes: bool,
+    /// Who prunes, for the audit log (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsListArgs {
+    /// Only rows in this status (repeatable).
+    #[arg(long = "status")]
+    pub statuses: Vec<String>,
+    /// Only this event type (repeatable).
+    #[arg(long = "type")]
+    pub event_types: Vec<String>,
+    /// Only rows the ledger received within this long (e.g. 1h, 30m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Only rows whose top-level payload field KEY equals VALUE (repeatable).
+    #[arg(long = "payload", value_name = "KEY=VALUE")]
+    pub payload: Vec<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Print them as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +245,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
+    /// Ledger rows, newest first.
+    List(EventsListArgs),
     /// Every field of one ledger row, its payload, and its replay history.
     Show {
         event_id: String,

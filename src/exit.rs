@@ -36,6 +36,13 @@ pub fn render(error: &anyhow::Error) -> String {
     message
 }
 
+/// Whether the error is stdout closing under us (a pipe into `head`).
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 /// The exit code for an error chain.
 pub fn code_for(error: &anyhow::Error) -> ExitCode {
     for cause in error.chain() {

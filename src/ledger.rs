@@ -245,20 +245,30 @@ pub struct LedgerRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The rows a selector picks, in event-time order. Only the conditions the
-/// selector uses are written into the query, so the planner sees each one
-/// and picks its index; every value is a bind parameter.
-pub async fn select(pool: &PgPool, selector: &Selector) -> Result<Vec<LedgerRow>, LedgerError> {
+/// The rows a selector picks, in `order`. Only the conditions the selector
+/// uses are written into the query, so the planner sees each one and picks
+/// its index; every value is a bind parameter.
+pub async fn select(pool: &PgPool, selector: &Selector, order: Order) -> Result<Vec<LedgerRow>, LedgerError> {
     let mut query = selection(
         "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
          processed_at, updated_at FROM processed_events",
         selector,
+        order,
     );
     query.build_query_as().fetch_all(pool).await.map_err(query_error("select rows"))
 }
 
+/// How selected rows are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Event time, then id: replay order.
+    EventTime,
+    /// Latest received first: what an operator looking around wants.
+    NewestFirst,
+}
+
 /// `columns` (a SELECT ... FROM processed_events) restricted by a selector.
-fn selection(columns: &'static str, selector: &Selector) -> QueryBuilder<Postgres> {
+fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::<Postgres>::new(columns);
     query.push(" WHERE true");
     if !selector.event_ids.is_empty() {
@@ -278,6 +288,9 @@ fn selection(columns: &'static str, selector: &Selector) -> QueryBuilder<Postgre
     if !selector.statuses.is_empty() {
         query.push(" AND status = ANY(").push_bind(&selector.statuses).push(")");
     }
+    if let Some(from) = selector.received_from {
+        query.push(" AND received_at >= ").push_bind(from);
+    }
     for field in &selector.payload {
         let mut alternatives = query.push(" AND (").separated(" OR ");
         for document in field.containments() {
@@ -285,7 +298,10 @@ fn selection(columns: &'static str, selector: &Selector) -> QueryBuilder<Postgre
         }
         query.push(")");
     }
-    query.push(" ORDER BY occurred_at, id");
+    query.push(match order {
+        Order::EventTime => " ORDER BY occurred_at, id",
+        Order::NewestFirst => " ORDER BY id DESC",
+    });
     if let Some(limit) = selector.limit {
         query.push(" LIMIT ").push_bind(limit);
     }
@@ -312,8 +328,11 @@ pub async fn for_each_selected<E: From<LedgerError>>(
     selector: &Selector,
     mut each: impl FnMut(SelectedRow<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut query =
-        selection("SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events", selector);
+    let mut query = selection(
+        "SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events",
+        selector,
+        Order::EventTime,
+    );
     let mut rows = query.build().fetch(pool);
     let decode = |source| LedgerError::Query { op: "read selected rows", source };
     while let Some(row) = rows.try_next().await.map_err(query_error("select rows"))? {
@@ -556,6 +575,34 @@ pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<(String, Stri
         .fetch_all(pool)
         .await
         .map_err(query_error("count rows by type and status"))
+}
+
+/// Processed rows processed before `before`: what a prune would delete.
+pub async fn count_prunable(pool: &PgPool, before: DateTime<Utc>) -> Result<i64, LedgerError> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'processed' AND processed_at < $1")
+        .bind(before)
+        .fetch_one(pool)
+        .await
+        .map_err(query_error("count prunable rows"))
+}
+
+/// Deletes up to `batch` processed rows processed before `before` (never a
+/// row in another status) and returns how many it deleted. Rows locked by
+/// someone else are skipped, not waited for.
+pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Result<u64, LedgerError> {
+    let done = sqlx::query(
+        "DELETE FROM processed_events WHERE id IN (
+             SELECT id FROM processed_events
+              WHERE status = 'processed' AND processed_at < $1
+              ORDER BY processed_at LIMIT $2
+              FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(pool)
+    .await
+    .map_err(query_error("prune processed rows"))?;
+    Ok(done.rows_affected())
 }
 
 /// Counts rows by status, for tests, the benchmark and health.

@@ -9,6 +9,8 @@ fn main() -> ExitCode {
     replay::telemetry::init();
     match replay::commands::run(cli) {
         Ok(code) => code,
+        // `replay man | head`: the reader left, nothing went wrong.
+        Err(error) if replay::exit::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", replay::exit::render(&error));
             replay::exit::code_for(&error)

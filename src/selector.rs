@@ -76,6 +76,9 @@ pub struct Selector {
     pub statuses: Vec<String>,
     pub payload: Vec<PayloadField>,
     pub limit: Option<i64>,
+    /// Rows the ledger received at or after this time (`events list --since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_from: Option<DateTime<Utc>>,
 }
 
 impl Selector {

@@ -64,7 +64,12 @@ async fn seed(pool: &PgPool) {
 }
 
 async fn ids(pool: &PgPool, selector: &Selector) -> Vec<String> {
-    replay::ledger::select(pool, selector).await.unwrap().into_iter().map(|r| r.event_id).collect()
+    replay::ledger::select(pool, selector, replay::ledger::Order::EventTime)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect()
 }
 
 use replay::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};

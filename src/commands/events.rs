@@ -3,13 +3,71 @@
 
 use std::process::ExitCode;
 
-use crate::cli::EventsCommand;
+use comfy_table::Table;
+
+use crate::cli::{EventsCommand, EventsListArgs};
 use crate::config::Endpoints;
 use crate::exit::UsageError;
+use crate::selector::{PayloadField, Selector};
 use crate::{database, ledger};
 
 pub async fn run(endpoints: &Endpoints, command: EventsCommand) -> anyhow::Result<ExitCode> {
-    let EventsCommand::Show { event_id, json } = command;
+    match command {
+        EventsCommand::List(args) => list(endpoints, args).await,
+        EventsCommand::Show { event_id, json } => show(endpoints, event_id, json).await,
+    }
+}
+
+/// `replay events list`: the newest rows matching the filters.
+async fn list(endpoints: &Endpoints, args: EventsListArgs) -> anyhow::Result<ExitCode> {
+    let usage = |e: crate::selector::SelectorError| UsageError(e.to_string());
+    let received_from = match args.since {
+        Some(since) => Some(
+            chrono::Utc::now()
+                - chrono::Duration::from_std(since).map_err(|_| UsageError("--since is too long".into()))?,
+        ),
+        None => None,
+    };
+    let selector = Selector {
+        event_types: args.event_types.clone(),
+        statuses: args.statuses.clone(),
+        payload: args.payload.iter().map(|p| PayloadField::parse(p)).collect::<Result<_, _>>().map_err(usage)?,
+        limit: Some(args.limit),
+        received_from,
+        ..Selector::default()
+    };
+    selector.validate().map_err(usage)?;
+    let pool = database::connect(&endpoints.database_url, 2).await?;
+    database::check_migrated(&pool, &endpoints.database_url).await?;
+    let rows = ledger::select(&pool, &selector, ledger::Order::NewestFirst).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new();
+    table.set_header(["event id", "type", "status", "retries", "occurred at", "processed at", "error"]);
+    for row in &rows {
+        table.add_row([
+            row.event_id.clone(),
+            row.event_type.clone(),
+            row.status.clone(),
+            row.retry_count.to_string(),
+            row.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            row.processed_at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            row.error_message.as_deref().map_or("-".into(), |e| e.chars().take(60).collect()),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "{} row(s), newest first{}",
+        rows.len(),
+        if rows.len() as i64 == args.limit { " (--limit reached)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay events show`.
+async fn show(endpoints: &Endpoints, event_id: String, json: bool) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 2).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
     let row = ledger::find(&pool, &event_id).await?.ok_or_else(|| {

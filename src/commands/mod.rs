@@ -7,6 +7,7 @@ mod backup;
 mod bench;
 mod emergency_stop;
 mod events;
+mod ledger;
 mod migrate;
 mod pause;
 mod plan;
@@ -36,6 +37,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Resume(args) => pause::resume(&endpoints, args).await,
             Command::EmergencyStop(args) => emergency_stop::run(&endpoints, args).await,
             Command::Audit(command) => audit::run(&endpoints, command).await,
+            Command::Ledger(command) => ledger::run(&endpoints, command).await,
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "replay", &mut std::io::stdout());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man => {
+                clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Backup(args) => backup::run(&endpoints, args).await,
         }
     })

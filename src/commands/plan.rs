@@ -90,7 +90,7 @@ pub async fn run(endpoints: &Endpoints, args: PlanArgs) -> anyhow::Result<ExitCo
             return Err(error);
         }
         let first = Selector { limit: Some(selector.limit.map_or(SAMPLES, |l| l.min(SAMPLES))), ..selector.clone() };
-        samples = ledger::select(&pool, &first)
+        samples = ledger::select(&pool, &first, ledger::Order::EventTime)
             .await?
             .into_iter()
             .map(|r| serde_json::json!({"event_id": r.event_id, "event_type": r.event_type, "payload": r.payload}))
@@ -161,6 +161,7 @@ fn selector_from(args: &PlanArgs) -> Result<Option<Selector>, crate::selector::S
         statuses: args.statuses.clone(),
         payload: args.payload.iter().map(|p| PayloadField::parse(p)).collect::<Result<_, _>>()?,
         limit: args.limit,
+        received_from: None,
     };
     selector.validate()?;
     let everything = Selector { limit: selector.limit, ..Selector::default() };

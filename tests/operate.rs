@@ -1,0 +1,103 @@
+//! Operating commands: `events list`, `ledger prune`, `completions`, `man`.
+#![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use sqlx::PgPool;
+
+async fn seed(world: &World) {
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, processed_at, error_message, received_at) VALUES
+         ('old-1', 'contribution.submitted', '{\"contribution_id\": \"c-1\"}', now() - interval '100 days', 'processed', now() - interval '100 days', NULL, now() - interval '100 days'),
+         ('old-2', 'contribution.submitted', '{\"contribution_id\": \"c-2\"}', now() - interval '100 days', 'processed', now() - interval '99 days', NULL, now() - interval '100 days'),
+         ('old-err', 'payment.initiated', '{\"payment_id\": \"p-1\"}', now() - interval '100 days', 'error', now() - interval '100 days', 'provider down', now() - interval '100 days'),
+         ('new-1', 'contribution.submitted', '{\"contribution_id\": \"c-3\"}', now(), 'processed', now(), NULL, now()),
+         ('new-2', 'period.opened', '{\"period_id\": \"x\"}', now(), 'pending', NULL, NULL, now())",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test]
+async fn events_list_filters_and_prints_newest_first(pool: PgPool) {
+    let world = World::new(pool).await;
+    seed(&world).await;
+    let out = world.replay(&["events", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let rows: Vec<Value> = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["new-2", "new-1", "old-err", "old-2", "old-1"]);
+    for field in ["event_type", "status", "retry_count", "error_message", "payload", "occurred_at", "processed_at"] {
+        assert!(rows[0].get(field).is_some(), "{field} in {}", rows[0]);
+    }
+
+    let out = world.replay(&["events", "list", "--status", "error", "--json"]).await;
+    let rows: Vec<Value> = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!((rows.len(), rows[0]["error_message"].as_str()), (1, Some("provider down")));
+    let out = world.replay(&["events", "list", "--since", "1h", "--type", "contribution.submitted", "--json"]).await;
+    let rows: Vec<Value> = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(rows.iter().map(|r| r["event_id"].as_str().unwrap()).collect::<Vec<_>>(), ["new-1"]);
+    let out = world.replay(&["events", "list", "--payload", "contribution_id=c-2", "--json"]).await;
+    let rows: Vec<Value> = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(rows.iter().map(|r| r["event_id"].as_str().unwrap()).collect::<Vec<_>>(), ["old-2"]);
+
+    let out = world.replay(&["events", "list", "--limit", "2"]).await;
+    let text = stdout_of(&out);
+    let header = text.lines().nth(1).unwrap();
+    assert!(header.contains("event id") && header.contains("status") && header.contains("error"), "{text}");
+    assert!(
+        text.contains("new-2") && !text.contains("old-1") && text.contains("2 row(s), newest first (--limit reached)"),
+        "{text}"
+    );
+    let out = world.replay(&["events", "list", "--status", "done"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("not a ledger status"), "{}", stderr_of(&out));
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn prune_deletes_only_old_processed_rows_and_is_audited(pool: PgPool) {
+    let world = World::new(pool).await;
+    seed(&world).await;
+    let out = world.replay(&["ledger", "prune", "--older-than", "90d"]).await;
+    assert_eq!(out.status.code(), Some(3), "no terminal, no --yes: {}", stderr_of(&out));
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 5);
+
+    let out =
+        world.replay(&["ledger", "prune", "--older-than", "90d", "--yes", "--batch", "1", "--operator", "erin"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("pruned 2 processed row(s)"), "{}", stdout_of(&out));
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM processed_events ORDER BY event_id")
+        .fetch_all(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["new-1", "new-2", "old-err"], "an old row in error is never pruned");
+    let (operator, details): (String, Value) =
+        sqlx::query_as("SELECT operator, details FROM replay_control.audit_log WHERE action = 'ledger.prune'")
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!((operator.as_str(), details["deleted"].as_u64()), ("erin", Some(2)));
+    let out = world.replay(&["ledger", "prune", "--older-than", "90d", "--yes"]).await;
+    assert!(stdout_of(&out).contains("nothing to prune"), "{}", stdout_of(&out));
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn completions_and_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+            .args(["completions", shell])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("emergency-stop"), "{shell}");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay")).arg("man").output().await.unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH replay 1") && page.contains("emergency\\-stop"), "{page}");
+}
