@@ -78,6 +78,9 @@ pub enum Command {
     /// Maintain the ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// The dead-letter view: failed events and unreadable messages.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -85,6 +88,40 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Failed events (ledger rows in `error`) and dead-lettered messages, not resolved, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry: an event id, or `dl-N` for a dead-lettered message.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by type and by error over the last N hours, with first and last seen.
+    Report {
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an entry resolved (audited): it leaves the DLQ view. Reprocess with `replay plan --status error` instead.
+    Resolve {
+        id: String,
+        /// What was done about it.
+        #[arg(long)]
+        note: String,
+        /// Who resolves it (default: the OS user).
+        #[arg(long)]
+        operator: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

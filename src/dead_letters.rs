@@ -3,8 +3,9 @@
 //! reason, so nothing the broker handed over is thrown away. All SQL on that
 //! table lives here.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::ledger::LedgerError;
 
@@ -44,4 +45,77 @@ pub async fn insert(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(
     .await
     .map_err(|source| LedgerError::Query { op: "store dead letters", source })?;
     Ok(())
+}
+
+fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
+    move |source| LedgerError::Query { op, source }
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct StoredLetter {
+    pub id: i64,
+    pub received_at: DateTime<Utc>,
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub headers: Value,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    pub reason: String,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_note: Option<String>,
+}
+
+const COLUMNS: &str =
+    "id, received_at, exchange, routing_key, message_id, headers, body, reason, resolved_at, resolved_note";
+
+/// Unresolved dead letters, most recent first.
+pub async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<StoredLetter>, LedgerError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM dead_letters WHERE resolved_at IS NULL ORDER BY received_at DESC, id DESC LIMIT $1"
+    )))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("list dead letters"))
+}
+
+/// One dead letter.
+pub async fn find(pool: &PgPool, id: i64) -> Result<Option<StoredLetter>, LedgerError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(query_error("read a dead letter"))
+}
+
+/// Unresolved dead letters since `since`, grouped by routing key and reason:
+/// `(routing key, reason, count, first, last)`.
+pub async fn report(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, LedgerError> {
+    sqlx::query_as(
+        "SELECT routing_key, reason, count(*), min(received_at), max(received_at) FROM dead_letters
+          WHERE resolved_at IS NULL AND received_at >= $1 GROUP BY 1, 2 ORDER BY 3 DESC, 1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("report dead letters"))
+}
+
+/// Marks a dead letter resolved, inside the caller's transaction; false if
+/// no unresolved letter has that id.
+pub async fn resolve(conn: &mut PgConnection, id: i64, note: &str) -> Result<bool, LedgerError> {
+    let done = sqlx::query(
+        "UPDATE dead_letters SET resolved_at = now(), resolved_note = $2 WHERE id = $1 AND resolved_at IS NULL",
+    )
+    .bind(id)
+    .bind(note)
+    .execute(conn)
+    .await
+    .map_err(query_error("resolve a dead letter"))?;
+    Ok(done.rows_affected() == 1)
 }

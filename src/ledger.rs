@@ -214,6 +214,8 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
                 processed_at = CASE WHEN s.status = 'pending' THEN NULL ELSE now() END,
                 locked_by = NULL,
                 replay_plan = NULL,
+                resolved_at = NULL,
+                resolved_note = NULL,
                 updated_at = now()
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
              AS s(id, status, error, retry_at, failed)
@@ -381,7 +383,8 @@ pub async fn reset_for_plan(
         "WITH reset AS (
              UPDATE processed_events p
                 SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
-                    locked_by = NULL, replay_plan = $3, next_attempt_at = $5, updated_at = now()
+                    locked_by = NULL, replay_plan = $3, next_attempt_at = $5, resolved_at = NULL,
+                    resolved_note = NULL, updated_at = now()
                FROM (SELECT o.id, o.status, o.error_message, o.retry_count, o.processed_at, v.version
                        FROM unnest($1::bigint[], $2::text[]) AS v(id, version)
                        JOIN processed_events o ON o.id = v.id) prior
@@ -575,6 +578,61 @@ pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<(String, Stri
         .fetch_all(pool)
         .await
         .map_err(query_error("count rows by type and status"))
+}
+
+/// A failed event as the DLQ shows it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct FailedEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub error_message: Option<String>,
+    pub retry_count: i32,
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+/// Rows in `error` not marked resolved, most recent first.
+pub async fn unresolved_errors(pool: &PgPool, limit: i64) -> Result<Vec<FailedEvent>, LedgerError> {
+    sqlx::query_as(
+        "SELECT event_id, event_type, error_message, retry_count, processed_at AS failed_at FROM processed_events
+          WHERE status = 'error' AND resolved_at IS NULL ORDER BY processed_at DESC NULLS LAST, id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("list failed events"))
+}
+
+/// Unresolved failures since `since`, grouped by type and error:
+/// `(type, error, count, first, last)`.
+pub async fn error_report(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, LedgerError> {
+    sqlx::query_as(
+        "SELECT event_type, coalesce(error_message, ''), count(*), min(processed_at), max(processed_at)
+           FROM processed_events
+          WHERE status = 'error' AND resolved_at IS NULL AND processed_at >= $1
+          GROUP BY 1, 2 ORDER BY 3 DESC, 1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("report failed events"))
+}
+
+/// Marks a failed event resolved, inside the caller's transaction; false if
+/// no unresolved failed event has that id.
+pub async fn resolve_error(conn: &mut PgConnection, event_id: &str, note: &str) -> Result<bool, LedgerError> {
+    let done = sqlx::query(
+        "UPDATE processed_events SET resolved_at = now(), resolved_note = $2
+          WHERE event_id = $1 AND status = 'error' AND resolved_at IS NULL",
+    )
+    .bind(event_id)
+    .bind(note)
+    .execute(conn)
+    .await
+    .map_err(query_error("resolve a failed event"))?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Processed rows processed before `before`: what a prune would delete.

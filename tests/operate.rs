@@ -101,3 +101,59 @@ async fn completions_and_man_page_come_from_the_cli_definition() {
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(page.contains(".TH replay 1") && page.contains("emergency\\-stop"), "{page}");
 }
+
+#[sqlx::test]
+async fn the_dlq_lists_reports_shows_and_resolves(pool: PgPool) {
+    let world = World::new(pool).await;
+    seed(&world).await;
+    sqlx::query(
+        "INSERT INTO dead_letters (exchange, routing_key, body, reason) VALUES ('x', 'member.noted', 'not json', 'message body is not JSON')",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let letter: i64 = world.scalar("SELECT id FROM dead_letters").await;
+
+    let out = world.replay(&["dlq", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let listed: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(listed["failed_events"][0]["event_id"], "old-err");
+    assert_eq!(listed["failed_events"][0]["error_message"], "provider down");
+    assert_eq!(listed["dead_letters"][0]["reason"], "message body is not JSON");
+    let text = stdout_of(&world.replay(&["dlq", "list"]).await);
+    assert!(
+        text.contains(&format!("dl-{letter}")) && text.contains("1 failed event(s), 1 dead-lettered message(s)"),
+        "{text}"
+    );
+
+    let out = world.replay(&["dlq", "report", "--hours", "24", "--json"]).await;
+    let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(report["groups"].as_array().unwrap().len(), 1, "the 100-day-old failure is outside 24 h: {report}");
+    let out = world.replay(&["dlq", "report", "--hours", "10000", "--json"]).await;
+    let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert!(groups
+        .iter()
+        .any(|g| g["type"] == "payment.initiated" && g["error"] == "provider down" && g["count"] == 1));
+
+    let out = world.replay(&["dlq", "show", &format!("dl-{letter}")]).await;
+    assert!(stdout_of(&out).contains("body (8 bytes)\nnot json"), "{}", stdout_of(&out));
+
+    let out = world
+        .replay(&["dlq", "resolve", "old-err", "--note", "provider fixed, paid by hand", "--operator", "erin"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let out = world.replay(&["dlq", "resolve", &format!("dl-{letter}"), "--note", "test message"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let listed: Value = serde_json::from_str(&stdout_of(&world.replay(&["dlq", "list", "--json"]).await)).unwrap();
+    assert_eq!(
+        (listed["failed_events"].clone(), listed["dead_letters"].clone()),
+        (serde_json::json!([]), serde_json::json!([]))
+    );
+    assert_eq!(world.status_of("old-err").await.unwrap().0, "error", "resolving keeps the row and its error");
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.audit_log WHERE action = 'dlq.resolve'").await, 2);
+    let out = world.replay(&["dlq", "resolve", "old-err", "--note", "again"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    world.cleanup().await;
+}

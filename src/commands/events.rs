@@ -67,7 +67,7 @@ async fn list(endpoints: &Endpoints, args: EventsListArgs) -> anyhow::Result<Exi
 }
 
 /// `replay events show`.
-async fn show(endpoints: &Endpoints, event_id: String, json: bool) -> anyhow::Result<ExitCode> {
+pub(super) async fn show(endpoints: &Endpoints, event_id: String, json: bool) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 2).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
     let row = ledger::find(&pool, &event_id).await?.ok_or_else(|| {

@@ -5,6 +5,7 @@ mod apply;
 mod audit;
 mod backup;
 mod bench;
+mod dlq;
 mod emergency_stop;
 mod events;
 mod ledger;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::EmergencyStop(args) => emergency_stop::run(&endpoints, args).await,
             Command::Audit(command) => audit::run(&endpoints, command).await,
             Command::Ledger(command) => ledger::run(&endpoints, command).await,
+            Command::Dlq(command) => dlq::run(&endpoints, command).await,
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "replay", &mut std::io::stdout());
