@@ -81,6 +81,14 @@ pub async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<StoredLetter>, 
     .map_err(query_error("list dead letters"))
 }
 
+/// How many dead letters are not resolved.
+pub async fn count_unresolved(pool: &PgPool) -> Result<i64, LedgerError> {
+    sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(query_error("count dead letters"))
+}
+
 /// One dead letter.
 pub async fn find(pool: &PgPool, id: i64) -> Result<Option<StoredLetter>, LedgerError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1")))

@@ -1,6 +1,9 @@
 //! The worker's HTTP endpoint: `GET /health` answers while the process
 //! lives; `GET /health/ready` answers 200 only while the database answers and
-//! the worker holds a consumer on its queue, 503 with the reason otherwise.
+//! the worker holds a consumer on its queue, 503 with the reason otherwise;
+//! `GET /health/detailed` is the JSON an on-call engineer reads (database,
+//! broker, queue depth, ledger by status, pause, workers, DLQ, lag);
+//! `GET /metrics` is Prometheus text, its gauges refreshed at each scrape.
 //!
 //! The caller binds the listener and owns the shutdown token, so tests bind
 //! port 0.
@@ -20,11 +23,14 @@ use crate::worker::Liveness;
 /// How long the readiness probe waits for the database.
 const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What readiness is judged on.
+/// What readiness is judged on, and what the detailed view reads.
 #[derive(Clone)]
 pub struct Readiness {
     pub pool: PgPool,
     pub liveness: Liveness,
+    pub endpoints: crate::config::Endpoints,
+    /// The metrics recorder, if this process installed it.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -32,6 +38,8 @@ pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: Cancel
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
+        .route("/health/detailed", get(detailed))
+        .route("/metrics", get(prometheus))
         .with_state(readiness);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
@@ -66,4 +74,73 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
         );
     }
     (StatusCode::OK, "ready\n".into())
+}
+
+/// What the detailed view and the gauges are made of.
+async fn snapshot(readiness: &Readiness) -> serde_json::Value {
+    use serde_json::json;
+    let pool = &readiness.pool;
+    let database = match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await {
+        Ok(_) => json!({"status": "ok", "url": readiness.endpoints.database_url.redacted()}),
+        Err(e) => {
+            json!({"status": "unreachable", "url": readiness.endpoints.database_url.redacted(), "error": e.to_string()})
+        }
+    };
+    let ledger: std::collections::BTreeMap<String, i64> =
+        crate::ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
+    let paused = crate::pause::current(pool).await.ok().flatten();
+    let workers = crate::heartbeats::live_and_stale(pool, crate::control::LIVE_WITHIN).await.ok();
+    let dlq = crate::ledger::count_unresolved_errors(pool).await.unwrap_or(0)
+        + crate::dead_letters::count_unresolved(pool).await.unwrap_or(0);
+    let activity = crate::ledger::activity(pool).await.ok();
+    let queue = queue_depth(&readiness.endpoints).await;
+    json!({
+        "database": database,
+        "broker": {
+            "url": readiness.endpoints.amqp_url.redacted(),
+            "consuming": readiness.liveness.is_consuming(),
+            "queue": readiness.endpoints.queue,
+            "error": queue.as_ref().err().map(ToString::to_string),
+        },
+        "queue_depth": queue.ok(),
+        "ledger": ledger,
+        "paused": paused,
+        "workers": workers.as_ref().map(|(live, _)| live),
+        "workers_not_heard_from": workers.as_ref().map(|(_, stale)| stale),
+        "dlq": dlq,
+        "last_processed_at": activity.as_ref().and_then(|a| a.0),
+        "replay_rows_waiting": activity.as_ref().map(|a| a.2),
+        "consumer_lag_seconds": activity.as_ref().and_then(|a| a.1),
+    })
+}
+
+async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate::transport::TransportError> {
+    let connection = crate::transport::connect(&endpoints.amqp_url, "replay health").await?;
+    let channel =
+        connection.create_channel().await.map_err(crate::transport::TransportError::broker("open a channel"))?;
+    let depth = crate::transport::queue_depth(&channel, &endpoints.queue).await;
+    let _ = channel.close(200, "read".into()).await;
+    let _ = connection.close(200, "read".into()).await;
+    depth
+}
+
+async fn detailed(State(readiness): State<Readiness>) -> axum::Json<serde_json::Value> {
+    axum::Json(snapshot(&readiness).await)
+}
+
+async fn prometheus(State(readiness): State<Readiness>) -> (StatusCode, String) {
+    let Some(handle) = &readiness.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are not recorded in this process\n".into());
+    };
+    let view = snapshot(&readiness).await;
+    for (status, n) in view["ledger"].as_object().into_iter().flatten() {
+        metrics::gauge!(crate::metrics::LEDGER_ROWS, "status" => status.clone()).set(n.as_f64().unwrap_or(0.0));
+    }
+    if let Some(depth) = view["queue_depth"].as_f64() {
+        metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(depth);
+    }
+    metrics::gauge!(crate::metrics::DLQ_SIZE).set(view["dlq"].as_f64().unwrap_or(0.0));
+    metrics::gauge!(crate::metrics::REPLAY_WAITING).set(view["replay_rows_waiting"].as_f64().unwrap_or(0.0));
+    metrics::gauge!(crate::metrics::PAUSED).set(if view["paused"].is_null() { 0.0 } else { 1.0 });
+    (StatusCode::OK, handle.render())
 }

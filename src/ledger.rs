@@ -602,6 +602,14 @@ pub async fn unresolved_errors(pool: &PgPool, limit: i64) -> Result<Vec<FailedEv
     .map_err(query_error("list failed events"))
 }
 
+/// How many rows are in `error` and not resolved.
+pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, LedgerError> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'error' AND resolved_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(query_error("count failed events"))
+}
+
 /// Unresolved failures since `since`, grouped by type and error:
 /// `(type, error, count, first, last)`.
 pub async fn error_report(
@@ -661,6 +669,20 @@ pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Re
     .await
     .map_err(query_error("prune processed rows"))?;
     Ok(done.rows_affected())
+}
+
+/// `(last processed at, consumer lag in seconds, rows waiting for a replay)`:
+/// lag is how long the oldest due pending row has waited.
+pub async fn activity(pool: &PgPool) -> Result<(Option<DateTime<Utc>>, Option<f64>, i64), LedgerError> {
+    sqlx::query_as(
+        "SELECT (SELECT max(processed_at) FROM processed_events WHERE processed_at IS NOT NULL),
+                (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8 FROM processed_events
+                  WHERE status = 'pending' AND next_attempt_at <= now()),
+                (SELECT count(*) FROM processed_events WHERE status = 'pending' AND replay_plan IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(query_error("read ledger activity"))
 }
 
 /// Counts rows by status, for tests, the benchmark and health.

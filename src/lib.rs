@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod health;
 pub mod heartbeats;
 pub mod ledger;
+pub mod metrics;
 pub mod pause;
 pub mod plan;
 pub mod publisher;

@@ -250,6 +250,35 @@ async fn health_endpoints_tell_alive_from_ready(pool: PgPool) {
         .unwrap();
     assert_eq!(wait_for_status(port, "/health", 200).await, "ok\n");
     assert_eq!(wait_for_status(port, "/health/ready", 200).await, "ready\n");
+
+    // The detailed view and the metrics, after some work.
+    let events: Vec<_> = (0..5).map(|i| event("member.noted", serde_json::json!({"n": i}))).collect();
+    world.publish(&events).await;
+    world
+        .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'skipped'", 5, Duration::from_secs(20))
+        .await;
+    let detailed: serde_json::Value =
+        serde_json::from_str(&wait_for_status(port, "/health/detailed", 200).await).unwrap();
+    assert_eq!(detailed["database"]["status"], "ok", "{detailed}");
+    assert_eq!((detailed["broker"]["consuming"].clone(), detailed["queue_depth"].clone()), (true.into(), 0.into()));
+    assert_eq!(detailed["ledger"]["skipped"], 5);
+    assert_eq!(detailed["workers"][0]["worker_id"], "health");
+    for field in ["paused", "dlq", "last_processed_at", "consumer_lag_seconds"] {
+        assert!(detailed.get(field).is_some(), "{field} in {detailed}");
+    }
+    let metrics = wait_for_status(port, "/metrics", 200).await;
+    for name in [
+        "replay_events_consumed_total 5",
+        "replay_events_processed_total{event_type=\"member.noted\",outcome=\"skipped\"} 5",
+        "replay_batch_processing_seconds_bucket",
+        "replay_batch_size_events_count",
+        "replay_ledger_rows{status=\"skipped\"} 5",
+        "replay_queue_depth_messages 0",
+        "replay_dlq_entries 0",
+        "replay_paused 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
     signal(&worker, "-TERM");
     let _ = worker.wait().await;
 

@@ -32,7 +32,12 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<Exit
             .await
             .with_context(|| format!("cannot listen on {addr} for --http; pick another address or pass --http off"))?;
         tracing::info!(addr = %listener.local_addr()?, "health endpoint listening");
-        let readiness = health::Readiness { pool: pool.clone(), liveness: liveness.clone() };
+        let readiness = health::Readiness {
+            pool: pool.clone(),
+            liveness: liveness.clone(),
+            endpoints: endpoints.clone(),
+            metrics: crate::metrics::handle(),
+        };
         tokio::spawn(health::serve(listener, readiness, shutdown.clone()));
     }
     worker::run(config, endpoints.clone(), pool, Registry::reference(), liveness, shutdown).await?;

@@ -141,6 +141,7 @@ async fn consume_batches(
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await
             .map_err(TransportError::broker("ack a committed batch"))?;
+        metrics::counter!(crate::metrics::EVENTS_CONSUMED).increment(batch.len() as u64);
     }
 }
 

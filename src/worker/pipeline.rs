@@ -21,7 +21,7 @@ use crate::ledger::{self, Admission, Claimed, LedgerError, Settlement};
 use crate::worker::RetryPolicy;
 
 /// What became of a batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
     pub processed: u64,
     pub duplicates: u64,
@@ -30,17 +30,32 @@ pub struct Tally {
     pub failed: u64,
     pub skipped: u64,
     pub dead_letters: u64,
+    /// Settled attempts by (event type, outcome), for the metrics.
+    pub by_type: std::collections::BTreeMap<(String, &'static str), u64>,
 }
 
 impl Tally {
-    fn count(&mut self, settlement: &Settlement) {
-        match settlement {
-            Settlement::Processed => self.processed += 1,
-            Settlement::Skipped { .. } => self.skipped += 1,
-            Settlement::Retry { .. } => self.retrying += 1,
-            Settlement::Held { .. } => self.held += 1,
-            Settlement::Failed { .. } => self.failed += 1,
+    fn count(&mut self, event_type: &str, settlement: &Settlement) {
+        let (counter, outcome) = match settlement {
+            Settlement::Processed => (&mut self.processed, "processed"),
+            Settlement::Skipped { .. } => (&mut self.skipped, "skipped"),
+            Settlement::Retry { .. } => (&mut self.retrying, "retrying"),
+            Settlement::Held { .. } => (&mut self.held, "held"),
+            Settlement::Failed { .. } => (&mut self.failed, "failed"),
+        };
+        *counter += 1;
+        *self.by_type.entry((event_type.to_string(), outcome)).or_default() += 1;
+    }
+
+    /// Records a committed batch in the metrics.
+    fn record(&self, started: std::time::Instant, size: usize) {
+        for ((event_type, outcome), n) in &self.by_type {
+            metrics::counter!(crate::metrics::EVENTS_PROCESSED, "event_type" => event_type.clone(), "outcome" => *outcome)
+                .increment(*n);
         }
+        metrics::counter!(crate::metrics::RETRIES).increment(self.retrying);
+        metrics::histogram!(crate::metrics::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(size as f64);
     }
 }
 
@@ -107,6 +122,7 @@ impl Pipeline {
         dead: &[DeadLetter],
         isolation: Isolation,
     ) -> Result<Tally, BatchError> {
+        let started = std::time::Instant::now();
         let mut tally = Tally { dead_letters: dead.len() as u64, ..Tally::default() };
         let mut tx = self.pool.begin().await?;
         dead_letters::insert(&mut tx, dead).await?;
@@ -137,7 +153,7 @@ impl Pipeline {
                 Some(&row_id) if self.registry.get(&event.event_type).is_some() => {
                     work.push(Work { row_id, event, retry_count: 0, inserted: true })
                 }
-                Some(_) => tally.skipped += 1,
+                Some(_) => tally.count(&event.event_type, &Settlement::Skipped { reason: String::new() }),
                 None => others.push(event),
             }
         }
@@ -149,6 +165,7 @@ impl Pipeline {
         let settlements = self.apply(&mut tx, work, &mut tally, isolation).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
+        tally.record(started, received);
         Ok(tally)
     }
 
@@ -165,6 +182,7 @@ impl Pipeline {
     }
 
     async fn claimed_with(&self, claimed: &[Claimed], isolation: Isolation) -> Result<Tally, BatchError> {
+        let started = std::time::Instant::now();
         let mut tally = Tally::default();
         let mut tx = self.pool.begin().await?;
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
@@ -173,6 +191,7 @@ impl Pipeline {
         let settlements = self.apply(&mut tx, work, &mut tally, isolation).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
+        tally.record(started, claimed.len());
         Ok(tally)
     }
 
@@ -212,7 +231,7 @@ impl Pipeline {
                 None => vec![Settlement::Skipped { reason: no_handler(event_type) }; run.len()],
             };
             for (w, settlement) in run.iter().zip(run_settlements) {
-                tally.count(&settlement);
+                tally.count(event_type, &settlement);
                 if let Settlement::Retry { error, .. } | Settlement::Failed { error } = &settlement {
                     tracing::warn!(event_id = %w.event.event_id, event_type, error = %error, "event failed");
                 }
