@@ -142,5 +142,6 @@ async fn prometheus(State(readiness): State<Readiness>) -> (StatusCode, String) 
     metrics::gauge!(crate::metrics::DLQ_SIZE).set(view["dlq"].as_f64().unwrap_or(0.0));
     metrics::gauge!(crate::metrics::REPLAY_WAITING).set(view["replay_rows_waiting"].as_f64().unwrap_or(0.0));
     metrics::gauge!(crate::metrics::PAUSED).set(if view["paused"].is_null() { 0.0 } else { 1.0 });
+    metrics::gauge!(crate::metrics::CONSUMER_LAG).set(view["consumer_lag_seconds"].as_f64().unwrap_or(0.0));
     (StatusCode::OK, handle.render())
 }

@@ -17,6 +17,7 @@ pub const QUEUE_DEPTH: &str = "replay_queue_depth_messages";
 pub const DLQ_SIZE: &str = "replay_dlq_entries";
 pub const REPLAY_WAITING: &str = "replay_replay_rows_waiting";
 pub const PAUSED: &str = "replay_paused";
+pub const CONSUMER_LAG: &str = "replay_consumer_lag_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -61,4 +62,9 @@ fn describe() {
     metrics::describe_gauge!(DLQ_SIZE, "Unresolved DLQ entries: failed events and dead-lettered messages.");
     metrics::describe_gauge!(REPLAY_WAITING, "Rows reset by a replay still waiting for their message.");
     metrics::describe_gauge!(PAUSED, "1 while workers are paused.");
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        metrics::Unit::Seconds,
+        "How long the oldest due pending ledger row has waited."
+    );
 }

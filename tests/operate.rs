@@ -157,3 +157,35 @@ async fn the_dlq_lists_reports_shows_and_resolves(pool: PgPool) {
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     world.cleanup().await;
 }
+
+#[test]
+fn the_shipped_alerts_and_dashboard_use_metrics_the_worker_serves() {
+    let served = [
+        replay::metrics::EVENTS_CONSUMED,
+        replay::metrics::EVENTS_PROCESSED,
+        replay::metrics::PROCESSING_SECONDS,
+        replay::metrics::BATCH_SIZE,
+        replay::metrics::RETRIES,
+        replay::metrics::LEDGER_ROWS,
+        replay::metrics::QUEUE_DEPTH,
+        replay::metrics::DLQ_SIZE,
+        replay::metrics::REPLAY_WAITING,
+        replay::metrics::PAUSED,
+        replay::metrics::CONSUMER_LAG,
+    ];
+    for file in ["ops/prometheus-alerts.yml", "ops/grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let used: std::collections::BTreeSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("replay_") && w.len() > "replay_".len())
+            .map(|w| w.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count"))
+            .collect();
+        assert!(!used.is_empty(), "{file} uses no metric");
+        for name in used {
+            assert!(served.contains(&name), "{file} uses {name}, which the worker does not serve");
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("ops/grafana-dashboard.json").unwrap()).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
+}
