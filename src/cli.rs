@@ -121,6 +121,8 @@ pub enum DlqCommand {
         /// Who resolves it (default: the OS user).
         #[arg(long)]
         operator: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -189,3 +189,30 @@ fn the_shipped_alerts_and_dashboard_use_metrics_the_worker_serves() {
         serde_json::from_str(&std::fs::read_to_string("ops/grafana-dashboard.json").unwrap()).unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
 }
+
+#[sqlx::test]
+async fn events_list_table_snapshot(pool: PgPool) {
+    let world = World::new(pool).await;
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, processed_at, retry_count, error_message) VALUES
+         ('e-1', 'period.opened', '{}', '2026-01-01T00:00:00Z', 'processed', '2026-01-01T00:00:01Z', 0, NULL),
+         ('e-2', 'contribution.approved', '{}', '2026-01-02T00:00:00Z', 'error', '2026-01-02T00:00:05Z', 3, 'contribution c-9 has not been submitted yet')",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let out = world.replay(&["events", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let expected = "\
++----------+-----------------------+-----------+---------+---------------------+---------------------+---------------------------------------------+
+| event id | type                  | status    | retries | occurred at         | processed at        | error                                       |
++==================================================================================================================================================+
+| e-2      | contribution.approved | error     | 3       | 2026-01-02 00:00:00 | 2026-01-02 00:00:05 | contribution c-9 has not been submitted yet |
+|----------+-----------------------+-----------+---------+---------------------+---------------------+---------------------------------------------|
+| e-1      | period.opened         | processed | 0       | 2026-01-01 00:00:00 | 2026-01-01 00:00:01 | -                                           |
++----------+-----------------------+-----------+---------+---------------------+---------------------+---------------------------------------------+
+2 row(s), newest first
+";
+    assert_eq!(stdout_of(&out), expected);
+    world.cleanup().await;
+}

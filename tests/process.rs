@@ -301,3 +301,32 @@ async fn health_endpoints_tell_alive_from_ready(pool: PgPool) {
     assert_eq!(status.code(), Some(0), "a worker waiting for its broker still stops cleanly");
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn readiness_turns_503_while_the_database_is_unreachable(pool: PgPool) {
+    let world = World::new(pool).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let mut through_proxy = url::Url::parse(&world.database_url).unwrap();
+    through_proxy.set_port(Some(proxy.port)).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["worker", "--id", "db-outage", "--http", &addr])
+        .envs(world.env())
+        .env("DATABASE_URL", through_proxy.to_string())
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_for_status(port, "/health/ready", 200).await, "ready\n");
+    proxy.cut();
+    let reason = wait_for_status(port, "/health/ready", 503).await;
+    assert!(reason.contains("database"), "{reason}");
+    assert_eq!(wait_for_status(port, "/health", 200).await, "ok\n", "alive all the same");
+    let detailed: serde_json::Value =
+        serde_json::from_str(&wait_for_status(port, "/health/detailed", 200).await).unwrap();
+    assert_eq!(detailed["database"]["status"], "unreachable", "{detailed}");
+    signal(&worker, "-TERM");
+    let _ = worker.wait().await;
+    world.cleanup().await;
+}

@@ -124,7 +124,7 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
             println!("{table}");
             println!("over the last {hours} hour(s), unresolved only");
         }
-        DlqCommand::Resolve { id, note, operator } => {
+        DlqCommand::Resolve { id, note, operator, json } => {
             if note.trim().is_empty() {
                 return Err(UsageError("--note is empty: say what was done about it".into()).into());
             }
@@ -145,7 +145,11 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
             };
             audit::append(&mut tx, &entry).await?;
             tx.commit().await?;
-            println!("{id} resolved (audited); it no longer shows in `replay dlq list`.");
+            if json {
+                println!("{}", json!({"id": id, "resolved": true, "note": note}));
+            } else {
+                println!("{id} resolved (audited); it no longer shows in `replay dlq list`.");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
