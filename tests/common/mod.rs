@@ -290,42 +290,88 @@ pub fn stdout_of(output: &std::process::Output) -> String {
 
 /// A TCP proxy the test controls, in front of a shared service: `cut()`
 /// drops every open connection and refuses new ones, as an outage would,
-/// without touching the service itself.
+/// `restore()` ends the outage, `set_latency()` delays every chunk each way;
+/// the service itself is never touched.
 pub struct TcpProxy {
     pub port: u16,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    cut: CancellationToken,
+    state: std::sync::Arc<ProxyState>,
+}
+
+struct ProxyState {
+    down: std::sync::atomic::AtomicBool,
+    latency_ms: std::sync::atomic::AtomicU64,
+    cut: std::sync::Mutex<CancellationToken>,
 }
 
 impl TcpProxy {
     pub async fn start(target: &'static str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cut = CancellationToken::new();
-        let (accept_down, accept_cut) = (down.clone(), cut.clone());
+        let state = std::sync::Arc::new(ProxyState {
+            down: std::sync::atomic::AtomicBool::new(false),
+            latency_ms: std::sync::atomic::AtomicU64::new(0),
+            cut: std::sync::Mutex::new(CancellationToken::new()),
+        });
+        let accepting = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
-                if accept_down.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: connection refused in effect
+                let Ok((client, _)) = listener.accept().await else { return };
+                if accepting.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped at once: the service looks down
                 }
-                let cut = accept_cut.clone();
+                let cut = accepting.cut.lock().expect("proxy lock").clone();
+                let state = accepting.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(client_read, server_write, state.clone()) => {}
+                        () = pump(server_read, client_write, state.clone()) => {}
                         () = cut.cancelled() => {}
                     }
                 });
             }
         });
-        Self { port, down, cut }
+        Self { port, state }
     }
 
     /// The outage: open connections drop, new ones are closed at once.
     pub fn cut(&self) {
-        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.cut.cancel();
+        self.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.cut.lock().expect("proxy lock").cancel();
+    }
+
+    /// The outage ends: new connections go through again.
+    pub fn restore(&self) {
+        *self.state.cut.lock().expect("proxy lock") = CancellationToken::new();
+        self.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Added delay for every chunk, each way.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.latency_ms.store(latency.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: std::sync::Arc<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let latency = state.latency_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }

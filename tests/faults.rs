@@ -1,0 +1,131 @@
+//! Faults, through TCP proxies the tests control (the shared Postgres and
+//! RabbitMQ are never stopped): a database outage and a broker outage while a
+//! worker process consumes, and added latency. Each case checks every
+//! published event: none lost, none applied twice, the worker still alive.
+#![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Publishes `n` contributions (and, first, their period) and returns their ids.
+async fn contributions(world: &World, period: Uuid, n: usize) -> Vec<Uuid> {
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let events: Vec<_> = ids.iter().map(|c| submitted(*c, Uuid::new_v4(), period, 10)).collect();
+    world.publish(&events).await;
+    ids
+}
+
+/// A period, then `n` contributions, waited for until processed.
+async fn first_half(world: &World, n: usize) -> (Uuid, Vec<Uuid>) {
+    let period = Uuid::new_v4();
+    world.publish(&[period_opened(period)]).await;
+    let ids = contributions(world, period, n).await;
+    world.wait_for_count(PROCESSED, n as i64 + 1, Duration::from_secs(60)).await;
+    (period, ids)
+}
+
+/// Sorts every published contribution: lost (not applied) or duplicated
+/// (more than one ledger row or domain row); both must be empty.
+async fn check_exactly_once(world: &World, ids: &[Uuid]) {
+    let applied: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT c.id, (SELECT count(*) FROM processed_events p WHERE p.payload->>'contribution_id' = c.id::text)
+           FROM contributions c WHERE c.id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    let lost = ids.len() - applied.len();
+    let duplicated = applied.iter().filter(|(_, rows)| *rows != 1).count();
+    assert_eq!((lost, duplicated), (0, 0), "lost {lost}, duplicated {duplicated} of {}", ids.len());
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await as usize, ids.len());
+}
+
+const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
+
+fn spawn_worker(
+    world: &World,
+    id: &str,
+    database_url: Option<String>,
+    amqp_url: Option<String>,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"));
+    command
+        .args(["worker", "--id", id, "--http", "off", "--poll-interval", "200ms", "--retry-backoff", "100ms"])
+        .envs(world.env())
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true);
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    if let Some(url) = amqp_url {
+        command.env("AMQP_URL", url);
+    }
+    command.spawn().unwrap()
+}
+
+fn through(url: &str, port: u16) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_port(Some(port)).unwrap();
+    url.to_string()
+}
+
+#[sqlx::test]
+async fn a_database_outage_while_consuming_loses_and_duplicates_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let mut worker = spawn_worker(&world, "db-outage", Some(through(&world.database_url, proxy.port)), None);
+    let (period, mut ids) = first_half(&world, 1500).await;
+    // The outage starts while the worker consumes: events keep arriving.
+    proxy.cut();
+    ids.extend(contributions(&world, period, 1500).await);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker survives the outage");
+    proxy.restore();
+    world.wait_for_count(PROCESSED, 3001, Duration::from_secs(60)).await;
+    check_exactly_once(&world, &ids).await;
+    assert_eq!(world.queue_depth().await, 0);
+    assert!(worker.try_wait().unwrap().is_none(), "the worker is still alive");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_broker_outage_while_consuming_loses_and_duplicates_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let mut worker = spawn_worker(&world, "broker-outage", None, Some(through(AMQP_URL, proxy.port)));
+    let (period, mut ids) = first_half(&world, 1500).await;
+    proxy.cut();
+    ids.extend(contributions(&world, period, 1500).await);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker survives the outage");
+    proxy.restore();
+    world.wait_for_count(PROCESSED, 3001, Duration::from_secs(60)).await;
+    check_exactly_once(&world, &ids).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker is still alive");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn added_latency_slows_processing_and_loses_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let db = TcpProxy::start("127.0.0.1:5432").await;
+    let broker = TcpProxy::start("127.0.0.1:5672").await;
+    db.set_latency(Duration::from_millis(200));
+    broker.set_latency(Duration::from_millis(200));
+    let mut worker = spawn_worker(
+        &world,
+        "slow-links",
+        Some(through(&world.database_url, db.port)),
+        Some(through(AMQP_URL, broker.port)),
+    );
+    let (_, ids) = first_half(&world, 1000).await;
+    check_exactly_once(&world, &ids).await;
+    assert!(worker.try_wait().unwrap().is_none());
+    world.cleanup().await;
+}
