@@ -19,6 +19,7 @@ pub mod health;
 pub mod heartbeats;
 pub mod ledger;
 pub mod metrics;
+pub mod outbox;
 pub mod pause;
 pub mod plan;
 pub mod publisher;

@@ -129,3 +129,37 @@ async fn added_latency_slows_processing_and_loses_nothing(pool: PgPool) {
     assert!(worker.try_wait().unwrap().is_none());
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn events_published_during_a_broker_outage_wait_in_the_outbox_and_arrive_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    proxy.cut();
+    let period = Uuid::new_v4();
+    let ids: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut lines = vec![serde_json::json!({"event_type": "period.opened", "payload": {"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}}).to_string()];
+    lines.extend(ids.iter().map(|c| {
+        serde_json::json!({"event_type": "contribution.submitted", "payload": {"contribution_id": c, "member_id": Uuid::new_v4(), "period_id": period, "type": "labor", "amount": 10}}).to_string()
+    }));
+    std::fs::write(file.path(), lines.join("\n")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["publish", "--file", file.path().to_str().unwrap()])
+        .envs(world.env())
+        .env("AMQP_URL", through(AMQP_URL, proxy.port))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("201 kept in the outbox"), "{}", stdout_of(&out));
+    assert_eq!(world.queue_depth().await, 0, "nothing reached the broker");
+
+    // The broker is back (for the worker): the outbox is relayed, each event applied once.
+    proxy.restore();
+    let mut worker = spawn_worker(&world, "relay", None, None);
+    world.wait_for_count(PROCESSED, 201, Duration::from_secs(60)).await;
+    world.wait_for_count("SELECT count(*) FROM replay_control.outbox", 0, Duration::from_secs(10)).await;
+    check_exactly_once(&world, &ids).await;
+    assert!(worker.try_wait().unwrap().is_none());
+    world.cleanup().await;
+}

@@ -188,9 +188,29 @@ async fn an_unreachable_broker_is_named_without_its_password(pool: PgPool) {
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // The broker is unreachable: the event is kept in the outbox, said so, exit 0.
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let err = stderr_of(&out);
     assert!(err.contains("cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{err}");
+    assert!(!err.contains("canary-secret") && !stdout_of(&out).contains("canary-secret"), "{err}");
+    assert!(stdout_of(&out).contains("1 kept in the outbox"), "{}", stdout_of(&out));
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.outbox").await, 1);
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM replay_control.outbox").fetch_one(&world.pool).await.unwrap();
+    assert!(!reason.contains("canary-secret"), "{reason}");
+
+    // Neither the broker nor the database: nothing can be kept, exit 1, both named.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["publish", "--type", "period.opened", "--payload", "{}"])
+        .envs(world.env())
+        .env("AMQP_URL", "amqp://guest:canary-secret@127.0.0.1:1/%2f")
+        .env("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("cannot reach RabbitMQ") && err.contains("could not be kept in the outbox"), "{err}");
     assert!(!err.contains("canary-secret"), "{err}");
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))

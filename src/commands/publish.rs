@@ -17,12 +17,22 @@ use crate::transport;
 
 pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let events = read_events(args)?;
-    let connection = transport::connect(&endpoints.amqp_url, "replay publish").await?;
-    let channel = connection.create_channel().await.context("opening a RabbitMQ channel")?;
-    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
-    let publisher = Publisher::new(channel, &endpoints.exchange).await?;
-    publisher.publish_all(&events, None, |_| {}).await?;
-    let _ = connection.close(200, "published".into()).await;
+    let mut confirmed = 0;
+    if let Err(error) = publish(endpoints, &events, &mut confirmed).await {
+        // The broker is away or refused: what it did not confirm is kept
+        // durably in the outbox, and the workers relay it when it is back.
+        let rest = &events[confirmed..];
+        let kept = keep(endpoints, rest, &error).await.with_context(|| {
+            format!("{error}; and the {} unconfirmed event(s) could not be kept in the outbox either", rest.len())
+        })?;
+        eprintln!("warning: {error}");
+        println!(
+            "published {confirmed} event(s) to exchange '{}' (confirmed); {} kept in the outbox ({kept} new): workers relay them when RabbitMQ is back",
+            endpoints.exchange,
+            rest.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     match events.as_slice() {
         [one] => {
             println!("published {} {} to exchange '{}' (confirmed)", one.event_type, one.event_id, endpoints.exchange)
@@ -30,6 +40,32 @@ pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<Exi
         many => println!("published {} events to exchange '{}' (all confirmed)", many.len(), endpoints.exchange),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes with confirms; `confirmed` counts the events confirmed so far.
+async fn publish(
+    endpoints: &Endpoints,
+    events: &[Event],
+    confirmed: &mut usize,
+) -> Result<(), crate::transport::TransportError> {
+    let connection = transport::connect(&endpoints.amqp_url, "replay publish").await?;
+    let channel =
+        connection.create_channel().await.map_err(crate::transport::TransportError::broker("open a channel"))?;
+    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+    let publisher = Publisher::new(channel, &endpoints.exchange).await?;
+    let sent = publisher.publish_all(events, None, |n| *confirmed = n).await;
+    let _ = connection.close(200, "published".into()).await;
+    sent
+}
+
+async fn keep(
+    endpoints: &Endpoints,
+    events: &[Event],
+    error: &crate::transport::TransportError,
+) -> anyhow::Result<u64> {
+    let pool = crate::database::connect(&endpoints.database_url, 1).await?;
+    crate::database::check_migrated(&pool, &endpoints.database_url).await?;
+    Ok(crate::outbox::keep(&pool, events, &error.to_string()).await?)
 }
 
 fn read_events(args: PublishArgs) -> anyhow::Result<Vec<Event>> {

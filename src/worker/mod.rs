@@ -16,6 +16,7 @@ mod claimer;
 mod intake;
 mod pausing;
 pub mod pipeline;
+mod relay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -147,6 +148,7 @@ pub async fn run(
     // Paused until the watcher has read the pause once: a worker started
     // during a pause never takes work.
     let (paused_tx, paused) = tokio::sync::watch::channel(true);
+    let pool_for_relay = pool.clone();
     let watcher =
         tokio::spawn(pausing::watch(pool.clone(), config.id.clone(), liveness.clone(), paused_tx, shutdown.clone()));
     let claimer = tokio::spawn(claimer::run(
@@ -158,11 +160,13 @@ pub async fn run(
         paused.clone(),
         shutdown.clone(),
     ));
+    let relay = tokio::spawn(relay::run(pool_for_relay, endpoints.clone(), config.id.clone(), shutdown.clone()));
     let intake_result = intake::run(pipeline, &endpoints, &config, &liveness, paused, shutdown.clone()).await;
     // Whatever ended the intake ends the worker.
     shutdown.cancel();
     let claimer_result = claimer.await;
     let _ = watcher.await;
+    let _ = relay.await;
     intake_result?;
     claimer_result?;
     tracing::info!(worker = %config.id, "worker stopped");

@@ -1,0 +1,60 @@
+//! The outbox, `replay_control.outbox`: events `replay publish` could not get
+//! confirmed (the broker was down or refused), kept durably until a worker's
+//! relay publishes them. An event relayed twice (a crash between the confirm
+//! and the delete) is recognised by the ledger. All SQL on that table lives here.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use crate::envelope::Event;
+
+/// Keeps events, once each (an event id already kept is left as it is).
+pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, sqlx::Error> {
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let done = sqlx::query(
+        "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, reason)
+         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, $5
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS e(event_id, event_type, payload, occurred_at)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&times)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Takes up to `limit` kept events, oldest first, locked for the caller's
+/// transaction (another relay skips them): `(id, event)`.
+pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event)>, sqlx::Error> {
+    let rows: Vec<(i64, String, String, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at FROM replay_control.outbox
+          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, event_id, event_type, payload, at)| {
+            Event::new(event_id, event_type, at, payload).ok().map(|e| (id, e))
+        })
+        .collect())
+}
+
+/// Forgets relayed events, inside the caller's transaction.
+pub async fn forget(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM replay_control.outbox WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+    Ok(())
+}
+
+/// How many events wait in the outbox.
+pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox").fetch_one(pool).await
+}
