@@ -163,3 +163,90 @@ async fn events_published_during_a_broker_outage_wait_in_the_outbox_and_arrive_o
     assert!(worker.try_wait().unwrap().is_none());
     world.cleanup().await;
 }
+
+/// A canary password in DATABASE_URL (trust auth accepts any) must never
+/// show: not in logs, plan files, audit rows, backups' names or command lines.
+#[sqlx::test]
+async fn a_canary_password_never_appears_anywhere(pool: PgPool) {
+    let world = World::new(pool).await;
+    let canary = "canary-7f3a91";
+    let mut url = url::Url::parse(&world.database_url).unwrap();
+    url.set_password(Some(canary)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| {
+        let env = world.env();
+        let url = url.to_string();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+                .args(args)
+                .envs(env)
+                .env("DATABASE_URL", url)
+                .env("RUST_LOG", "debug")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["worker", "--id", "canary", "--http", "off"])
+        .envs(world.env())
+        .env("DATABASE_URL", url.to_string())
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", worker.id().unwrap())).unwrap();
+    first_half(&world, 20).await;
+    let plans = dir.path().join("plans").display().to_string();
+    let backups = dir.path().join("backups").display().to_string();
+    let mut outputs = vec![
+        run(vec![
+            "plan".into(),
+            "--all".into(),
+            "--reason".into(),
+            "r".into(),
+            "--out-dir".into(),
+            plans.clone(),
+            "--json".into(),
+        ])
+        .await,
+    ];
+    let plan: serde_json::Value = serde_json::from_slice(&outputs[0].stdout).unwrap();
+    let path = plan["plan_path"].as_str().unwrap().to_string();
+    outputs.push(run(vec!["apply".into(), path.clone(), "--yes".into(), "--backup-dir".into(), backups]).await);
+    assert_eq!(outputs[1].status.code(), Some(0), "{}", stderr_of(&outputs[1]));
+    world.wait_for_count(PROCESSED, 21, Duration::from_secs(30)).await;
+    outputs.push(run(vec!["status".into()]).await);
+    worker.start_kill().unwrap();
+    let worker_out = worker.wait_with_output().await.unwrap();
+
+    let mut seen = String::from_utf8_lossy(&cmdline).into_owned();
+    for out in outputs.iter().chain([&worker_out]) {
+        seen += &stdout_of(out);
+        seen += &stderr_of(out);
+    }
+    seen += &std::fs::read_to_string(&path).unwrap();
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT details::text FROM replay_control.audit_log").fetch_all(&world.pool).await.unwrap();
+    seen += &audit.join("\n");
+    for entry in walk(dir.path()) {
+        seen += &entry;
+    }
+    assert!(seen.len() > 1000, "the sweep read something");
+    assert!(!seen.contains(canary), "the canary password leaked");
+    world.cleanup().await;
+}
+
+/// Every file name under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        names.push(entry.path().display().to_string());
+        if entry.path().is_dir() {
+            names.extend(walk(&entry.path()));
+        }
+    }
+    names
+}
