@@ -421,6 +421,9 @@ pub struct WorkerArgs {
     /// How often to look for due ledger rows when no notification arrives.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// Longest a batch may take against the database (a hung backend) before it is abandoned and retried.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub batch_timeout: Duration,
     /// Largest message body accepted as an event, in bytes; larger ones are dead-lettered.
     #[arg(long, default_value_t = crate::envelope::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,

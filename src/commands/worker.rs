@@ -20,6 +20,7 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<Exit
     config.lease = args.lease;
     config.poll_interval = args.poll_interval;
     config.max_message_bytes = args.max_message_bytes;
+    config.batch_timeout = args.batch_timeout;
 
     let pool = database::connect(&endpoints.database_url, 8).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;

@@ -34,7 +34,13 @@ pub(super) async fn run(
         if listener.is_none() {
             listener = listen(&pool, &database_url).await;
         }
-        match ledger::claim_due(&pool, &config.id, config.batch_size as i64, config.lease).await {
+        let claim = ledger::claim_due(&pool, &config.id, config.batch_size as i64, config.lease);
+        // A database that stopped answering fails the claim instead of holding the claimer.
+        let claimed = match tokio::time::timeout(config.batch_timeout, claim).await {
+            Ok(claimed) => claimed.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the claim did not finish within {:?}", config.batch_timeout)),
+        };
+        match claimed {
             Ok(claimed) if !claimed.is_empty() => {
                 let count = claimed.len();
                 match pipeline.process_claimed(claimed).await {

@@ -92,6 +92,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// Largest message body accepted as an event.
     pub max_message_bytes: usize,
+    /// Longest a batch may take against the database before it is abandoned and retried.
+    pub batch_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -109,6 +111,7 @@ impl WorkerConfig {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
+            batch_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -136,7 +139,8 @@ pub async fn run(
     liveness: Liveness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pipeline = Arc::new(Pipeline::new(pool.clone(), registry, config.id.clone(), config.retry));
+    let pipeline =
+        Arc::new(Pipeline::new(pool.clone(), registry, config.id.clone(), config.retry, config.batch_timeout));
     tracing::info!(
         worker = %config.id,
         database = %endpoints.database_url,

@@ -70,6 +70,8 @@ pub enum BatchError {
     /// is redone with one.
     #[error("a handler statement failed: {0}")]
     Unisolated(sqlx::Error),
+    #[error("the database did not finish the batch within {0:?}; it is retried on a fresh connection")]
+    TimedOut(std::time::Duration),
 }
 
 /// How a batch guards its events from each other.
@@ -97,23 +99,37 @@ pub struct Pipeline {
     registry: Registry,
     worker: String,
     retry: RetryPolicy,
+    /// Longest a batch may take, commit included: a database that stops
+    /// answering (a hung backend) fails the batch instead of holding it forever.
+    timeout: std::time::Duration,
 }
 
 impl Pipeline {
-    pub fn new(pool: PgPool, registry: Registry, worker: String, retry: RetryPolicy) -> Self {
-        Self { pool, registry, worker, retry }
+    pub fn new(
+        pool: PgPool,
+        registry: Registry,
+        worker: String,
+        retry: RetryPolicy,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self { pool, registry, worker, retry, timeout }
     }
 
     /// Records and applies events that arrived as messages, and stores the
     /// messages that were not events. Commits before returning `Ok`.
     pub async fn process_messages(&self, events: &[Event], dead: &[DeadLetter]) -> Result<Tally, BatchError> {
-        match self.messages_with(events, dead, Isolation::Optimistic).await {
-            Err(BatchError::Unisolated(e)) => {
-                tracing::debug!(error = %e, "redoing the batch with savepoints");
-                self.messages_with(events, dead, Isolation::Savepoints).await
+        let attempt = async {
+            match self.messages_with(events, dead, Isolation::Optimistic).await {
+                Err(BatchError::Unisolated(e)) => {
+                    tracing::debug!(error = %e, "redoing the batch with savepoints");
+                    self.messages_with(events, dead, Isolation::Savepoints).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        };
+        // Dropping the attempt drops its connection mid-statement: sqlx closes
+        // it rather than return it to the pool, and the transaction rolls back.
+        tokio::time::timeout(self.timeout, attempt).await.map_err(|_| BatchError::TimedOut(self.timeout))?
     }
 
     async fn messages_with(
@@ -172,13 +188,16 @@ impl Pipeline {
     /// Applies rows this worker claimed from the ledger. Rows whose lease
     /// another worker took over meanwhile are left alone.
     pub async fn process_claimed(&self, claimed: Vec<Claimed>) -> Result<Tally, BatchError> {
-        match self.claimed_with(&claimed, Isolation::Optimistic).await {
-            Err(BatchError::Unisolated(e)) => {
-                tracing::debug!(error = %e, "redoing the claimed rows with savepoints");
-                self.claimed_with(&claimed, Isolation::Savepoints).await
+        let attempt = async {
+            match self.claimed_with(&claimed, Isolation::Optimistic).await {
+                Err(BatchError::Unisolated(e)) => {
+                    tracing::debug!(error = %e, "redoing the claimed rows with savepoints");
+                    self.claimed_with(&claimed, Isolation::Savepoints).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        };
+        tokio::time::timeout(self.timeout, attempt).await.map_err(|_| BatchError::TimedOut(self.timeout))?
     }
 
     async fn claimed_with(&self, claimed: &[Claimed], isolation: Isolation) -> Result<Tally, BatchError> {
