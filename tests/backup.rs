@@ -25,12 +25,12 @@ async fn a_backup_is_checked_and_leaves_the_control_plane_out(pool: PgPool) {
 
     // An unreachable database: named, redacted, exit 1, no file left behind.
     let empty = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["backup", "--dir", empty.path().to_str().unwrap()])
-        .env("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere")
-        .output()
-        .await
-        .unwrap();
+    let out = world
+        .replay_with(
+            &["backup", "--dir", empty.path().to_str().unwrap()],
+            &[("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere")],
+        )
+        .await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert!(err.contains("pg_dump failed") && !err.contains("canary-secret"), "{err}");

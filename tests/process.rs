@@ -181,13 +181,10 @@ async fn a_malformed_line_publishes_nothing_and_names_the_line(pool: PgPool) {
 #[sqlx::test]
 async fn an_unreachable_broker_is_named_without_its_password(pool: PgPool) {
     let world = World::new(pool).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["publish", "--type", "period.opened", "--payload", "{}"])
-        .envs(world.env())
-        .env("AMQP_URL", "amqp://guest:canary-secret@127.0.0.1:1/%2f")
-        .output()
-        .await
-        .unwrap();
+    const BROKER: (&str, &str) = ("AMQP_URL", "amqp://guest:canary-secret@127.0.0.1:1/%2f");
+    const DATABASE: (&str, &str) = ("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere");
+    let publish = ["publish", "--type", "period.opened", "--payload", "{}"];
+    let out = world.replay_with(&publish, &[BROKER]).await;
     // The broker is unreachable: the event is kept in the outbox, said so, exit 0.
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let err = stderr_of(&out);
@@ -200,26 +197,13 @@ async fn an_unreachable_broker_is_named_without_its_password(pool: PgPool) {
     assert!(!reason.contains("canary-secret"), "{reason}");
 
     // Neither the broker nor the database: nothing can be kept, exit 1, both named.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["publish", "--type", "period.opened", "--payload", "{}"])
-        .envs(world.env())
-        .env("AMQP_URL", "amqp://guest:canary-secret@127.0.0.1:1/%2f")
-        .env("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere")
-        .output()
-        .await
-        .unwrap();
+    let out = world.replay_with(&publish, &[BROKER, DATABASE]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert!(err.contains("cannot reach RabbitMQ") && err.contains("could not be kept in the outbox"), "{err}");
     assert!(!err.contains("canary-secret"), "{err}");
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["worker", "--http", "off"])
-        .envs(world.env())
-        .env("DATABASE_URL", "postgres://postgres:canary-secret@127.0.0.1:1/nowhere")
-        .output()
-        .await
-        .unwrap();
+    let out = world.replay_with(&["worker", "--http", "off"], &[DATABASE]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert!(err.contains("cannot reach Postgres at postgres://postgres:***@127.0.0.1:1/nowhere"), "{err}");

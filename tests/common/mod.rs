@@ -113,6 +113,17 @@ impl World {
             .expect("run replay")
     }
 
+    /// Runs the `replay` binary with some of this world's settings replaced.
+    pub async fn replay_with(&self, args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+            .args(args)
+            .envs(self.env())
+            .envs(overrides.iter().copied())
+            .output()
+            .await
+            .expect("run replay")
+    }
+
     pub async fn publish(&self, events: &[Event]) {
         let connection = transport::connect(&self.endpoints.amqp_url, "test publisher").await.expect("connect");
         let channel = connection.create_channel().await.expect("channel");
