@@ -250,3 +250,25 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     names
 }
+
+#[sqlx::test]
+async fn a_hung_database_backend_is_not_waited_on_forever(pool: PgPool) {
+    let world = World::new(pool).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["worker", "--id", "hung-db", "--http", "off", "--batch-timeout", "2s", "--poll-interval", "200ms"])
+        .envs(world.env())
+        .env("DATABASE_URL", through(&world.database_url, proxy.port))
+        .env("RUST_LOG", "off")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (period, mut ids) = first_half(&world, 500).await;
+    // Every connection the worker holds now hangs for good; new ones work.
+    proxy.freeze();
+    ids.extend(contributions(&world, period, 500).await);
+    world.wait_for_count(PROCESSED, 1001, Duration::from_secs(90)).await;
+    check_exactly_once(&world, &ids).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker is still alive");
+    world.cleanup().await;
+}

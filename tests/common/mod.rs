@@ -310,6 +310,8 @@ pub struct TcpProxy {
 
 struct ProxyState {
     down: std::sync::atomic::AtomicBool,
+    /// Connections open when `freeze` was called stop forwarding, forever.
+    frozen: std::sync::Mutex<CancellationToken>,
     latency_ms: std::sync::atomic::AtomicU64,
     cut: std::sync::Mutex<CancellationToken>,
 }
@@ -320,6 +322,7 @@ impl TcpProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let state = std::sync::Arc::new(ProxyState {
             down: std::sync::atomic::AtomicBool::new(false),
+            frozen: std::sync::Mutex::new(CancellationToken::new()),
             latency_ms: std::sync::atomic::AtomicU64::new(0),
             cut: std::sync::Mutex::new(CancellationToken::new()),
         });
@@ -331,14 +334,15 @@ impl TcpProxy {
                     continue; // dropped at once: the service looks down
                 }
                 let cut = accepting.cut.lock().expect("proxy lock").clone();
+                let frozen = accepting.frozen.lock().expect("proxy lock").clone();
                 let state = accepting.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        () = pump(client_read, server_write, state.clone()) => {}
-                        () = pump(server_read, client_write, state.clone()) => {}
+                        () = pump(client_read, server_write, state.clone(), frozen.clone()) => {}
+                        () = pump(server_read, client_write, state.clone(), frozen) => {}
                         () = cut.cancelled() => {}
                     }
                 });
@@ -359,6 +363,14 @@ impl TcpProxy {
         self.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// A hung peer, as `kill -STOP` makes one: every connection open now
+    /// stays open and silent for good; new connections work.
+    pub fn freeze(&self) {
+        let mut frozen = self.state.frozen.lock().expect("proxy lock");
+        frozen.cancel();
+        *frozen = CancellationToken::new();
+    }
+
     /// Added delay for every chunk, each way.
     pub fn set_latency(&self, latency: Duration) {
         self.state.latency_ms.store(latency.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
@@ -369,6 +381,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     state: std::sync::Arc<ProxyState>,
+    frozen: CancellationToken,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = vec![0u8; 64 * 1024];
@@ -380,6 +393,9 @@ async fn pump(
         let latency = state.latency_ms.load(std::sync::atomic::Ordering::SeqCst);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if frozen.is_cancelled() {
+            std::future::pending::<()>().await;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
