@@ -11,6 +11,8 @@
 //! - A reset row stays parked for its plan: its republished message takes it
 //!   at once, claimers only after the plan's fallback time, so `--rate`
 //!   paces the replay and a row whose message is lost is still processed.
+//! - Every event of the plan ends confirmed by RabbitMQ or kept in the
+//!   outbox: a broker that fails mid-republish hands the rest to the relay.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use crate::backup::{self, BackupError};
 use crate::config::Endpoints;
 use crate::envelope::Event;
 use crate::ledger::{self, LedgerError};
+use crate::outbox;
 use crate::pause::{self, Pause};
 use crate::plan::{DatabaseIdentity, PlanError, SealedPlan};
 use crate::publisher::Publisher;
@@ -36,6 +39,11 @@ use crate::workflows::{self, WorkflowError};
 const RESET_CHUNK: usize = 10_000;
 /// Most events published between two progress records.
 const MAX_BATCH: usize = 1_000;
+/// Events read and kept per statement when the outbox takes over.
+const HAND_OFF_BATCH: usize = 5_000;
+/// A batch the broker has not confirmed by then is given up on (a hung
+/// broker): the rest of the plan goes to the outbox.
+const CONFIRM_LIMIT: Duration = Duration::from_secs(30);
 /// Stale rows named in a refusal.
 const STALE_EXAMPLES: usize = 10;
 /// How long after its expected republish a reset row waits for its message
@@ -254,6 +262,10 @@ pub struct Outcome {
     pub events: u64,
     /// Published by this invocation (less than `events` when resuming).
     pub published_now: u64,
+    /// Kept in the outbox because RabbitMQ failed; the workers relay them.
+    pub kept_in_outbox: u64,
+    /// Why RabbitMQ did not take them (redacted).
+    pub broker_error: Option<String>,
     pub resumed: bool,
     pub backup_path: String,
     pub audit_id: i64,
@@ -290,7 +302,7 @@ pub async fn execute(
         let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
         transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
         let publisher = Publisher::new(channel, &endpoints.exchange).await?;
-        Ok::<_, ApplyError>((connection, publisher))
+        Ok::<_, TransportError>((connection, publisher))
     };
     let prepared = async {
         match &checked.run {
@@ -300,21 +312,70 @@ pub async fn execute(
     };
     let (broker, prepared) = tokio::join!(broker, prepared);
     let (run, steps) = prepared?;
-    let (connection, publisher) = broker?;
     let step = Instant::now();
+    let already = u64::try_from(run.published).unwrap_or(0);
+    progress(Progress { published: already, total });
+    let plan_label = plan_id.to_string();
+    let (published, broker_failure) = match broker {
+        Ok((connection, publisher)) => {
+            let sent = republish(pool, plan, request, shutdown, &publisher, already, &mut progress).await?;
+            if sent.1.is_none() {
+                let _ = connection.close(200, "apply done".into()).await;
+            }
+            sent
+        }
+        Err(error) => (already, Some(error)),
+    };
+    // RabbitMQ failed mid-way: what it did not confirm goes to the outbox,
+    // which the workers relay once it is back (with the plan's header).
+    let kept_in_outbox = match &broker_failure {
+        Some(error) => {
+            tracing::warn!(error = %error, published, "RabbitMQ failed during the republish; keeping the rest in the outbox");
+            runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
+            hand_off(pool, plan, published, &plan_label, &error.to_string()).await?
+        }
+        None => 0,
+    };
+    runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
+    runs::finish(pool, plan_id).await.map_err(db("recording the end of the run"))?;
+    Ok(Outcome {
+        plan_id,
+        events: total,
+        published_now: published - already,
+        kept_in_outbox,
+        broker_error: broker_failure.map(|e| e.to_string()),
+        resumed,
+        backup_path: run.backup_path,
+        audit_id: run.audit_id,
+        seconds: started.elapsed().as_secs_f64(),
+        steps: StepTimes { publish: step.elapsed().as_secs_f64(), ..steps },
+    })
+}
 
+/// Publishes the plan's events from `already` on, paced and confirmed.
+/// Returns how many are confirmed in all, and the broker's failure if it
+/// stopped confirming (the rest is then the outbox's).
+async fn republish(
+    pool: &PgPool,
+    plan: &SealedPlan,
+    request: &Request,
+    shutdown: &CancellationToken,
+    publisher: &Publisher,
+    already: u64,
+    progress: &mut impl FnMut(Progress),
+) -> Result<(u64, Option<TransportError>), ApplyError> {
+    let plan_id = plan.header.plan_id;
+    let total = plan.events() as u64;
     // Paced: four batches a second, so the rate holds within a quarter second.
     let batch = request.rate.map_or(MAX_BATCH, |r| (r as usize / 4).clamp(1, MAX_BATCH));
-    let already = u64::try_from(run.published).unwrap_or(0);
     let mut published = already;
-    progress(Progress { published, total });
     let paced_from = Instant::now();
     let plan_label = plan_id.to_string();
     let mut batches = EventIds::new(plan, batch)?;
     batches.skip_events(already)?;
     // While the broker confirms one batch, the next is released and read.
     let mut ready = match batches.next_batch()? {
-        Some(ids) => Some(prepare(pool, ids).await?),
+        Some(ids) => Some(prepare(pool, ids, &plan_label).await?),
         None => None,
     };
     // Each round publishes one batch while it reads the next and records
@@ -332,18 +393,29 @@ pub async fn execute(
             return Err(ApplyError::Paused { pause, published, total });
         }
         let following = batches.next_batch()?;
+        let confirmed = async {
+            tokio::time::timeout(CONFIRM_LIMIT, publisher.publish_all(&events, |_| {})).await.unwrap_or_else(|_| {
+                Err(TransportError::Unconfirmed {
+                    unconfirmed: events.len(),
+                    total: events.len(),
+                    reason: format!("no confirm within {} s (a hung broker?)", CONFIRM_LIMIT.as_secs()),
+                })
+            })
+        };
         let (sent, next, recorded) = tokio::join!(
-            publisher.publish_all(&events, Some(&plan_label), |_| {}),
+            confirmed,
             async {
                 match following {
-                    Some(ids) => prepare(pool, ids).await.map(Some),
+                    Some(ids) => prepare(pool, ids, &plan_label).await.map(Some),
                     None => Ok(None),
                 }
             },
             record(published)
         );
-        sent?;
         recorded?;
+        if let Err(failure) = sent {
+            return Ok((published, Some(failure)));
+        }
         published += ids.len() as u64;
         progress(Progress { published, total });
         ready = next?;
@@ -355,25 +427,28 @@ pub async fn execute(
             }
         }
     }
-    record(published).await?;
-    runs::finish(pool, plan_id).await.map_err(db("recording the end of the run"))?;
-    connection.close(200, "apply done".into()).await.map_err(TransportError::broker("close the connection"))?;
-    Ok(Outcome {
-        plan_id,
-        events: total,
-        published_now: published - already,
-        resumed,
-        backup_path: run.backup_path,
-        audit_id: run.audit_id,
-        seconds: started.elapsed().as_secs_f64(),
-        steps: StepTimes { publish: step.elapsed().as_secs_f64(), ..steps },
-    })
+    Ok((published, None))
 }
 
-/// Reads a batch's events to publish.
-async fn prepare(pool: &PgPool, ids: Vec<String>) -> Result<(Vec<String>, Vec<Event>), ApplyError> {
+/// Keeps the plan's events from `from` on in the outbox, with the plan's
+/// label, and returns how many: the workers' relay publishes them.
+async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, label: &str, reason: &str) -> Result<u64, ApplyError> {
+    let mut batches = EventIds::new(plan, HAND_OFF_BATCH)?;
+    batches.skip_events(from)?;
+    let mut kept = 0;
+    while let Some(ids) = batches.next_batch()? {
+        let (_, events) = prepare(pool, ids, label).await?;
+        outbox::keep(pool, &events, reason).await.map_err(db("keeping the unconfirmed events in the outbox"))?;
+        kept += events.len() as u64;
+    }
+    Ok(kept)
+}
+
+/// Reads a batch's events to publish, labelled with their plan.
+async fn prepare(pool: &PgPool, ids: Vec<String>, plan: &str) -> Result<(Vec<String>, Vec<Event>), ApplyError> {
     let events = ledger::events(pool, &ids).await?;
-    Ok((ids, events))
+    let labelled = events.into_iter().map(|e| Event { replay_plan: Some(plan.to_string()), ..e }).collect();
+    Ok((ids, labelled))
 }
 
 /// Takes the backup and resets the rows at the same time, safely: the dump

@@ -180,7 +180,7 @@ async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     transport::declare(&channel, &names.exchange, &names.queue).await?;
     let publisher = Publisher::new(channel, &names.exchange).await?;
-    publisher.publish_all(events, None, |_| {}).await?;
+    publisher.publish_all(events, |_| {}).await?;
     // Close while the publisher's channel is still alive: dropping it first
     // races its own close against the connection's.
     let _ = connection.close(200, "filled".into()).await;

@@ -28,7 +28,7 @@ use crate::audit::{self, AuditEntry};
 use crate::config::Endpoints;
 use crate::control::{self, Paused};
 use crate::envelope::{Event, REPLAY_PLAN_HEADER};
-use crate::{backup, dead_letters, ledger, runs, transport};
+use crate::{backup, dead_letters, ledger, outbox, runs, transport};
 
 /// How far before the backup's snapshot time (known to the second) events
 /// are saved: a row that the backup does hold is skipped when put back, so an
@@ -150,7 +150,7 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
             let (replay, kept): (Vec<_>, Vec<_>) =
                 deliveries.iter().partition(|d| is_replay_message(&d.properties, plan_id));
             let (events, dead) = crate::worker::read_batch(kept.iter().copied(), endpoints, usize::MAX);
-            report.purged_replay_messages = replay.len();
+            report.purged_replay_messages += replay.len();
             report.kept_messages = events.len();
             report.dead_lettered = dead.len();
             report.steps.push(Step {
@@ -178,6 +178,28 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
             (None, Vec::new(), Vec::new())
         }
     };
+
+    // A replay's events the broker never confirmed wait in the outbox (the
+    // paused workers relay nothing): drop them too, broker or not.
+    let step = Instant::now();
+    let label = plan_id.map(|p| p.to_string());
+    match outbox::drop_replay(pool, label.as_deref()).await {
+        Ok(dropped) => {
+            report.purged_replay_messages += dropped as usize;
+            report.steps.push(Step {
+                name: "outbox",
+                ms: ms(step),
+                ok: true,
+                detail: format!("{dropped} replay event(s) removed from the outbox"),
+            });
+        }
+        Err(e) => report.steps.push(Step {
+            name: "outbox",
+            ms: ms(step),
+            ok: false,
+            detail: format!("{e}: the replay's events in the outbox were not removed; run the stop again"),
+        }),
+    }
 
     // 3. Restore, keeping what arrived after the backup.
     let backup = match &request.restore {

@@ -54,11 +54,11 @@ impl Event {
     }
 
     /// The AMQP properties `replay` publishes this event with.
-    pub fn properties(&self, replay_plan: Option<&str>) -> BasicProperties {
+    pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(OCCURRED_AT_HEADER.into(), AMQPValue::LongString(self.occurred_at.to_rfc3339().into()));
-        if let Some(plan) = replay_plan {
-            headers.insert(REPLAY_PLAN_HEADER.into(), AMQPValue::LongString(plan.into()));
+        if let Some(plan) = &self.replay_plan {
+            headers.insert(REPLAY_PLAN_HEADER.into(), AMQPValue::LongString(plan.as_str().into()));
         }
         BasicProperties::default()
             .with_message_id(ShortString::from(self.event_id.as_str()))
@@ -257,10 +257,11 @@ mod tests {
             serde_json::json!({"period_id": "p"}),
         )
         .unwrap();
-        let props = event.properties(Some("plan-9"));
+        let event = Event { replay_plan: Some("plan-9".into()), ..event };
+        let props = event.properties();
         let body = event.payload_json.clone();
         let parsed = received("ignored", &props, body.as_bytes()).parse(1024).unwrap();
-        assert_eq!(parsed, Event { replay_plan: Some("plan-9".into()), ..event });
+        assert_eq!(parsed, event);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The outbox, `replay_control.outbox`: events `replay publish` could not get
-//! confirmed (the broker was down or refused), kept durably until a worker's
-//! relay publishes them. An event relayed twice (a crash between the confirm
+//! The outbox, `replay_control.outbox`: events `replay publish` or
+//! `replay apply` could not get confirmed (the broker was down or refused),
+//! kept durably until a worker's relay publishes them; a replay's events
+//! keep their plan, so they are relayed with its `x-replay-plan` header. An event relayed twice (a crash between the confirm
 //! and the delete) is recognised by the ledger. All SQL on that table lives here.
 
 use chrono::{DateTime, Utc};
@@ -14,16 +15,19 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let plans: Vec<Option<&str>> = events.iter().map(|e| e.replay_plan.as_deref()).collect();
     let done = sqlx::query(
-        "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, reason)
-         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, $5
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS e(event_id, event_type, payload, occurred_at)
+        "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, replay_plan, reason)
+         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                AS e(event_id, event_type, payload, occurred_at, replay_plan)
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&ids)
     .bind(&types)
     .bind(&payloads)
     .bind(&times)
+    .bind(&plans)
     .bind(reason)
     .execute(pool)
     .await?;
@@ -33,8 +37,8 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
 /// Takes up to `limit` kept events, oldest first, locked for the caller's
 /// transaction (another relay skips them): `(id, event)`.
 pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event)>, sqlx::Error> {
-    let rows: Vec<(i64, String, String, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, event_id, event_type, payload, occurred_at FROM replay_control.outbox
+    let rows: Vec<(i64, String, String, serde_json::Value, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, replay_plan FROM replay_control.outbox
           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -42,8 +46,9 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, event_id, event_type, payload, at)| {
-            Event::new(event_id, event_type, at, payload).ok().map(|e| (id, e))
+        .filter_map(|(id, event_id, event_type, payload, at, replay_plan)| {
+            let event = Event::new(event_id, event_type, at, payload).ok()?;
+            Some((id, Event { replay_plan, ..event }))
         })
         .collect())
 }
@@ -52,6 +57,18 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event
 pub async fn forget(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM replay_control.outbox WHERE id = ANY($1)").bind(ids).execute(conn).await?;
     Ok(())
+}
+
+/// Drops a replay's events (`plan`, or every replay's when `None`) for an
+/// emergency stop: they must never reach the workers after the restore.
+pub async fn drop_replay(pool: &PgPool, plan: Option<&str>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM replay_control.outbox WHERE replay_plan IS NOT NULL AND ($1::text IS NULL OR replay_plan = $1)",
+    )
+    .bind(plan)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// How many events wait in the outbox.

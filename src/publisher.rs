@@ -37,7 +37,6 @@ impl Publisher {
     pub async fn publish_all(
         &self,
         events: &[Event],
-        replay_plan: Option<&str>,
         mut on_confirmed: impl FnMut(usize),
     ) -> Result<(), TransportError> {
         let total = events.len();
@@ -52,7 +51,7 @@ impl Publisher {
                         event.event_type.as_str().into(),
                         BasicPublishOptions { mandatory: true, ..Default::default() },
                         event.payload_json.as_bytes(),
-                        event.properties(replay_plan),
+                        event.properties(),
                     )
                     .await;
                 match sent {

@@ -17,6 +17,8 @@ use crate::config::SecretUrl;
 pub enum TransportError {
     #[error("cannot reach RabbitMQ at {url}: {source}. Check that the broker is running and AMQP_URL is right")]
     Connect { url: String, source: lapin::Error },
+    #[error("RabbitMQ at {url} accepted the connection but did not answer within {} s (a hung broker?). Check the broker's health", .after.as_secs())]
+    Unresponsive { url: String, after: std::time::Duration },
     #[error("RabbitMQ refused to {action}: {source}")]
     Broker { action: String, source: lapin::Error },
     #[error("RabbitMQ closed the consumer (channel or connection lost)")]
@@ -36,11 +38,16 @@ impl TransportError {
 
 /// Opens a connection named after its role, so `rabbitmqctl list_connections`
 /// tells workers from publishers.
+/// A hung broker (stopped with `kill -STOP`, say) accepts TCP connections in
+/// the kernel and never answers: give up on the handshake after this long.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, TransportError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url.expose(), properties)
-        .await
-        .map_err(|source| TransportError::Connect { url: url.redacted(), source })
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose(), properties)).await {
+        Ok(connected) => connected.map_err(|source| TransportError::Connect { url: url.redacted(), source }),
+        Err(_) => Err(TransportError::Unresponsive { url: url.redacted(), after: CONNECT_TIMEOUT }),
+    }
 }
 
 /// Declares the exchange, the queue and the binding. Idempotent.

@@ -15,50 +15,6 @@ use uuid::Uuid;
 
 const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
 
-/// A scratch directory holding the plans and the backups of one test.
-struct Desk {
-    dir: tempfile::TempDir,
-}
-
-impl Desk {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn plans(&self) -> String {
-        self.dir.path().join("plans").display().to_string()
-    }
-
-    fn backups(&self) -> PathBuf {
-        self.dir.path().join("backups")
-    }
-
-    fn backup_files(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(self.backups()) {
-            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-            Err(_) => vec![],
-        }
-    }
-
-    /// Runs `replay plan ... --json` and returns its answer.
-    async fn plan(&self, world: &World, args: &[&str]) -> Value {
-        let plans = self.plans();
-        let mut full = vec!["plan", "--out-dir", plans.as_str(), "--operator", "alice", "--json"];
-        full.extend(args);
-        let out = world.replay(&full).await;
-        assert_eq!(out.status.code(), Some(0), "{full:?}: {}", stderr_of(&out));
-        serde_json::from_str(&stdout_of(&out)).unwrap()
-    }
-
-    /// Runs `replay apply PLAN --operator bob` with `args`.
-    async fn apply(&self, world: &World, plan: &str, args: &[&str]) -> std::process::Output {
-        let backups = self.backups().display().to_string();
-        let mut full = vec!["apply", plan, "--operator", "bob", "--backup-dir", backups.as_str()];
-        full.extend(args);
-        world.replay(&full).await
-    }
-}
-
 /// Applies a plan with `--yes` and checks what every apply must leave: exit
 /// 0, one checked backup on disk, one audit entry naming the plan and that backup.
 async fn apply_ok(world: &World, desk: &Desk, plan: &Value, args: &[&str]) -> Value {

@@ -272,3 +272,125 @@ async fn a_hung_database_backend_is_not_waited_on_forever(pool: PgPool) {
     assert!(worker.try_wait().unwrap().is_none(), "the worker is still alive");
     world.cleanup().await;
 }
+
+/// Every row a replay reset was processed again after its reset (none lost)
+/// and the domain is what it was (none applied twice).
+async fn check_replayed_once(world: &World, rows: i64, digest: &str) {
+    world.wait_for_count("SELECT count(*) FROM replay_control.outbox", 0, Duration::from_secs(60)).await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM processed_events p JOIN replay_history h USING (event_id)
+              WHERE p.status = 'processed' AND p.processed_at >= h.reset_at",
+            rows,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, rows, "each row reset once");
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, rows, "no new ledger rows");
+    assert_eq!(world.domain_digest().await, digest, "the domain is unchanged: nothing applied twice");
+}
+
+#[sqlx::test]
+async fn an_apply_whose_broker_fails_mid_republish_hands_the_rest_to_the_outbox(pool: PgPool) {
+    let world = World::new(pool).await;
+    let mut worker = spawn_worker(&world, "replays", None, None);
+    let (_, ids) = first_half(&world, 2000).await;
+    let digest = world.domain_digest().await;
+    let desk = Desk::new();
+    let plan = desk.plan(&world, &["--all", "--reason", "INC-7: replay everything"]).await;
+    assert_eq!(plan["rows"], 2001);
+
+    // The apply reaches RabbitMQ through a proxy that fails once a quarter is confirmed.
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let backups = desk.backups().display().to_string();
+    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--operator", "bob", "--rate", "500"])
+        .args(["--backup-dir", &backups])
+        .envs(world.env())
+        .env("AMQP_URL", through(AMQP_URL, proxy.port))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 500",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    proxy.cut();
+    let out = apply.wait_with_output().await.unwrap();
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(stdout.contains("events kept in the outbox, since RabbitMQ failed"), "{stdout}");
+    assert!(!stdout.contains("guest:guest"), "the broker URL is redacted: {stdout}");
+    let confirmed = world.scalar("SELECT published FROM replay_control.replay_runs").await;
+    assert!((500..2001).contains(&confirmed), "cut mid-way: {confirmed} confirmed");
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.replay_runs WHERE state = 'done'").await, 1);
+
+    // The worker relays the outbox (its own link is fine) and processes everything once.
+    check_replayed_once(&world, 2001, &digest).await;
+    check_exactly_once(&world, &ids).await;
+    assert!(worker.try_wait().unwrap().is_none());
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn an_apply_during_a_broker_outage_keeps_everything_in_the_outbox_until_an_emergency_stop_drops_it(pool: PgPool) {
+    let world = World::new(pool).await;
+    let mut worker = spawn_worker(&world, "before", None, None);
+    let (_, ids) = first_half(&world, 300).await;
+    worker.kill().await.unwrap();
+    let before: String = sqlx::query_scalar("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    let desk = Desk::new();
+    let plan = desk.plan(&world, &["--all", "--reason", "INC-8"]).await;
+    let plan_path = plan["plan_path"].as_str().unwrap();
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    proxy.cut();
+    let out = world
+        .replay_with(
+            &[
+                "apply",
+                plan_path,
+                "--yes",
+                "--json",
+                "--operator",
+                "bob",
+                "--backup-dir",
+                &desk.backups().display().to_string(),
+            ],
+            &[("AMQP_URL", &through(AMQP_URL, proxy.port))],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let outcome: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!((outcome["published_now"].as_u64(), outcome["kept_in_outbox"].as_u64()), (Some(0), Some(301)));
+    assert!(outcome["broker_error"].as_str().unwrap().contains("cannot reach RabbitMQ"), "{outcome}");
+    let labelled = world
+        .scalar(&format!(
+            "SELECT count(*) FROM replay_control.outbox WHERE replay_plan = '{}'",
+            plan["plan_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(labelled, 301, "kept with the plan's label");
+
+    // The emergency stop drops them with the queue's replay messages and restores.
+    let out =
+        world.replay(&["emergency-stop", "--plan", plan_path, "--reason", "INC-8 abort", "--yes", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(report["purged_replay_messages"], 301, "{report}");
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.outbox").await, 0);
+    let after: String = sqlx::query_scalar("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(after, before, "the ledger is back to its pre-replay state");
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await as usize, ids.len());
+    world.cleanup().await;
+}

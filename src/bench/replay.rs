@@ -229,7 +229,8 @@ async fn raw_publish(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Dr
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let plan = uuid::Uuid::new_v4().to_string();
-    let properties: Vec<BasicProperties> = messages.iter().map(|e| e.properties(Some(&plan))).collect();
+    let properties: Vec<BasicProperties> =
+        messages.iter().map(|e| Event { replay_plan: Some(plan.clone()), ..e.clone() }.properties()).collect();
     let started = Instant::now();
     for (window, properties) in messages.chunks(1000).zip(properties.chunks(1000)) {
         let mut confirms = Vec::with_capacity(window.len());
@@ -284,7 +285,7 @@ async fn runbook_loop(names: &Endpoints, messages: &[Event]) -> anyhow::Result<D
                 event.event_type.as_str().into(),
                 BasicPublishOptions::default(),
                 event.payload_json.as_bytes(),
-                event.properties(None),
+                event.properties(),
             )
             .await?
             .await?;

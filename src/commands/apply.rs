@@ -84,6 +84,12 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
             "applied plan {}{resumed}: {} of {} events published and confirmed in {:.1} s",
             outcome.plan_id, outcome.published_now, outcome.events, outcome.seconds
         );
+        if let Some(error) = &outcome.broker_error {
+            println!(
+                "  outbox:     {} events kept in the outbox, since RabbitMQ failed ({error}); the workers relay them when it is back",
+                outcome.kept_in_outbox
+            );
+        }
         println!("  backup:     {}", outcome.backup_path);
         println!("  audit:      entry {}", outcome.audit_id);
         println!("next: `replay status {path} --watch` follows the workers processing them");

@@ -53,7 +53,7 @@ async fn publish(
         connection.create_channel().await.map_err(crate::transport::TransportError::broker("open a channel"))?;
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
     let publisher = Publisher::new(channel, &endpoints.exchange).await?;
-    let sent = publisher.publish_all(events, None, |n| *confirmed = n).await;
+    let sent = publisher.publish_all(events, |n| *confirmed = n).await;
     let _ = connection.close(200, "published".into()).await;
     sent
 }

@@ -164,7 +164,14 @@ pub async fn run(
         paused.clone(),
         shutdown.clone(),
     ));
-    let relay = tokio::spawn(relay::run(pool_for_relay, endpoints.clone(), config.id.clone(), shutdown.clone()));
+    let relay = tokio::spawn(relay::run(
+        pool_for_relay,
+        endpoints.clone(),
+        config.id.clone(),
+        liveness.clone(),
+        paused.clone(),
+        shutdown.clone(),
+    ));
     let intake_result = intake::run(pipeline, &endpoints, &config, &liveness, paused, shutdown.clone()).await;
     // Whatever ended the intake ends the worker.
     shutdown.cancel();
@@ -182,6 +189,7 @@ pub async fn run(
 pub struct Liveness {
     consuming: Arc<AtomicBool>,
     claiming: Arc<AtomicBool>,
+    relaying: Arc<AtomicBool>,
 }
 
 impl Liveness {
@@ -201,6 +209,15 @@ impl Liveness {
 
     fn set_claiming(&self, claiming: bool) {
         self.claiming.store(claiming, Ordering::Relaxed);
+    }
+
+    /// Whether the relay is publishing from the outbox right now.
+    pub fn is_relaying(&self) -> bool {
+        self.relaying.load(Ordering::Relaxed)
+    }
+
+    fn set_relaying(&self, relaying: bool) {
+        self.relaying.store(relaying, Ordering::Relaxed);
     }
 }
 

@@ -41,11 +41,12 @@ pub(super) async fn watch(
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the pause; keeping the last known state"),
         }
-        let state = if *paused.borrow() && !liveness.is_consuming() && !liveness.is_claiming() {
-            WorkerState::Paused
-        } else {
-            WorkerState::Running
-        };
+        let state =
+            if *paused.borrow() && !liveness.is_consuming() && !liveness.is_claiming() && !liveness.is_relaying() {
+                WorkerState::Paused
+            } else {
+                WorkerState::Running
+            };
         let due = last_beat.is_none_or(|(at, last)| last != state || at.elapsed() >= BEAT);
         if due {
             match heartbeats::beat(&pool, &worker, &host, state).await {

@@ -1,15 +1,16 @@
 //! The outbox relay: publishes, with confirms, the events `replay publish`
-//! kept in the outbox while the broker was away, then forgets them in the
-//! same transaction that locked them. Several workers relay side by side
-//! (`SKIP LOCKED`); a crash between the confirm and the commit sends an
-//! event twice, which the ledger recognises.
+//! and `replay apply` kept in the outbox while the broker was away, then
+//! forgets them in the same transaction that locked them. Several workers
+//! relay side by side (`SKIP LOCKED`); a crash between the confirm and the
+//! commit sends an event twice, which the ledger recognises. A paused worker
+//! relays nothing: an emergency stop must find the queue and the outbox still.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::pause;
+use super::{pause, Liveness};
 use crate::config::Endpoints;
 use crate::outbox;
 use crate::publisher::Publisher;
@@ -17,11 +18,32 @@ use crate::transport;
 
 const BATCH: i64 = 500;
 const IDLE: Duration = Duration::from_secs(1);
+/// A relay round that has not finished by then is talking to a hung peer:
+/// it is abandoned (its transaction rolls back, the events stay kept).
+const ROUND_LIMIT: Duration = Duration::from_secs(60);
 
-pub(super) async fn run(pool: PgPool, endpoints: Endpoints, worker: String, shutdown: CancellationToken) {
+pub(super) async fn run(
+    pool: PgPool,
+    endpoints: Endpoints,
+    worker: String,
+    liveness: Liveness,
+    paused: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
     let mut broker: Option<(lapin::Connection, Publisher)> = None;
     while !shutdown.is_cancelled() {
-        match relay_once(&pool, &endpoints, &worker, &mut broker).await {
+        if *paused.borrow() {
+            if !pause(IDLE / 4, &shutdown).await {
+                break;
+            }
+            continue;
+        }
+        liveness.set_relaying(true);
+        let relayed = tokio::time::timeout(ROUND_LIMIT, relay_once(&pool, &endpoints, &worker, &mut broker))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", ROUND_LIMIT.as_secs()).into()));
+        liveness.set_relaying(false);
+        match relayed {
             Ok(0) => {
                 if !pause(IDLE, &shutdown).await {
                     break;
@@ -63,7 +85,7 @@ async fn relay_once(
     }
     let Some((_, publisher)) = broker.as_ref() else { return Ok(0) };
     let (ids, events): (Vec<i64>, Vec<_>) = taken.into_iter().unzip();
-    publisher.publish_all(&events, None, |_| {}).await?;
+    publisher.publish_all(&events, |_| {}).await?;
     outbox::forget(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(ids.len())

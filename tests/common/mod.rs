@@ -3,6 +3,7 @@
 //! process or as spawned binaries, and waits on real outcomes.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -128,7 +129,7 @@ impl World {
         let connection = transport::connect(&self.endpoints.amqp_url, "test publisher").await.expect("connect");
         let channel = connection.create_channel().await.expect("channel");
         let publisher = Publisher::new(channel, &self.endpoints.exchange).await.expect("confirm mode");
-        publisher.publish_all(events, None, |_| {}).await.expect("published");
+        publisher.publish_all(events, |_| {}).await.expect("published");
         let _ = connection.close(200, "published".into()).await;
         drop(publisher);
     }
@@ -297,6 +298,50 @@ pub fn stderr_of(output: &std::process::Output) -> String {
 
 pub fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A scratch directory holding the plans and the backups of one test.
+pub struct Desk {
+    pub dir: tempfile::TempDir,
+}
+
+impl Desk {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn plans(&self) -> String {
+        self.dir.path().join("plans").display().to_string()
+    }
+
+    pub fn backups(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    pub fn backup_files(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.backups()) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Runs `replay plan ... --json` and returns its answer.
+    pub async fn plan(&self, world: &World, args: &[&str]) -> Value {
+        let plans = self.plans();
+        let mut full = vec!["plan", "--out-dir", plans.as_str(), "--operator", "alice", "--json"];
+        full.extend(args);
+        let out = world.replay(&full).await;
+        assert_eq!(out.status.code(), Some(0), "{full:?}: {}", stderr_of(&out));
+        serde_json::from_str(&stdout_of(&out)).unwrap()
+    }
+
+    /// Runs `replay apply PLAN --operator bob` with `args`.
+    pub async fn apply(&self, world: &World, plan: &str, args: &[&str]) -> std::process::Output {
+        let backups = self.backups().display().to_string();
+        let mut full = vec!["apply", plan, "--operator", "bob", "--backup-dir", backups.as_str()];
+        full.extend(args);
+        world.replay(&full).await
+    }
 }
 
 /// A TCP proxy the test controls, in front of a shared service: `cut()`
