@@ -34,10 +34,20 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
     Ok(done.rows_affected())
 }
 
+#[derive(sqlx::FromRow)]
+struct KeptRow {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    payload: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+    replay_plan: Option<String>,
+}
+
 /// Takes up to `limit` kept events, oldest first, locked for the caller's
 /// transaction (another relay skips them): `(id, event)`.
 pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event)>, sqlx::Error> {
-    let rows: Vec<(i64, String, String, serde_json::Value, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<KeptRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, replay_plan FROM replay_control.outbox
           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
@@ -46,9 +56,9 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, event_id, event_type, payload, at, replay_plan)| {
-            let event = Event::new(event_id, event_type, at, payload).ok()?;
-            Some((id, Event { replay_plan, ..event }))
+        .filter_map(|row| {
+            let event = Event::new(row.event_id, row.event_type, row.occurred_at, row.payload).ok()?;
+            Some((row.id, Event { replay_plan: row.replay_plan, ..event }))
         })
         .collect())
 }
