@@ -13,8 +13,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
-
 /// Applies a plan with `--yes` and checks what every apply must leave: exit
 /// 0, one checked backup on disk, one audit entry naming the plan and that backup.
 async fn apply_ok(world: &World, desk: &Desk, plan: &Value, args: &[&str]) -> Value {

@@ -13,8 +13,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const SKIPPED: &str = "SELECT count(*) FROM processed_events WHERE status = 'skipped'";
-const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
-
 fn noted(n: usize, tag: &str) -> Vec<replay::envelope::Event> {
     (0..n).map(|i| event("member.noted", json!({"n": i, "tag": tag}))).collect()
 }

@@ -1,7 +1,11 @@
 //! Faults, through TCP proxies the tests control (the shared Postgres and
-//! RabbitMQ are never stopped): a database outage and a broker outage while a
-//! worker process consumes, and added latency. Each case checks every
-//! published event: none lost, none applied twice, the worker still alive.
+//! RabbitMQ are never stopped): SIGKILL mid-batch three times in a row, a
+//! database outage and a broker outage while a worker process consumes,
+//! added latency, a hung database backend, poison and oversized messages
+//! mid-stream, a broker failing under `publish` and under `apply`. Each case
+//! checks every published event: none lost, none applied twice, the worker
+//! still alive. The load test (four workers, a kill and a broker restart) is
+//! in `faults_load.rs`.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
 mod common;
@@ -46,8 +50,6 @@ async fn check_exactly_once(world: &World, ids: &[Uuid]) {
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await as usize, ids.len());
 }
 
-const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
-
 fn spawn_worker(
     world: &World,
     id: &str,
@@ -73,6 +75,30 @@ fn through(url: &str, port: u16) -> String {
     let mut url = url::Url::parse(url).unwrap();
     url.set_port(Some(port)).unwrap();
     url.to_string()
+}
+
+#[sqlx::test]
+async fn kill_9_mid_batch_then_restart_applies_every_event_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (events, _) = workload(3000);
+    world.publish(&events).await;
+
+    for round in 0..3 {
+        let before = world.scalar(PROCESSED).await;
+        let mut worker =
+            world.spawn_worker_process(&format!("victim-{round}"), &["--batch-size", "100", "--lease", "2s"]);
+        wait_until_more_processed(&world, before).await;
+        tokio::time::sleep(Duration::from_millis(30 * round)).await;
+        signal(&worker, "-KILL");
+        let _ = worker.wait().await;
+        let after = world.scalar(PROCESSED).await;
+        assert!(after < events.len() as i64, "round {round}: killed mid-stream, not after the end ({after} processed)");
+    }
+    let mut survivor = world.spawn_worker_process("survivor", &[]);
+    assert_all_applied_once(&world, events.len(), 3000).await;
+    signal(&survivor, "-TERM");
+    let _ = survivor.wait().await;
+    world.cleanup().await;
 }
 
 #[sqlx::test]
@@ -392,5 +418,43 @@ async fn an_apply_during_a_broker_outage_keeps_everything_in_the_outbox_until_an
         .unwrap();
     assert_eq!(after, before, "the ledger is back to its pre-replay state");
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await as usize, ids.len());
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn poison_and_oversized_messages_mid_stream_are_dead_lettered_and_block_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    let mut worker = world.spawn_worker_process("poisoned", &["--max-message-bytes", "4096"]);
+    let (period, mut ids) = first_half(&world, 1000).await;
+    let nested = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let oversized = serde_json::json!({"contribution_id": Uuid::new_v4(), "note": "x".repeat(5000)}).to_string();
+    world.publish_raw("contribution.submitted", b"{not json").await;
+    world.publish_raw("contribution.submitted", nested.as_bytes()).await;
+    world.publish_raw("contribution.submitted", br#"{"contribution_id":"a\u0000b"}"#).await;
+    world.publish_raw("contribution.submitted", oversized.as_bytes()).await;
+    world.publish_raw("contribution.submitted", br#"{"contribution_id": 5}"#).await;
+    ids.extend(contributions(&world, period, 1000).await);
+
+    world.wait_for_count(PROCESSED, 2001, Duration::from_secs(60)).await;
+    world.wait_for_count("SELECT count(*) FROM dead_letters", 4, Duration::from_secs(20)).await;
+    world
+        .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'error'", 1, Duration::from_secs(20))
+        .await;
+    check_exactly_once(&world, &ids).await;
+    assert_eq!(world.queue_depth().await, 0, "nothing stuck in the queue");
+    assert!(worker.try_wait().unwrap().is_none(), "the worker is alive");
+
+    // The operator's view names each one with its reason.
+    let out = world.replay(&["dlq", "list", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let reasons: Vec<String> =
+        listed["dead_letters"].as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().filter(|r| r.contains("not JSON")).count() == 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("\\u0000")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("over the limit of 4096 bytes")), "{reasons:?}");
+    let failed = listed["failed_events"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "the wrong-shape payload fails in the ledger: {failed:?}");
+    assert!(failed[0]["error_message"].as_str().unwrap().contains("contribution.submitted payload"), "{failed:?}");
     world.cleanup().await;
 }

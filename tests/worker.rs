@@ -12,8 +12,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
-
 #[sqlx::test]
 async fn events_published_before_any_worker_are_all_processed(pool: PgPool) {
     let world = World::new(pool).await;

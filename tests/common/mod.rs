@@ -3,6 +3,8 @@
 //! process or as spawned binaries, and waits on real outcomes.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -32,6 +34,11 @@ pub struct World {
 
 impl World {
     pub async fn new(pool: PgPool) -> Self {
+        Self::on_broker(pool, AMQP_URL).await
+    }
+
+    /// A world whose broker is the one at `amqp_url` (a private node).
+    pub async fn on_broker(pool: PgPool, amqp_url: &str) -> Self {
         // Silent unless asked: TEST_LOG=debug cargo test.
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -43,7 +50,7 @@ impl World {
         let suffix = Uuid::new_v4().simple().to_string();
         let endpoints = Endpoints {
             database_url: SecretUrl::new(url.to_string()),
-            amqp_url: SecretUrl::new(AMQP_URL),
+            amqp_url: SecretUrl::new(amqp_url),
             exchange: format!("test-{suffix}"),
             queue: format!("test-{suffix}.worker"),
         };
@@ -97,7 +104,7 @@ impl World {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("DATABASE_URL", self.database_url.clone()),
-            ("AMQP_URL", AMQP_URL.to_string()),
+            ("AMQP_URL", self.endpoints.amqp_url.expose().to_string()),
             ("REPLAY_EXCHANGE", self.endpoints.exchange.clone()),
             ("REPLAY_QUEUE", self.endpoints.queue.clone()),
         ]
@@ -184,13 +191,22 @@ impl World {
 
     /// Waits until `sql` (a count) reaches `expected`, or panics after `limit`.
     pub async fn wait_for_count(&self, sql: &str, expected: i64, limit: Duration) {
+        self.wait_until(sql, |v| v == expected, &format!("= {expected}"), limit).await;
+    }
+
+    /// Waits until `sql` (a count) reaches at least `expected`.
+    pub async fn wait_for_count_at_least(&self, sql: &str, expected: i64, limit: Duration) {
+        self.wait_until(sql, |v| v >= expected, &format!(">= {expected}"), limit).await;
+    }
+
+    async fn wait_until(&self, sql: &str, done: impl Fn(i64) -> bool, wanted: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             let value = self.scalar(sql).await;
-            if value == expected {
+            if done(value) {
                 return;
             }
-            assert!(Instant::now() < deadline, "waited {limit:?} for `{sql}` = {expected}, still {value}");
+            assert!(Instant::now() < deadline, "waited {limit:?} for `{sql}` {wanted}, still {value}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -298,6 +314,49 @@ pub fn stderr_of(output: &std::process::Output) -> String {
 
 pub fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Ledger rows processed.
+pub const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
+
+/// A period, then `n` contributions, each approved: 2n + 1 events.
+pub fn workload(n: usize) -> (Vec<replay::envelope::Event>, Uuid) {
+    let period = Uuid::new_v4();
+    let mut events = vec![period_opened(period)];
+    let member = Uuid::new_v4();
+    for _ in 0..n {
+        let contribution = Uuid::new_v4();
+        events.push(submitted(contribution, member, period, 3));
+        events.push(approved(contribution));
+    }
+    (events, period)
+}
+
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("worker is running").to_string();
+    let status = std::process::Command::new("kill").args([name, &pid]).status().expect("kill");
+    assert!(status.success());
+}
+
+/// Waits until the worker processed something beyond `before`.
+pub async fn wait_until_more_processed(world: &World, before: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = world.scalar(PROCESSED).await;
+        if done > before {
+            return done;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker processed nothing in 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn assert_all_applied_once(world: &World, events: usize, contributions: i64) {
+    world.wait_for_count(PROCESSED, events as i64, Duration::from_secs(60)).await;
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, events as i64);
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions WHERE status = 'approved'").await, contributions);
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, contributions);
+    assert_eq!(world.queue_depth().await, 0);
 }
 
 /// A scratch directory holding the plans and the backups of one test.
