@@ -19,6 +19,8 @@ pub enum TransportError {
     Connect { url: String, source: lapin::Error },
     #[error("RabbitMQ at {url} accepted the connection but did not answer within {} s (a hung broker?). Check the broker's health", .after.as_secs())]
     Unresponsive { url: String, after: std::time::Duration },
+    #[error("AMQP_URL {url} is not an AMQP URL ({reason}): use amqp://user:password@host:5672/vhost")]
+    BadUrl { url: String, reason: String },
     #[error("RabbitMQ refused to {action}: {source}")]
     Broker { action: String, source: lapin::Error },
     #[error("RabbitMQ closed the consumer (channel or connection lost)")]
@@ -42,9 +44,17 @@ impl TransportError {
 /// the kernel and never answers: give up on the handshake after this long.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// The AMQP heartbeat asked for unless `AMQP_URL` sets `?heartbeat=`: lapin
+/// drops a connection that has been silent for twice this long, so a hung
+/// broker is left after 20 s instead of the broker's default 120 s.
+pub const DEFAULT_HEARTBEAT_SECONDS: u16 = 10;
+
 pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, TransportError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose(), properties)).await {
+    let mut uri: lapin::uri::AMQPUri =
+        url.expose().parse().map_err(|reason| TransportError::BadUrl { url: url.redacted(), reason })?;
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECONDS);
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties)).await {
         Ok(connected) => connected.map_err(|source| TransportError::Connect { url: url.redacted(), source }),
         Err(_) => Err(TransportError::Unresponsive { url: url.redacted(), after: CONNECT_TIMEOUT }),
     }
@@ -110,4 +120,18 @@ pub async fn ack_through(channel: &Channel, tag: u64) -> Result<(), TransportErr
         .basic_ack(tag, lapin::options::BasicAckOptions { multiple: true })
         .await
         .map_err(TransportError::broker("ack taken messages"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_url_that_is_not_amqp_is_named_without_its_password() {
+        for bad in ["http://user:canary-pw@127.0.0.1:5672/", "amqp://user:canary-pw@127.0.0.1:notaport/%2f"] {
+            let error = connect(&SecretUrl::new(bad), "test").await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!error.is_empty(), "{bad} is refused");
+            assert!(!error.contains("canary-pw"), "{error}");
+        }
+    }
 }

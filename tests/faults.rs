@@ -458,3 +458,20 @@ async fn poison_and_oversized_messages_mid_stream_are_dead_lettered_and_block_no
     assert!(failed[0]["error_message"].as_str().unwrap().contains("contribution.submitted payload"), "{failed:?}");
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_hung_broker_is_detected_and_left_for_a_new_connection(pool: PgPool) {
+    let world = World::new(pool).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let mut worker = spawn_worker(&world, "hung-broker", None, Some(through(AMQP_URL, proxy.port)));
+    let (period, mut ids) = first_half(&world, 500).await;
+    // Every open connection to the broker stops answering, as `kill -STOP` would make it.
+    proxy.freeze();
+    let frozen_at = std::time::Instant::now();
+    ids.extend(contributions(&world, period, 500).await);
+    world.wait_for_count(PROCESSED, 1001, Duration::from_secs(90)).await;
+    println!("a hung broker connection was replaced after {:.1} s", frozen_at.elapsed().as_secs_f64());
+    check_exactly_once(&world, &ids).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker is alive");
+    world.cleanup().await;
+}
