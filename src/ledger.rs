@@ -389,11 +389,11 @@ pub async fn reset_for_plan(
                        FROM unnest($1::bigint[], $2::text[]) AS v(id, version)
                        JOIN processed_events o ON o.id = v.id) prior
               WHERE p.id = prior.id AND p.xmin::text = prior.version
-          RETURNING p.event_id, prior.status, prior.error_message, prior.retry_count, prior.processed_at
+          RETURNING p.id, p.event_id, prior.status, prior.error_message, prior.retry_count, prior.processed_at
          ), history AS (
              INSERT INTO replay_history
-                    (event_id, plan_id, operator, prior_status, prior_error, prior_retry_count, prior_processed_at)
-             SELECT event_id, $3, $4, status, error_message, retry_count, processed_at FROM reset
+                    (ledger_id, event_id, plan_id, operator, prior_status, prior_error, prior_retry_count, prior_processed_at)
+             SELECT id, event_id, $3, $4, status, error_message, retry_count, processed_at FROM reset
          )
          SELECT count(*) FROM reset",
     )
@@ -425,9 +425,9 @@ pub async fn insert_triggers(
                         (event_id, event_type, payload, occurred_at, status, replay_plan, next_attempt_at)
                  VALUES ($1, $2, $3::jsonb, $4, 'pending', $5, $7)
                  ON CONFLICT (event_id) DO NOTHING
-                 RETURNING event_id
+                 RETURNING id, event_id
              )
-             INSERT INTO replay_history (event_id, plan_id, operator) SELECT event_id, $5, $6 FROM added",
+             INSERT INTO replay_history (ledger_id, event_id, plan_id, operator) SELECT id, event_id, $5, $6 FROM added",
         )
         .bind(&event.event_id)
         .bind(&event.event_type)
@@ -454,7 +454,7 @@ pub async fn first_seen_since(
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events p
           WHERE received_at >= $1
-            AND NOT EXISTS (SELECT 1 FROM replay_history h WHERE h.event_id = p.event_id AND h.plan_id = $2)
+            AND NOT EXISTS (SELECT 1 FROM replay_history h WHERE h.ledger_id = p.id AND h.plan_id = $2)
           ORDER BY id",
     )
     .bind(since)
@@ -533,7 +533,8 @@ pub struct ReplayHistory {
 pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>, LedgerError> {
     sqlx::query_as(
         "SELECT plan_id, operator, reset_at, prior_status, prior_error, prior_retry_count, prior_processed_at
-           FROM replay_history WHERE event_id = $1 ORDER BY id",
+           FROM replay_history
+          WHERE ledger_id = (SELECT id FROM processed_events WHERE event_id = $1) ORDER BY id",
     )
     .bind(event_id)
     .fetch_all(pool)
@@ -547,7 +548,7 @@ pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(St
     sqlx::query_as(
         "SELECT CASE WHEN p.status = 'pending' AND p.replay_plan = $1 THEN 'waiting' ELSE p.status END,
                 count(*)
-           FROM replay_history h JOIN processed_events p ON p.event_id = h.event_id
+           FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
           WHERE h.plan_id = $1
           GROUP BY 1 ORDER BY 1",
     )
@@ -562,7 +563,7 @@ pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(St
 pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, String, i64)>, LedgerError> {
     sqlx::query_as(
         "SELECT p.status, p.error_message, count(*)
-           FROM replay_history h JOIN processed_events p ON p.event_id = h.event_id
+           FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
           WHERE h.plan_id = $1 AND p.error_message IS NOT NULL AND p.status IN ('error', 'pending')
           GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
     )

@@ -126,6 +126,9 @@ async fn plan_all(exe: &Path, names: &Endpoints, dir: &Path) -> anyhow::Result<S
 pub struct ApplyReport {
     /// (raw publish, apply, runbook loop) per round.
     pub rounds: Vec<(Drain, Drain, Drain)>,
+    /// Apply's own timing of each step per round: backup, reset, publish
+    /// (backup and reset overlap; their longer one comes before publishing).
+    pub apply_steps: Vec<[f64; 3]>,
     pub backup_bytes: u64,
 }
 
@@ -143,6 +146,14 @@ impl std::fmt::Display for ApplyReport {
             writeln!(f, "round {}:", round + 1)?;
             line(f, "  raw publish (lapin, confirms in windows of 1000):", raw)?;
             line(f, "  replay apply (pg_dump + audit + reset + confirmed republish):", apply)?;
+            if let Some([backup, reset, publish]) = self.apply_steps.get(round) {
+                writeln!(
+                    f,
+                    "    steps: backup {backup:.2} s, reset {reset:.2} s (side by side), republish {publish:.2} s, \
+                     the rest (process, checks) {:.2} s",
+                    apply.seconds - backup.max(*reset) - publish
+                )?;
+            }
             line(f, "  runbook loop (psql UPDATE + new connection publish per event):", runbook)?;
         }
         let ratio = median(self.rounds.iter().map(|(raw, apply, _)| apply.rate() / raw.rate()).collect());
@@ -177,6 +188,7 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     transport::declare(&channel, &names.exchange, &names.queue).await?;
     let mut rounds = Vec::with_capacity(ROUNDS);
     let mut backup_bytes = 0;
+    let mut apply_steps = Vec::with_capacity(ROUNDS);
     for round in 1..=ROUNDS {
         eprintln!("round {round}/{ROUNDS}: raw publish of {events} events…");
         let raw = raw_publish(names, &messages).await?;
@@ -187,8 +199,16 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
         let backups = work.path().join(format!("backups-{round}"));
         let backups_arg = backups.display().to_string();
         let started = Instant::now();
-        replay(exe, names, &["apply", &plan, "--yes", "--operator", "bench", "--backup-dir", &backups_arg]).await?;
+        let out = replay(
+            exe,
+            names,
+            &["apply", &plan, "--yes", "--json", "--operator", "bench", "--backup-dir", &backups_arg],
+        )
+        .await?;
         let apply = Drain { events, seconds: started.elapsed().as_secs_f64() };
+        let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).context("apply printed no outcome")?;
+        let step = |name: &str| outcome["steps"][name].as_f64().unwrap_or(0.0);
+        let steps = [step("backup"), step("reset"), step("publish")];
         let depth = transport::queue_depth(&channel, &names.queue).await? as usize;
         anyhow::ensure!(
             depth == events,
@@ -209,10 +229,11 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
         let runbook = runbook_loop(names, &messages[..RUNBOOK_SAMPLE.min(messages.len())]).await?;
         channel.queue_purge(names.queue.as_str().into(), QueuePurgeOptions::default()).await?;
         rounds.push((raw, apply, runbook));
+        apply_steps.push(steps);
     }
     let _ = channel.close(200, "bench done".into()).await;
     let _ = connection.close(200, "bench done".into()).await;
-    Ok(ApplyReport { rounds, backup_bytes })
+    Ok(ApplyReport { rounds, apply_steps, backup_bytes })
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
