@@ -549,7 +549,8 @@ async fn reset<'p>(
     let fallback = fallback_time(plan.events(), request.rate);
     for chunk in plan.rows(RESET_CHUNK)? {
         let rows: Vec<(i64, String)> = chunk?.into_iter().map(|r| (r.id, r.version)).collect();
-        let reset = ledger::reset_for_plan(&mut tx, &rows, header.plan_id, &request.operator, fallback).await?;
+        let reset =
+            ledger::reset_for_plan(&mut tx, &rows, header.plan_id, &request.operator, fallback, header.force).await?;
         if reset < rows.len() as u64 {
             // A row changed between the check and now: roll back, and name it.
             drop(tx);

@@ -38,6 +38,9 @@ pub struct Event {
     /// The replay plan a republished message belongs to (its `x-replay-plan`
     /// header): such a message may take its parked ledger row.
     pub replay_plan: Option<String>,
+    /// Set on an event taken from a ledger row that a `--force` plan reset:
+    /// its handler skips its idempotency guards (an external effect runs again).
+    pub forced_by: Option<uuid::Uuid>,
 }
 
 impl Event {
@@ -50,7 +53,7 @@ impl Event {
     ) -> Result<Self, Rejection> {
         check_storable(&payload)?;
         let payload_json = payload.to_string();
-        Ok(Self { event_id, event_type, occurred_at, payload, payload_json, replay_plan: None })
+        Ok(Self { event_id, event_type, occurred_at, payload, payload_json, replay_plan: None, forced_by: None })
     }
 
     /// The AMQP properties `replay` publishes this event with.
@@ -140,7 +143,15 @@ impl Received<'_> {
         };
         let occurred_at = self.occurred_at().unwrap_or_else(Utc::now);
         let replay_plan = self.header_text(REPLAY_PLAN_HEADER);
-        Ok(Event { event_id, event_type, occurred_at, payload, payload_json: text.to_string(), replay_plan })
+        Ok(Event {
+            event_id,
+            event_type,
+            occurred_at,
+            payload,
+            payload_json: text.to_string(),
+            replay_plan,
+            forced_by: None,
+        })
     }
 
     fn header_text(&self, name: &str) -> Option<String> {

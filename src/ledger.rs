@@ -120,7 +120,7 @@ pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) 
            FROM unnest($1::text[], $2::text[]) AS m(event_id, plan)
           WHERE p.event_id = m.event_id AND p.status = 'pending'
             AND (p.next_attempt_at <= now() OR p.replay_plan::text = m.plan)
-          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count",
+          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count, p.replay_forced_by",
     )
     .bind(&event_ids)
     .bind(&plans)
@@ -154,7 +154,7 @@ pub async fn claim_due(pool: &PgPool, worker: &str, limit: i64, lease: Duration)
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED) due
           WHERE p.id = due.id
-          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count",
+          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count, p.replay_forced_by",
     )
     .bind(worker)
     .bind(limit)
@@ -214,6 +214,7 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
                 processed_at = CASE WHEN s.status = 'pending' THEN NULL ELSE now() END,
                 locked_by = NULL,
                 replay_plan = NULL,
+                replay_forced_by = CASE WHEN s.status = 'pending' THEN p.replay_forced_by END,
                 resolved_at = NULL,
                 resolved_note = NULL,
                 updated_at = now()
@@ -377,6 +378,7 @@ pub async fn reset_for_plan(
     plan_id: uuid::Uuid,
     operator: &str,
     fallback: DateTime<Utc>,
+    forced: bool,
 ) -> Result<u64, LedgerError> {
     let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|(id, v)| (*id, v.as_str())).unzip();
     let reset: i64 = sqlx::query_scalar(
@@ -384,7 +386,7 @@ pub async fn reset_for_plan(
              UPDATE processed_events p
                 SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
                     locked_by = NULL, replay_plan = $3, next_attempt_at = $5, resolved_at = NULL,
-                    resolved_note = NULL, updated_at = now()
+                    resolved_note = NULL, updated_at = now(), replay_forced_by = CASE WHEN $6 THEN $3 END
                FROM (SELECT o.id, o.status, o.error_message, o.retry_count, o.processed_at, v.version
                        FROM unnest($1::bigint[], $2::text[]) AS v(id, version)
                        JOIN processed_events o ON o.id = v.id) prior
@@ -402,6 +404,7 @@ pub async fn reset_for_plan(
     .bind(plan_id)
     .bind(operator)
     .bind(fallback)
+    .bind(forced)
     .fetch_one(conn)
     .await
     .map_err(query_error("reset rows for a replay"))?;
@@ -707,6 +710,8 @@ struct ClaimedRow {
     payload: Value,
     occurred_at: DateTime<Utc>,
     retry_count: i32,
+    #[sqlx(default)]
+    replay_forced_by: Option<uuid::Uuid>,
 }
 
 impl ClaimedRow {
@@ -716,6 +721,7 @@ impl ClaimedRow {
         let event = Event::new(self.event_id, self.event_type, self.occurred_at, self.payload)
             .map_err(|e: Rejection| tracing::error!(row = self.id, error = %e, "stored payload cannot be rebuilt"))
             .ok()?;
+        let event = Event { forced_by: self.replay_forced_by, ..event };
         Some(Claimed { id: self.id, event, retry_count: self.retry_count })
     }
 }

@@ -183,6 +183,49 @@ async fn replaying_every_processed_event_through_apply_leaves_the_domain_as_it_w
 }
 
 #[sqlx::test]
+async fn a_forced_replay_skips_the_idempotency_guard_and_calls_the_provider_again(pool: PgPool) {
+    let world = World::new(pool).await;
+    let desk = Desk::new();
+    world.cooperative().await;
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
+    world.publish(&world.paying_the_allocation().await).await;
+    world.wait_for_count(PROCESSED, 9, Duration::from_secs(20)).await;
+    assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1);
+
+    // The provider lost the call: the operator forces the initiation again.
+    let plan =
+        desk.plan(&world, &["--type", "payment.initiated", "--force", "--reason", "INC-12: provider lost it"]).await;
+    let warnings = plan["warnings"].to_string();
+    assert!(warnings.contains("--force") && warnings.contains("payment.initiated"), "{warnings}");
+    apply_ok(&world, &desk, &plan, &["--allow-external-effects"]).await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM provider_calls WHERE forced_by_plan IS NOT NULL",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    world.wait_for_count(PROCESSED, 9, Duration::from_secs(20)).await;
+    assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 2, "called once more, not twice more");
+    assert_eq!(world.scalar("SELECT count(*) FROM payments").await, 1, "still one payment");
+    assert_eq!(
+        world.scalar("SELECT count(*) FROM processed_events WHERE replay_forced_by IS NOT NULL").await,
+        0,
+        "the force ends with the row's settlement"
+    );
+
+    // An ordinary replay of the same event leaves the provider alone again.
+    let plan = desk.plan(&world, &["--type", "payment.initiated", "--reason", "check"]).await;
+    apply_ok(&world, &desk, &plan, &["--allow-external-effects"]).await;
+    world.wait_for_count("SELECT count(*) FROM replay_history", 2, Duration::from_secs(20)).await;
+    world.wait_for_count(PROCESSED, 9, Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 2);
+    world.cleanup().await;
+}
+
+#[sqlx::test]
 async fn the_period_close_workflow_recomputes_allocations_and_refuses_paid_ones(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();

@@ -47,6 +47,23 @@ impl OneByOne for Initiated {
         if !p.amount.as_f64().is_some_and(|a| a > 0.0) {
             return Ok(Err(HandlerError::Invalid(format!("amount {} is not a positive number", p.amount))));
         }
+        if let Some(plan) = event.forced_by {
+            // A forced replay skips the guard below on purpose: the provider
+            // is called again for a payment that exists (once per forced plan).
+            let called: Option<Uuid> = sqlx::query_scalar(
+                "INSERT INTO provider_calls (payment_id, amount, forced_by_plan)
+                 SELECT id, amount, $2 FROM payments WHERE id = $1
+                 ON CONFLICT (payment_id, forced_by_plan) WHERE forced_by_plan IS NOT NULL DO NOTHING
+                 RETURNING payment_id",
+            )
+            .bind(p.payment_id)
+            .bind(plan)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if called.is_some() {
+                return Ok(Ok(()));
+            }
+        }
         // The provider is called once per payment id: the payment id is the
         // idempotency key, so a replay records no second call.
         let created: Option<Uuid> = sqlx::query_scalar(
@@ -59,7 +76,7 @@ impl OneByOne for Initiated {
              )
              INSERT INTO provider_calls (payment_id, amount)
              SELECT id, amount FROM created
-             ON CONFLICT (payment_id) DO NOTHING
+             ON CONFLICT (payment_id) WHERE forced_by_plan IS NULL DO NOTHING
              RETURNING payment_id",
         )
         .bind(p.payment_id)
