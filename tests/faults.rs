@@ -56,9 +56,21 @@ fn spawn_worker(
     database_url: Option<String>,
     amqp_url: Option<String>,
 ) -> tokio::process::Child {
+    spawn_worker_serving(world, id, database_url, amqp_url).0
+}
+
+/// A worker process with its HTTP endpoint on a free port: (process, port).
+fn spawn_worker_serving(
+    world: &World,
+    id: &str,
+    database_url: Option<String>,
+    amqp_url: Option<String>,
+) -> (tokio::process::Child, u16) {
+    let port = free_port();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"));
     command
-        .args(["worker", "--id", id, "--http", "off", "--poll-interval", "200ms", "--retry-backoff", "100ms"])
+        .args(["worker", "--id", id, "--poll-interval", "200ms", "--retry-backoff", "100ms"])
+        .args(["--http", &format!("127.0.0.1:{port}")])
         .envs(world.env())
         .env("RUST_LOG", "off")
         .kill_on_drop(true);
@@ -68,7 +80,7 @@ fn spawn_worker(
     if let Some(url) = amqp_url {
         command.env("AMQP_URL", url);
     }
-    command.spawn().unwrap()
+    (command.spawn().unwrap(), port)
 }
 
 fn through(url: &str, port: u16) -> String {
@@ -124,13 +136,16 @@ async fn a_database_outage_while_consuming_loses_and_duplicates_nothing(pool: Pg
 async fn a_broker_outage_while_consuming_loses_and_duplicates_nothing(pool: PgPool) {
     let world = World::new(pool).await;
     let proxy = TcpProxy::start("127.0.0.1:5672").await;
-    let mut worker = spawn_worker(&world, "broker-outage", None, Some(through(AMQP_URL, proxy.port)));
+    let (mut worker, port) = spawn_worker_serving(&world, "broker-outage", None, Some(through(AMQP_URL, proxy.port)));
     let (period, mut ids) = first_half(&world, 1500).await;
     proxy.cut();
     ids.extend(contributions(&world, period, 1500).await);
+    let reason = wait_for_status(port, "/health/ready", 503).await;
+    assert!(reason.contains("not consuming"), "readiness names the outage: {reason}");
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(worker.try_wait().unwrap().is_none(), "the worker survives the outage");
     proxy.restore();
+    assert_eq!(wait_for_status(port, "/health/ready", 200).await, "ready\n", "ready again once it is back");
     world.wait_for_count(PROCESSED, 3001, Duration::from_secs(60)).await;
     check_exactly_once(&world, &ids).await;
     assert!(worker.try_wait().unwrap().is_none(), "the worker is still alive");
