@@ -40,13 +40,6 @@ async fn apply_ok(world: &World, desk: &Desk, plan: &Value, args: &[&str]) -> Va
     outcome
 }
 
-async fn ledger_state(world: &World) -> String {
-    sqlx::query_scalar("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t")
-        .fetch_one(&world.pool)
-        .await
-        .unwrap()
-}
-
 async fn audit_entries(world: &World) -> i64 {
     world.scalar("SELECT count(*) FROM replay_control.audit_log").await
 }
@@ -326,7 +319,7 @@ async fn every_refusal_exits_3_and_changes_nothing(pool: PgPool) {
     let plan = desk.plan(&world, &["--type", "contribution.submitted", "--reason", "refusals"]).await;
     let path = plan["plan_path"].as_str().unwrap().to_string();
     let external = desk.plan(&world, &["--type", "payment.initiated", "--reason", "external"]).await;
-    let before = ledger_state(&world).await;
+    let before = world.ledger_digest().await;
     let refused = |out: std::process::Output, expected: &str| {
         assert_eq!(out.status.code(), Some(3), "{expected}: {}", stderr_of(&out));
         assert!(stderr_of(&out).contains(expected), "{expected}: {}", stderr_of(&out));
@@ -375,7 +368,7 @@ async fn every_refusal_exits_3_and_changes_nothing(pool: PgPool) {
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(stdout_of(&out).contains("dry run: every check passed"), "{}", stdout_of(&out));
 
-    assert_eq!(ledger_state(&world).await, before, "no refusal changed the ledger");
+    assert_eq!(world.ledger_digest().await, before, "no refusal changed the ledger");
     assert_eq!(audit_entries(&world).await, 0);
     assert!(desk.backup_files().is_empty(), "no refusal took a backup");
 
@@ -386,10 +379,10 @@ async fn every_refusal_exits_3_and_changes_nothing(pool: PgPool) {
     .fetch_one(&world.pool)
     .await
     .unwrap();
-    let before = ledger_state(&world).await;
+    let before = world.ledger_digest().await;
     let out = desk.apply(&world, &path, &["--yes"]).await;
     refused(out, &format!("1 of its 2 rows changed since it was made (e.g. {changed}"));
-    assert_eq!(ledger_state(&world).await, before);
+    assert_eq!(world.ledger_digest().await, before);
     assert_eq!(audit_entries(&world).await, 0);
     world.cleanup().await;
 }
@@ -444,19 +437,6 @@ async fn wait_published(world: &World, n: i64) {
         .await;
 }
 
-fn spawn_apply(world: &World, desk: &Desk, plan: &str, rate: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["apply", plan, "--yes", "--operator", "bob", "--rate", rate])
-        .arg("--backup-dir")
-        .arg(desk.backups())
-        .envs(world.env())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 async fn seed_processed(world: &World, n: usize) {
     let events: Vec<_> = (0..n).map(|i| event("member.noted", json!({"n": i}))).collect();
     world.publish(&events).await;
@@ -482,7 +462,7 @@ async fn an_interrupted_apply_resumes_without_a_second_backup_or_audit_entry(poo
     let path = plan["plan_path"].as_str().unwrap();
 
     // Ctrl-C part way: the batch in flight is confirmed, then it stops.
-    let apply = spawn_apply(&world, &desk, path, "20");
+    let apply = desk.spawn_apply(&world, path, "20", &[]);
     wait_published(&world, 5).await;
     nix_kill(&apply, "INT");
     let out = apply.wait_with_output().await.unwrap();
@@ -493,7 +473,7 @@ async fn an_interrupted_apply_resumes_without_a_second_backup_or_audit_entry(poo
     assert_eq!(world.queue_depth().await as i64, published, "every confirmed event is in the queue, no more");
 
     // A crash part way (kill -9) after resuming once more.
-    let apply = spawn_apply(&world, &desk, path, "20");
+    let apply = desk.spawn_apply(&world, path, "20", &[]);
     wait_published(&world, published + 5).await;
     nix_kill(&apply, "KILL");
     let _ = apply.wait_with_output().await.unwrap();
@@ -526,7 +506,7 @@ async fn a_pause_stops_a_running_apply_with_exit_4(pool: PgPool) {
     let desk = Desk::new();
     seed_processed(&world, 30).await;
     let plan = desk.plan(&world, &["--all", "--reason", "pause"]).await;
-    let apply = spawn_apply(&world, &desk, plan["plan_path"].as_str().unwrap(), "10");
+    let apply = desk.spawn_apply(&world, plan["plan_path"].as_str().unwrap(), "10", &[]);
     wait_published(&world, 2).await;
     sqlx::query("INSERT INTO replay_control.pause (operator, reason) VALUES ('carol', 'INC-13')")
         .execute(&world.pool)
@@ -559,14 +539,14 @@ async fn a_failed_backup_resets_nothing_and_delivers_nothing(pool: PgPool) {
     let desk = Desk::new();
     seed_processed(&world, 300).await;
     let plan = desk.plan(&world, &["--all", "--reason", "backup fails"]).await;
-    let before = ledger_state(&world).await;
+    let before = world.ledger_digest().await;
     // A backup directory that cannot be created: pg_dump never gets to write.
     let out = world
         .replay(&["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--backup-dir", "/proc/replay-backups"])
         .await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("/proc/replay-backups"), "{}", stderr_of(&out));
-    assert_eq!(ledger_state(&world).await, before, "the reset was rolled back");
+    assert_eq!(world.ledger_digest().await, before, "the reset was rolled back");
     assert_eq!(audit_entries(&world).await, 0);
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.replay_runs").await, 0);
     // The events staged alongside the reset were never delivered.

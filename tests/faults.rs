@@ -343,17 +343,8 @@ async fn an_apply_whose_broker_fails_mid_republish_hands_the_rest_to_the_outbox(
 
     // The apply reaches RabbitMQ through a proxy that fails once a quarter is confirmed.
     let proxy = TcpProxy::start("127.0.0.1:5672").await;
-    let backups = desk.backups().display().to_string();
-    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--operator", "bob", "--rate", "500"])
-        .args(["--backup-dir", &backups])
-        .envs(world.env())
-        .env("AMQP_URL", through(AMQP_URL, proxy.port))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let broker_url = through(AMQP_URL, proxy.port);
+    let apply = desk.spawn_apply(&world, plan["plan_path"].as_str().unwrap(), "500", &[("AMQP_URL", &broker_url)]);
     world
         .wait_for_count(
             "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 500",
@@ -384,10 +375,7 @@ async fn an_apply_during_a_broker_outage_keeps_everything_in_the_outbox_until_an
     let mut worker = spawn_worker(&world, "before", None, None);
     let (_, ids) = first_half(&world, 300).await;
     worker.kill().await.unwrap();
-    let before: String = sqlx::query_scalar("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t")
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
+    let before = world.ledger_digest().await;
     let desk = Desk::new();
     let plan = desk.plan(&world, &["--all", "--reason", "INC-8"]).await;
     let plan_path = plan["plan_path"].as_str().unwrap();
@@ -427,11 +415,7 @@ async fn an_apply_during_a_broker_outage_keeps_everything_in_the_outbox_until_an
     let report: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     assert_eq!(report["purged_replay_messages"], 301, "{report}");
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.outbox").await, 0);
-    let after: String = sqlx::query_scalar("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t")
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
-    assert_eq!(after, before, "the ledger is back to its pre-replay state");
+    assert_eq!(world.ledger_digest().await, before, "the ledger is back to its pre-replay state");
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await as usize, ids.len());
     world.cleanup().await;
 }

@@ -211,6 +211,14 @@ impl World {
         }
     }
 
+    /// A digest of every ledger row, to compare states.
+    pub async fn ledger_digest(&self) -> String {
+        sqlx::query_scalar("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t")
+            .fetch_one(&self.pool)
+            .await
+            .expect("ledger digest")
+    }
+
     /// A digest of every domain table, to compare states.
     pub async fn domain_digest(&self) -> String {
         let mut digest = String::new();
@@ -423,6 +431,28 @@ impl Desk {
         let out = world.replay(&full).await;
         assert_eq!(out.status.code(), Some(0), "{full:?}: {}", stderr_of(&out));
         serde_json::from_str(&stdout_of(&out)).unwrap()
+    }
+
+    /// Starts `replay apply PLAN --yes --operator bob --rate RATE` with some
+    /// of the world's settings replaced, its output piped.
+    pub fn spawn_apply(
+        &self,
+        world: &World,
+        plan: &str,
+        rate: &str,
+        overrides: &[(&str, &str)],
+    ) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+            .args(["apply", plan, "--yes", "--operator", "bob", "--rate", rate])
+            .arg("--backup-dir")
+            .arg(self.backups())
+            .envs(world.env())
+            .envs(overrides.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn replay apply")
     }
 
     /// Runs `replay apply PLAN --operator bob` with `args`.
