@@ -108,6 +108,8 @@ pub enum ApplyError {
     Paused { pause: Pause, published: u64, total: u64 },
     #[error("interrupted after {published} of {total} events were published and confirmed: run the same `replay apply` again to resume")]
     Interrupted { published: u64, total: u64 },
+    #[error("RabbitMQ refused the republish after {published} of {total} events were confirmed ({cause}); nothing else was sent. Fix the cause, then run the same `replay apply` again to resume")]
+    BrokerRefused { published: u64, total: u64, cause: String },
     #[error(transparent)]
     Plan(PlanError),
     #[error(transparent)]
@@ -195,7 +197,7 @@ pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request
         check_current(&mut conn, &plan).await?;
     }
     let existing_backup = match (&request.backup, &run) {
-        (BackupSource::Existing { path, max_age }, None) => Some(check_backup(path, *max_age).await?),
+        (BackupSource::Existing { path, max_age }, None) => Some(check_backup(pool, path, *max_age).await?),
         _ => None,
     };
     Ok(Checked { plan, run, existing_backup, _lock: lock })
@@ -232,7 +234,7 @@ async fn check_current(conn: &mut sqlx::PgConnection, plan: &SealedPlan) -> Resu
     Ok(())
 }
 
-async fn check_backup(path: &std::path::Path, max_age: Duration) -> Result<PathBuf, ApplyError> {
+async fn check_backup(pool: &PgPool, path: &std::path::Path, max_age: Duration) -> Result<PathBuf, ApplyError> {
     let unusable = |reason: String| Refusal::BackupUnusable { path: path.to_path_buf(), reason };
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| unusable(e.to_string()))?;
     let age = modified.elapsed().unwrap_or_default();
@@ -245,6 +247,8 @@ async fn check_backup(path: &std::path::Path, max_age: Duration) -> Result<PathB
         .into());
     }
     backup::check(path).await.map_err(|e| unusable(e.to_string()))?;
+    let version = crate::database::schema_version(pool).await.map_err(db("reading the schema version"))?;
+    backup::check_schema(path, version).await.map_err(|e| unusable(e.to_string()))?;
     Ok(path.to_path_buf())
 }
 
@@ -326,13 +330,24 @@ pub async fn execute(
         }
         Err(error) => (already, Some(error)),
     };
-    // RabbitMQ failed mid-way: what it did not confirm goes to the outbox,
-    // which the workers relay once it is back (with the plan's header).
+    // RabbitMQ went away mid-way: what it did not confirm goes to the
+    // outbox, which the workers relay once it is back (with the plan's
+    // header). A refusal, an interrupt or a pause stops here instead,
+    // resumable, with nothing handed off.
     let kept_in_outbox = match &broker_failure {
         Some(error) => {
-            tracing::warn!(error = %error, published, "RabbitMQ failed during the republish; keeping the rest in the outbox");
             runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
-            hand_off(pool, plan, published, &plan_label, &error.to_string()).await?
+            if shutdown.is_cancelled() {
+                return Err(ApplyError::Interrupted { published, total });
+            }
+            if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+                return Err(ApplyError::Paused { pause, published, total });
+            }
+            if !error.is_outage() {
+                return Err(ApplyError::BrokerRefused { published, total, cause: error.cause() });
+            }
+            tracing::warn!(error = %error, published, "RabbitMQ failed during the republish; keeping the rest in the outbox");
+            hand_off(pool, plan, published, &plan_label, &error.cause()).await?
         }
         None => 0,
     };
@@ -343,7 +358,7 @@ pub async fn execute(
         events: total,
         published_now: published - already,
         kept_in_outbox,
-        broker_error: broker_failure.map(|e| e.to_string()),
+        broker_error: broker_failure.map(|e| e.cause()),
         resumed,
         backup_path: run.backup_path,
         audit_id: run.audit_id,
@@ -399,6 +414,7 @@ async fn republish(
                     unconfirmed: events.len(),
                     total: events.len(),
                     reason: format!("no confirm within {} s (a hung broker?)", CONFIRM_LIMIT.as_secs()),
+                    outage: true,
                 })
             })
         };

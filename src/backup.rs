@@ -28,6 +28,8 @@ pub enum BackupError {
     BadUrl { url: String, reason: String },
     #[error("cannot write the backup to {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the backup {} was taken at schema version {}, but this database is at version {database}: restoring it would roll the schema back under the workers. Use a backup taken since the last migration, or restore it by hand with every worker stopped, then run `replay migrate`", .path.display(), .backup.map_or("(none)".to_string(), |v| v.to_string()))]
+    OtherSchema { path: PathBuf, backup: Option<i64>, database: i64 },
 }
 
 /// A dump on disk that `pg_restore --list` could read.
@@ -147,6 +149,28 @@ pub async fn created_at(path: &Path) -> Result<Option<DateTime<Utc>>, BackupErro
         .find_map(|l| l.trim_start_matches(';').trim().strip_prefix("Archive created at "))
         .and_then(|t| chrono::NaiveDateTime::parse_from_str(t.trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S").ok())
         .map(|t| t.and_utc()))
+}
+
+/// Refuses a dump whose migration history (`_sqlx_migrations`, which it
+/// holds) ends at another version than the database's: restoring it would
+/// put back an older or newer schema than the running code expects.
+pub async fn check_schema(path: &Path, database: i64) -> Result<(), BackupError> {
+    let mut command = Command::new("pg_restore");
+    command.args(["--data-only", "--table", "_sqlx_migrations", "--file", "-"]).arg(path);
+    let script = pg_restore("pg_restore --data-only", command).await?;
+    // COPY rows, tab-separated, version first, up to the `\.` line.
+    let backup = script
+        .lines()
+        .skip_while(|l| !l.starts_with("COPY "))
+        .skip(1)
+        .take_while(|l| *l != "\\.")
+        .filter_map(|l| l.split('\t').next()?.parse::<i64>().ok())
+        .max();
+    if backup == Some(database) {
+        Ok(())
+    } else {
+        Err(BackupError::OtherSchema { path: path.to_path_buf(), backup, database })
+    }
 }
 
 /// Reads a dump's table of contents; fails if it is missing or unreadable.

@@ -50,6 +50,8 @@ impl fmt::Debug for SecretUrl {
 /// URL is hidden entirely rather than risk printing a secret inside it.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
+        // `scheme:user:pw@host` parses as an opaque path that may hold a secret.
+        Ok(parsed) if parsed.cannot_be_a_base() => "<unprintable url>".to_string(),
         Ok(mut parsed) => {
             if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
                 return "<unprintable url>".to_string();

@@ -65,6 +65,12 @@ pub async fn check_migrated(pool: &PgPool, url: &SecretUrl) -> Result<(), Databa
     }
 }
 
+/// The last migration applied: what a backup must have been taken at to be
+/// restored here.
+pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success").fetch_one(pool).await
+}
+
 /// Which database this is: the cluster's system identifier (when the role
 /// may read it) and the database name.
 pub async fn identity(pool: &PgPool) -> Result<crate::plan::DatabaseIdentity, sqlx::Error> {

@@ -180,10 +180,15 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     };
 
     // A replay's events the broker never confirmed wait in the outbox (the
-    // paused workers relay nothing): drop them too, broker or not.
+    // paused workers relay nothing): drop them too, broker or not, but only
+    // under the apply lock, since a running apply may still be adding some.
     let step = Instant::now();
     let label = plan_id.map(|p| p.to_string());
-    match outbox::drop_replay(pool, label.as_deref()).await {
+    let dropped = match &lock {
+        Some(_) => outbox::drop_replay(pool, label.as_deref()).await.map_err(|e| e.to_string()),
+        None => Err("an apply still holds the lock".to_string()),
+    };
+    match dropped {
         Ok(dropped) => {
             report.purged_replay_messages += dropped as usize;
             report.steps.push(Step {
@@ -354,6 +359,8 @@ async fn restore_keeping(
         Some(created) => created - margin(SAVE_MARGIN),
         None => DateTime::<Utc>::from(modified) - margin(FILE_TIME_MARGIN),
     };
+    let version = crate::database::schema_version(pool).await.map_err(|e| e.to_string())?;
+    backup::check_schema(path, version).await.map_err(|e| e.to_string())?;
     let saved = ledger::first_seen_since(pool, since, plan_id).await.map_err(|e| e.to_string())?;
     backup::restore(&endpoints.database_url, path).await.map_err(|e| e.to_string())?;
     Ok(saved)

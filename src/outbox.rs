@@ -9,7 +9,10 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::envelope::Event;
 
-/// Keeps events, once each (an event id already kept is left as it is).
+/// Keeps events, once each: an event id already kept is left as it is,
+/// except that a replay's label is added to it (so it is relayed as the
+/// replay's and an emergency stop can drop it). Returns how many rows were
+/// added or labelled.
 pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, sqlx::Error> {
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
@@ -21,7 +24,8 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
          SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6
            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
                 AS e(event_id, event_type, payload, occurred_at, replay_plan)
-         ON CONFLICT (event_id) DO NOTHING",
+         ON CONFLICT (event_id) DO UPDATE SET replay_plan = EXCLUDED.replay_plan
+          WHERE outbox.replay_plan IS NULL AND EXCLUDED.replay_plan IS NOT NULL",
     )
     .bind(&ids)
     .bind(&types)
@@ -79,6 +83,14 @@ pub async fn drop_replay(pool: &PgPool, plan: Option<&str>) -> Result<u64, sqlx:
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// How many of a replay plan's events wait in the outbox.
+pub async fn count_for_plan(pool: &PgPool, plan: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox WHERE replay_plan = $1")
+        .bind(plan)
+        .fetch_one(pool)
+        .await
 }
 
 /// How many events wait in the outbox.

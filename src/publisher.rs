@@ -56,10 +56,14 @@ impl Publisher {
                     .await;
                 match sent {
                     Ok(confirm) => pending.push(confirm),
-                    Err(e) => return Err(unconfirmed(total, confirmed, e.to_string())),
+                    Err(e) => {
+                        return Err(unconfirmed(total, confirmed, e.to_string(), crate::transport::is_outage(&e)))
+                    }
                 }
             }
-            let outcomes = try_join_all(pending).await.map_err(|e| unconfirmed(total, confirmed, e.to_string()))?;
+            let outcomes = try_join_all(pending)
+                .await
+                .map_err(|e| unconfirmed(total, confirmed, e.to_string(), crate::transport::is_outage(&e)))?;
             for (event, outcome) in window.iter().zip(outcomes) {
                 match outcome {
                     Confirmation::Ack(None) | Confirmation::NotRequested => {}
@@ -71,6 +75,7 @@ impl Publisher {
                                 "event {} (type {}) routed to no queue on exchange '{}'",
                                 event.event_id, event.event_type, self.exchange
                             ),
+                            false,
                         ))
                     }
                     Confirmation::Nack(_) => {
@@ -78,6 +83,7 @@ impl Publisher {
                             total,
                             confirmed,
                             format!("the broker refused event {}", event.event_id),
+                            false,
                         ))
                     }
                 }
@@ -89,6 +95,6 @@ impl Publisher {
     }
 }
 
-fn unconfirmed(total: usize, confirmed: usize, reason: String) -> TransportError {
-    TransportError::Unconfirmed { unconfirmed: total - confirmed, total, reason }
+fn unconfirmed(total: usize, confirmed: usize, reason: String, outage: bool) -> TransportError {
+    TransportError::Unconfirmed { unconfirmed: total - confirmed, total, reason, outage }
 }

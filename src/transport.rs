@@ -19,14 +19,15 @@ pub enum TransportError {
     Connect { url: String, source: lapin::Error },
     #[error("RabbitMQ at {url} accepted the connection but did not answer within {} s (a hung broker?). Check the broker's health", .after.as_secs())]
     Unresponsive { url: String, after: std::time::Duration },
-    #[error("AMQP_URL {url} is not an AMQP URL ({reason}): use amqp://user:password@host:5672/vhost")]
-    BadUrl { url: String, reason: String },
+    // The parser's own reason may quote the whole URL, password included.
+    #[error("AMQP_URL {url} is not an AMQP URL: use amqp://user:password@host:5672/vhost")]
+    BadUrl { url: String },
     #[error("RabbitMQ refused to {action}: {source}")]
     Broker { action: String, source: lapin::Error },
     #[error("RabbitMQ closed the consumer (channel or connection lost)")]
     ConsumerClosed,
     #[error("RabbitMQ did not confirm {unconfirmed} of {total} published events (last error: {reason}); nothing after the first unconfirmed event should be assumed delivered. Re-run the same publish: the ledger ignores events it already has")]
-    Unconfirmed { unconfirmed: usize, total: usize, reason: String },
+    Unconfirmed { unconfirmed: usize, total: usize, reason: String, outage: bool },
     #[error("{consumers} consumer(s) still hold queue '{queue}' (a worker that did not pause?): not purging, since their unacked messages would come back after it. Stop them, then run this again")]
     StillConsumed { queue: String, consumers: u32 },
 }
@@ -35,6 +36,42 @@ impl TransportError {
     pub fn broker(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
         let action = action.into();
         move |source| Self::Broker { action, source }
+    }
+
+    /// Whether this is the broker being away (down, restarting, hung, the
+    /// network gone), which waiting cures, rather than a refusal (bad URL or
+    /// credentials, a missing exchange, an unroutable or nacked message),
+    /// which it never does.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } | Self::Broker { source, .. } => is_outage(source),
+            Self::Unresponsive { .. } | Self::ConsumerClosed => true,
+            Self::Unconfirmed { outage, .. } => *outage,
+            Self::BadUrl { .. } | Self::StillConsumed { .. } => false,
+        }
+    }
+
+    /// What went wrong, without the advice meant for `replay publish`.
+    pub fn cause(&self) -> String {
+        match self {
+            Self::Unconfirmed { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A lapin error that a broker coming back would cure: IO, a lost
+/// connection or channel, missed heartbeats, or the broker closing
+/// connections as it shuts down (`CONNECTION_FORCED`, 320).
+pub fn is_outage(error: &lapin::Error) -> bool {
+    use lapin::ErrorKind;
+    match error.kind() {
+        ErrorKind::IOError(_)
+        | ErrorKind::InvalidConnectionState(_)
+        | ErrorKind::InvalidChannelState(..)
+        | ErrorKind::MissingHeartbeatError => true,
+        ErrorKind::ProtocolError(amqp) => amqp.get_id() == 320,
+        _ => false,
     }
 }
 
@@ -52,7 +89,7 @@ pub const DEFAULT_HEARTBEAT_SECONDS: u16 = 10;
 pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, TransportError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let mut uri: lapin::uri::AMQPUri =
-        url.expose().parse().map_err(|reason| TransportError::BadUrl { url: url.redacted(), reason })?;
+        url.expose().parse().map_err(|_: String| TransportError::BadUrl { url: url.redacted() })?;
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECONDS);
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties)).await {
         Ok(connected) => connected.map_err(|source| TransportError::Connect { url: url.redacted(), source }),

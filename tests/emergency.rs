@@ -236,3 +236,48 @@ async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
     let _ = connection.close(200, "done".into()).await;
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_backup_of_another_schema_version_is_never_restored(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.publish(&noted(10, "before")).await;
+    world.wait_for_count(SKIPPED, 10, Duration::from_secs(20)).await;
+    worker.stop().await;
+    let dump = dir.path().join("old.dump");
+    assert_eq!(world.replay(&["backup", "--out", dump.to_str().unwrap()]).await.status.code(), Some(0));
+    // An upgrade since the dump: the database's schema moved on.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99999999, 'a later release', true, '\\x00', 0)",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    world.publish(&noted(5, "after")).await;
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(SKIPPED, 15, Duration::from_secs(20)).await;
+    worker.stop().await;
+    let before = world.ledger_digest().await;
+
+    let out = world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", "r", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    let said = stdout_of(&out);
+    assert!(said.contains("restore") && said.contains("schema version"), "{said}");
+    assert_eq!(world.ledger_digest().await, before, "nothing was restored");
+    assert_eq!(world.scalar("SELECT count(*) FROM _sqlx_migrations WHERE version = 99999999").await, 1);
+
+    // `apply --backup` refuses it as well, before changing anything.
+    world.replay(&["resume", "--reason", "r"]).await;
+    let plans = dir.path().join("plans");
+    let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
+    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let out = world
+        .replay(&["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--backup", dump.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("schema version"), "{}", stderr_of(&out));
+    assert_eq!(world.ledger_digest().await, before);
+    world.cleanup().await;
+}

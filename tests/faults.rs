@@ -356,7 +356,7 @@ async fn an_apply_whose_broker_fails_mid_republish_hands_the_rest_to_the_outbox(
     let out = apply.wait_with_output().await.unwrap();
     let stdout = stdout_of(&out);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert!(stdout.contains("events kept in the outbox, since RabbitMQ failed"), "{stdout}");
+    assert!(stdout.contains("with RabbitMQ failing mid-way") && stdout.contains("handed to the outbox"), "{stdout}");
     assert!(!stdout.contains("guest:guest"), "the broker URL is redacted: {stdout}");
     let confirmed = world.scalar("SELECT published FROM replay_control.replay_runs").await;
     assert!((500..2001).contains(&confirmed), "cut mid-way: {confirmed} confirmed");
@@ -407,6 +407,9 @@ async fn an_apply_during_a_broker_outage_keeps_everything_in_the_outbox_until_an
         ))
         .await;
     assert_eq!(labelled, 301, "kept with the plan's label");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout_of(&world.replay(&["status", plan_path, "--json"]).await)).unwrap();
+    assert_eq!(status["in_outbox"], 301, "{status}");
 
     // The emergency stop drops them with the queue's replay messages and restores.
     let out =

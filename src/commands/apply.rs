@@ -80,15 +80,21 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
         let resumed = if outcome.resumed { " (resumed)" } else { "" };
-        println!(
-            "applied plan {}{resumed}: {} of {} events published and confirmed in {:.1} s",
-            outcome.plan_id, outcome.published_now, outcome.events, outcome.seconds
-        );
-        if let Some(error) = &outcome.broker_error {
-            println!(
-                "  outbox:     {} events kept in the outbox, since RabbitMQ failed ({error}); the workers relay them when it is back",
-                outcome.kept_in_outbox
-            );
+        match &outcome.broker_error {
+            None => println!(
+                "applied plan {}{resumed}: {} of {} events published and confirmed in {:.1} s",
+                outcome.plan_id, outcome.published_now, outcome.events, outcome.seconds
+            ),
+            Some(error) => {
+                println!(
+                    "applied plan {}{resumed}, with RabbitMQ failing mid-way ({error}): {} of {} events published and confirmed, {} handed to the outbox in {:.1} s",
+                    outcome.plan_id, outcome.published_now, outcome.events, outcome.kept_in_outbox, outcome.seconds
+                );
+                println!(
+                    "  outbox:     the workers publish those {} when RabbitMQ is back (unpaced: --rate does not carry over)",
+                    outcome.kept_in_outbox
+                );
+            }
         }
         println!("  backup:     {}", outcome.backup_path);
         println!("  audit:      entry {}", outcome.audit_id);

@@ -19,8 +19,13 @@ pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<Exi
     let events = read_events(args)?;
     let mut confirmed = 0;
     if let Err(error) = publish(endpoints, &events, &mut confirmed).await {
-        // The broker is away or refused: what it did not confirm is kept
-        // durably in the outbox, and the workers relay it when it is back.
+        // A refusal (unroutable, nacked, bad credentials) would fail the same
+        // way from the outbox, forever: it is the operator's to fix.
+        if !error.is_outage() {
+            return Err(error.into());
+        }
+        // The broker is away: what it did not confirm is kept durably in the
+        // outbox, and the workers relay it when it is back.
         let rest = &events[confirmed..];
         let kept = keep(endpoints, rest, &error).await.with_context(|| {
             format!("{error}; and the {} unconfirmed event(s) could not be kept in the outbox either", rest.len())
@@ -65,7 +70,7 @@ async fn keep(
 ) -> anyhow::Result<u64> {
     let pool = crate::database::connect(&endpoints.database_url, 1).await?;
     crate::database::check_migrated(&pool, &endpoints.database_url).await?;
-    Ok(crate::outbox::keep(&pool, events, &error.to_string()).await?)
+    Ok(crate::outbox::keep(&pool, events, &error.cause()).await?)
 }
 
 fn read_events(args: PublishArgs) -> anyhow::Result<Vec<Event>> {

@@ -52,6 +52,7 @@ async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_
     let run = runs::find(pool, plan_id).await?;
     let by_status: BTreeMap<String, i64> = ledger::plan_progress(pool, plan_id).await?.into_iter().collect();
     let failures = ledger::plan_failures(pool, plan_id).await?;
+    let in_outbox = crate::outbox::count_for_plan(pool, &plan_id.to_string()).await?;
     let events = plan.events() as i64;
     let done = by_status.get("processed").copied().unwrap_or(0) + by_status.get("skipped").copied().unwrap_or(0);
     let open: i64 = ["waiting", "pending", "processing"].iter().filter_map(|s| by_status.get(*s)).sum();
@@ -72,6 +73,7 @@ async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_
         "state": state,
         "events": events,
         "published": run.as_ref().map_or(0, |r| r.published),
+        "in_outbox": in_outbox,
         "by_status": by_status,
         "rate_per_second": rate,
         "eta_seconds": eta,
@@ -118,6 +120,12 @@ fn human(report: &serde_json::Value) -> String {
             table.add_row([status.clone(), count.to_string()]);
         }
         out += &format!("{table}\n");
+        if report["in_outbox"].as_i64().is_some_and(|n| n > 0) {
+            out += &format!(
+                "{} event(s) wait in the outbox (RabbitMQ failed during the apply): the workers publish them when it is back\n",
+                report["in_outbox"]
+            );
+        }
         if let Some(rate) = report["rate_per_second"].as_f64() {
             out += &format!("rate: {rate:.1} events/s");
             if let Some(eta) = report["eta_seconds"].as_f64() {

@@ -30,7 +30,12 @@ pub(super) async fn run(
         if !pausing::wait_while_paused(&mut paused, &shutdown).await {
             break;
         }
+        // Say "claiming" before the last look at the pause: the heartbeat
+        // reports paused only if it saw neither, so no claim follows it.
         liveness.set_claiming(true);
+        if *paused.borrow() {
+            continue;
+        }
         if listener.is_none() {
             listener = listen(&pool, &database_url).await;
         }

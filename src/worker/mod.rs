@@ -195,29 +195,29 @@ pub struct Liveness {
 impl Liveness {
     /// Whether the worker holds an open consumer on its queue right now.
     pub fn is_consuming(&self) -> bool {
-        self.consuming.load(Ordering::Relaxed)
+        self.consuming.load(Ordering::SeqCst)
     }
 
     fn set_consuming(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::Relaxed);
+        self.consuming.store(consuming, Ordering::SeqCst);
     }
 
     /// Whether the claimer is claiming or processing ledger rows right now.
     pub fn is_claiming(&self) -> bool {
-        self.claiming.load(Ordering::Relaxed)
+        self.claiming.load(Ordering::SeqCst)
     }
 
     fn set_claiming(&self, claiming: bool) {
-        self.claiming.store(claiming, Ordering::Relaxed);
+        self.claiming.store(claiming, Ordering::SeqCst);
     }
 
     /// Whether the relay is publishing from the outbox right now.
     pub fn is_relaying(&self) -> bool {
-        self.relaying.load(Ordering::Relaxed)
+        self.relaying.load(Ordering::SeqCst)
     }
 
     fn set_relaying(&self, relaying: bool) {
-        self.relaying.store(relaying, Ordering::Relaxed);
+        self.relaying.store(relaying, Ordering::SeqCst);
     }
 }
 

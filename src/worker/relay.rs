@@ -32,13 +32,16 @@ pub(super) async fn run(
 ) {
     let mut broker: Option<(lapin::Connection, Publisher)> = None;
     while !shutdown.is_cancelled() {
+        // Say "relaying" before the look at the pause: the heartbeat reports
+        // paused only if it saw neither, so no relay round follows it.
+        liveness.set_relaying(true);
         if *paused.borrow() {
+            liveness.set_relaying(false);
             if !pause(IDLE / 4, &shutdown).await {
                 break;
             }
             continue;
         }
-        liveness.set_relaying(true);
         let relayed = tokio::time::timeout(ROUND_LIMIT, relay_once(&pool, &endpoints, &worker, &mut broker))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} s", ROUND_LIMIT.as_secs()).into()));
