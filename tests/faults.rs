@@ -477,3 +477,22 @@ async fn a_hung_broker_is_detected_and_left_for_a_new_connection(pool: PgPool) {
     assert!(worker.try_wait().unwrap().is_none(), "the worker is alive");
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_broker_refusal_is_not_an_outage_and_parks_nothing_in_the_outbox(pool: PgPool) {
+    let world = World::new(pool).await;
+    let refused = "amqp://guest:canary-wrong@127.0.0.1:5672/%2f";
+    let payload =
+        serde_json::json!({"period_id": Uuid::new_v4(), "start_date": "2026-01-01", "end_date": "2026-03-31"});
+    let out = world
+        .replay_with(
+            &["publish", "--type", "period.opened", "--payload", &payload.to_string()],
+            &[("AMQP_URL", refused)],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    let said = stderr_of(&out);
+    assert!(said.contains("cannot reach RabbitMQ") && !said.contains("canary-wrong"), "{said}");
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.outbox").await, 0, "a refusal waits for nobody");
+    world.cleanup().await;
+}
