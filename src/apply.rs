@@ -41,9 +41,6 @@ const RESET_CHUNK: usize = 10_000;
 const MAX_BATCH: usize = 1_000;
 /// Events read and kept per statement when the outbox takes over.
 const HAND_OFF_BATCH: usize = 5_000;
-/// A batch the broker has not confirmed by then is given up on (a hung
-/// broker): the rest of the plan goes to the outbox.
-const CONFIRM_LIMIT: Duration = Duration::from_secs(30);
 /// Stale rows named in a refusal.
 const STALE_EXAMPLES: usize = 10;
 /// How long after its expected republish a reset row waits for its message
@@ -303,7 +300,7 @@ pub async fn execute(
     // The broker connection opens while the backup and the reset run.
     let broker = async {
         let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
-        let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
+        let channel = transport::channel(&connection).await?;
         transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
         let publisher = Publisher::new(channel, &endpoints.exchange).await?;
         Ok::<_, TransportError>((connection, publisher))
@@ -324,7 +321,7 @@ pub async fn execute(
         Ok((connection, publisher)) => {
             let sent = republish(pool, plan, request, shutdown, &publisher, already, &mut progress).await?;
             if sent.1.is_none() {
-                let _ = connection.close(200, "apply done".into()).await;
+                transport::close(&connection, "apply done").await;
             }
             sent
         }
@@ -408,18 +405,8 @@ async fn republish(
             return Err(ApplyError::Paused { pause, published, total });
         }
         let following = batches.next_batch()?;
-        let confirmed = async {
-            tokio::time::timeout(CONFIRM_LIMIT, publisher.publish_all(&events, |_| {})).await.unwrap_or_else(|_| {
-                Err(TransportError::Unconfirmed {
-                    unconfirmed: events.len(),
-                    total: events.len(),
-                    reason: format!("no confirm within {} s (a hung broker?)", CONFIRM_LIMIT.as_secs()),
-                    outage: true,
-                })
-            })
-        };
         let (sent, next, recorded) = tokio::join!(
-            confirmed,
+            publisher.publish_all(&events, |_| {}),
             async {
                 match following {
                     Some(ids) => prepare(pool, ids, &plan_label).await.map(Some),

@@ -183,7 +183,7 @@ async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
     publisher.publish_all(events, |_| {}).await?;
     // Close while the publisher's channel is still alive: dropping it first
     // races its own close against the connection's.
-    let _ = connection.close(200, "filled".into()).await;
+    transport::close(&connection, "filled").await;
     drop(publisher);
     Ok(())
 }
@@ -235,7 +235,7 @@ async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyho
         done += batch.len();
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    let _ = connection.close(200, "baseline done".into()).await;
+    transport::close(&connection, "baseline done").await;
     Ok(Drain { events: total, seconds })
 }
 
@@ -322,9 +322,9 @@ pub(crate) async fn cleanup_broker(names: &Endpoints) {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel.queue_delete(names.queue.as_str().into(), QueueDeleteOptions::default()).await;
             let _ = channel.exchange_delete(names.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-            let _ = channel.close(200, "cleaned".into()).await;
+            let _ = transport::answer("close a channel", channel.close(200, "cleaned".into())).await;
         }
-        let _ = connection.close(200, "cleaned".into()).await;
+        transport::close(&connection, "cleaned").await;
     }
 }
 

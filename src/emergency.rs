@@ -251,7 +251,7 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
                 if let Err(e) = transport::ack_through(channel, *last).await {
                     report.steps.push(Step { name: "ack", ms: ms(step), ok: false, detail: e.to_string() });
                 }
-                let _ = connection.close(200, "emergency stop done".into()).await;
+                transport::close(connection, "emergency stop done").await;
             }
         }
         Err(e) => report.steps.push(Step {
@@ -325,7 +325,7 @@ type Held = (lapin::Connection, lapin::Channel, Vec<lapin::message::Delivery>);
 /// so no message is held unacked elsewhere), then takes every message.
 async fn take_messages(endpoints: &Endpoints, wait: Duration) -> Result<Held, transport::TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, "replay emergency-stop").await?;
-    let channel = connection.create_channel().await.map_err(transport::TransportError::broker("open a channel"))?;
+    let channel = transport::channel(&connection).await?;
     let deadline = Instant::now() + wait;
     loop {
         let (_, consumers) = transport::queue_counts(&channel, &endpoints.queue).await?;

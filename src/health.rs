@@ -116,11 +116,10 @@ async fn snapshot(readiness: &Readiness) -> serde_json::Value {
 
 async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate::transport::TransportError> {
     let connection = crate::transport::connect(&endpoints.amqp_url, "replay health").await?;
-    let channel =
-        connection.create_channel().await.map_err(crate::transport::TransportError::broker("open a channel"))?;
+    let channel = crate::transport::channel(&connection).await?;
     let depth = crate::transport::queue_depth(&channel, &endpoints.queue).await;
-    let _ = channel.close(200, "read".into()).await;
-    let _ = connection.close(200, "read".into()).await;
+    let _ = crate::transport::answer("close a channel", channel.close(200, "read".into())).await;
+    crate::transport::close(&connection, "read").await;
     depth
 }
 

@@ -10,10 +10,13 @@ use lapin::Channel;
 use lapin::Confirmation;
 
 use crate::envelope::Event;
-use crate::transport::TransportError;
+use crate::transport::{self, TransportError};
 
 /// How many publishes may await their confirm at once.
 const IN_FLIGHT: usize = 1000;
+/// How long a window of publishes may wait for its confirms: a broker that
+/// went away mid-window may leave them unresolved (see `transport::answer`).
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A confirm-mode channel bound to one exchange.
 pub struct Publisher {
@@ -24,16 +27,14 @@ pub struct Publisher {
 impl Publisher {
     /// Puts the channel in confirm mode.
     pub async fn new(channel: Channel, exchange: &str) -> Result<Self, TransportError> {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(TransportError::broker("enable publisher confirms"))?;
+        transport::answer("enable publisher confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;
         Ok(Self { channel, exchange: exchange.to_string() })
     }
 
     /// Publishes events in order, keeping up to [`IN_FLIGHT`] confirms
     /// outstanding, and returns once each one was confirmed. `on_confirmed` is
-    /// told how many were confirmed after each window.
+    /// told how many were confirmed after each window. A window the broker
+    /// has not confirmed within [`CONFIRM_TIMEOUT`] fails as an outage.
     pub async fn publish_all(
         &self,
         events: &[Event],
@@ -42,59 +43,71 @@ impl Publisher {
         let total = events.len();
         let mut confirmed = 0;
         for window in events.chunks(IN_FLIGHT) {
-            let mut pending = Vec::with_capacity(window.len());
-            for event in window {
-                let sent = self
-                    .channel
-                    .basic_publish(
-                        self.exchange.as_str().into(),
-                        event.event_type.as_str().into(),
-                        BasicPublishOptions { mandatory: true, ..Default::default() },
-                        event.payload_json.as_bytes(),
-                        event.properties(),
-                    )
-                    .await;
-                match sent {
-                    Ok(confirm) => pending.push(confirm),
-                    Err(e) => {
-                        return Err(unconfirmed(total, confirmed, e.to_string(), crate::transport::is_outage(&e)))
-                    }
-                }
-            }
-            let outcomes = try_join_all(pending)
+            let answered = tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_window(window))
                 .await
-                .map_err(|e| unconfirmed(total, confirmed, e.to_string(), crate::transport::is_outage(&e)))?;
-            for (event, outcome) in window.iter().zip(outcomes) {
-                match outcome {
-                    Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                    Confirmation::Ack(Some(_)) => {
-                        return Err(unconfirmed(
-                            total,
-                            confirmed,
-                            format!(
-                                "event {} (type {}) routed to no queue on exchange '{}'",
-                                event.event_id, event.event_type, self.exchange
-                            ),
-                            false,
-                        ))
-                    }
-                    Confirmation::Nack(_) => {
-                        return Err(unconfirmed(
-                            total,
-                            confirmed,
-                            format!("the broker refused event {}", event.event_id),
-                            false,
-                        ))
-                    }
-                }
+                .unwrap_or_else(|_| Err(Failure::outage(format!("no confirm within {} s", CONFIRM_TIMEOUT.as_secs()))));
+            if let Err(Failure { reason, outage }) = answered {
+                return Err(TransportError::Unconfirmed { unconfirmed: total - confirmed, total, reason, outage });
             }
             confirmed += window.len();
             on_confirmed(confirmed);
         }
         Ok(())
     }
+
+    async fn publish_window(&self, window: &[Event]) -> Result<(), Failure> {
+        let mut pending = Vec::with_capacity(window.len());
+        for event in window {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    event.event_type.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    event.payload_json.as_bytes(),
+                    event.properties(),
+                )
+                .await
+                .map_err(Failure::from)?;
+            pending.push(confirm);
+        }
+        let outcomes = try_join_all(pending).await.map_err(Failure::from)?;
+        for (event, outcome) in window.iter().zip(outcomes) {
+            match outcome {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) => {
+                    return Err(Failure::refusal(format!(
+                        "event {} (type {}) routed to no queue on exchange '{}'",
+                        event.event_id, event.event_type, self.exchange
+                    )))
+                }
+                Confirmation::Nack(_) => {
+                    return Err(Failure::refusal(format!("the broker refused event {}", event.event_id)))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-fn unconfirmed(total: usize, confirmed: usize, reason: String, outage: bool) -> TransportError {
-    TransportError::Unconfirmed { unconfirmed: total - confirmed, total, reason, outage }
+/// Why a window was not confirmed, and whether waiting for the broker cures it.
+struct Failure {
+    reason: String,
+    outage: bool,
+}
+
+impl Failure {
+    fn outage(reason: String) -> Self {
+        Self { reason, outage: true }
+    }
+
+    fn refusal(reason: String) -> Self {
+        Self { reason, outage: false }
+    }
+}
+
+impl From<lapin::Error> for Failure {
+    fn from(error: lapin::Error) -> Self {
+        Self { outage: transport::is_outage(&error), reason: error.to_string() }
+    }
 }

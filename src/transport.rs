@@ -24,6 +24,8 @@ pub enum TransportError {
     BadUrl { url: String },
     #[error("RabbitMQ refused to {action}: {source}")]
     Broker { action: String, source: lapin::Error },
+    #[error("RabbitMQ did not answer ({action}) within {} s: it is restarting, hung, or the network is gone. Check the broker's health", .after.as_secs())]
+    NoAnswer { action: String, after: std::time::Duration },
     #[error("RabbitMQ closed the consumer (channel or connection lost)")]
     ConsumerClosed,
     #[error("RabbitMQ did not confirm {unconfirmed} of {total} published events (last error: {reason}); nothing after the first unconfirmed event should be assumed delivered. Re-run the same publish: the ledger ignores events it already has")]
@@ -33,11 +35,6 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    pub fn broker(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
-        let action = action.into();
-        move |source| Self::Broker { action, source }
-    }
-
     /// Whether this is the broker being away (down, restarting, hung, the
     /// network gone), which waiting cures, rather than a refusal (bad URL or
     /// credentials, a missing exchange, an unroutable or nacked message),
@@ -45,7 +42,7 @@ impl TransportError {
     pub fn is_outage(&self) -> bool {
         match self {
             Self::Connect { source, .. } | Self::Broker { source, .. } => is_outage(source),
-            Self::Unresponsive { .. } | Self::ConsumerClosed => true,
+            Self::Unresponsive { .. } | Self::NoAnswer { .. } | Self::ConsumerClosed => true,
             Self::Unconfirmed { outage, .. } => *outage,
             Self::BadUrl { .. } | Self::StillConsumed { .. } => false,
         }
@@ -97,42 +94,78 @@ pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, Transpor
     }
 }
 
+/// How long any one exchange with the broker may wait for its answer. lapin
+/// can leave a step's future unresolved when the broker closes the
+/// connection in the middle of it (as it does while it shuts down or boots:
+/// lapin issue #470), so nothing awaits the broker without a limit.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Awaits one broker step for at most [`ANSWER_TIMEOUT`].
+pub async fn answer<T>(
+    action: impl Into<String>,
+    step: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, TransportError> {
+    let action = action.into();
+    match tokio::time::timeout(ANSWER_TIMEOUT, step).await {
+        Ok(answered) => answered.map_err(|source| TransportError::Broker { action, source }),
+        Err(_) => Err(TransportError::NoAnswer { action, after: ANSWER_TIMEOUT }),
+    }
+}
+
+/// Opens a channel on `connection`.
+pub async fn channel(connection: &Connection) -> Result<Channel, TransportError> {
+    answer("open a channel", connection.create_channel()).await
+}
+
+/// Closes a connection politely, but gives up after [`ANSWER_TIMEOUT`]
+/// (a connection the broker already dropped may never answer).
+pub async fn close(connection: &Connection, reason: &str) {
+    let _ = answer("close the connection", connection.close(200, reason.into())).await;
+}
+
 /// Declares the exchange, the queue and the binding. Idempotent.
 pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(), TransportError> {
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel
-        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default())
-        .await
-        .map_err(TransportError::broker(format!("declare exchange '{exchange}'")))?;
+    answer(
+        format!("declare exchange '{exchange}'"),
+        channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default()),
+    )
+    .await?;
     let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel
-        .queue_declare(queue.into(), durable_queue, FieldTable::default())
-        .await
-        .map_err(TransportError::broker(format!("declare queue '{queue}'")))?;
-    channel
-        .queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .map_err(TransportError::broker(format!("bind queue '{queue}' to '{exchange}'")))?;
+    answer(
+        format!("declare queue '{queue}'"),
+        channel.queue_declare(queue.into(), durable_queue, FieldTable::default()),
+    )
+    .await?;
+    answer(
+        format!("bind queue '{queue}' to '{exchange}'"),
+        channel.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
     Ok(())
 }
 
 /// Number of messages ready in the queue (not counting unacked ones).
 pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, TransportError> {
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .map_err(TransportError::broker(format!("inspect queue '{queue}'")))?;
+    let declared =
+        answer(format!("inspect queue '{queue}'"), channel.queue_declare(queue.into(), passive, FieldTable::default()))
+            .await?;
     Ok(declared.message_count())
 }
 
 /// Ready messages and open consumers of a queue.
 pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32), TransportError> {
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .map_err(TransportError::broker(format!("inspect queue '{queue}'")))?;
+    let declared =
+        answer(format!("inspect queue '{queue}'"), channel.queue_declare(queue.into(), passive, FieldTable::default()))
+            .await?;
     Ok((declared.message_count(), declared.consumer_count()))
 }
 
@@ -141,10 +174,11 @@ pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32), 
 /// channel closes first).
 pub async fn take_all(channel: &Channel, queue: &str) -> Result<Vec<lapin::message::Delivery>, TransportError> {
     let mut taken = Vec::new();
-    while let Some(message) = channel
-        .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: false })
-        .await
-        .map_err(TransportError::broker(format!("take messages from '{queue}'")))?
+    while let Some(message) = answer(
+        format!("take messages from '{queue}'"),
+        channel.basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: false }),
+    )
+    .await?
     {
         taken.push(message.delivery);
     }
@@ -153,10 +187,7 @@ pub async fn take_all(channel: &Channel, queue: &str) -> Result<Vec<lapin::messa
 
 /// Acks every delivery on the channel up to and including `tag`.
 pub async fn ack_through(channel: &Channel, tag: u64) -> Result<(), TransportError> {
-    channel
-        .basic_ack(tag, lapin::options::BasicAckOptions { multiple: true })
-        .await
-        .map_err(TransportError::broker("ack taken messages"))
+    answer("ack taken messages", channel.basic_ack(tag, lapin::options::BasicAckOptions { multiple: true })).await
 }
 
 #[cfg(test)]

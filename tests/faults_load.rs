@@ -28,13 +28,14 @@ fn spawn(world: &World, n: usize) -> tokio::process::Child {
 async fn publish_lines(env: &[(&'static str, String)], lines: &[String]) -> bool {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), lines.join("\n")).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
         .args(["publish", "--file", file.path().to_str().unwrap()])
         .envs(env.iter().cloned())
         .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    // Every broker step is bounded, so a publish run ends; a hang is a bug.
+    let out = tokio::time::timeout(Duration::from_secs(180), run).await.expect("a publish run hung").unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     stdout_of(&out).contains("kept in the outbox")
 }

@@ -231,8 +231,8 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
         rounds.push((raw, apply, runbook));
         apply_steps.push(steps);
     }
-    let _ = channel.close(200, "bench done".into()).await;
-    let _ = connection.close(200, "bench done".into()).await;
+    let _ = transport::answer("close a channel", channel.close(200, "bench done".into())).await;
+    transport::close(&connection, "bench done").await;
     Ok(ApplyReport { rounds, apply_steps, backup_bytes })
 }
 
@@ -272,7 +272,7 @@ async fn raw_publish(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Dr
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let _ = connection.close(200, "raw publish done".into()).await;
+    transport::close(&connection, "raw publish done").await;
     Ok(Drain { events: messages.len(), seconds })
 }
 
@@ -310,7 +310,7 @@ async fn runbook_loop(names: &Endpoints, messages: &[Event]) -> anyhow::Result<D
             )
             .await?
             .await?;
-        let _ = connection.close(200, "published".into()).await;
+        transport::close(&connection, "published").await;
     }
     Ok(Drain { events: messages.len(), seconds: started.elapsed().as_secs_f64() })
 }

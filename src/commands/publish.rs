@@ -52,22 +52,17 @@ async fn publish(
     endpoints: &Endpoints,
     events: &[Event],
     confirmed: &mut usize,
-) -> Result<(), crate::transport::TransportError> {
+) -> Result<(), transport::TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, "replay publish").await?;
-    let channel =
-        connection.create_channel().await.map_err(crate::transport::TransportError::broker("open a channel"))?;
+    let channel = transport::channel(&connection).await?;
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
     let publisher = Publisher::new(channel, &endpoints.exchange).await?;
     let sent = publisher.publish_all(events, |n| *confirmed = n).await;
-    let _ = connection.close(200, "published".into()).await;
+    transport::close(&connection, "published").await;
     sent
 }
 
-async fn keep(
-    endpoints: &Endpoints,
-    events: &[Event],
-    error: &crate::transport::TransportError,
-) -> anyhow::Result<u64> {
+async fn keep(endpoints: &Endpoints, events: &[Event], error: &transport::TransportError) -> anyhow::Result<u64> {
     let pool = crate::database::connect(&endpoints.database_url, 1).await?;
     crate::database::check_migrated(&pool, &endpoints.database_url).await?;
     Ok(crate::outbox::keep(&pool, events, &error.cause()).await?)

@@ -97,9 +97,9 @@ async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<s
 
 async fn queue_depth(endpoints: &Endpoints) -> Result<u32, transport::TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, "replay status").await?;
-    let channel = connection.create_channel().await.map_err(transport::TransportError::broker("open a channel"))?;
+    let channel = transport::channel(&connection).await?;
     let depth = transport::queue_depth(&channel, &endpoints.queue).await;
-    let _ = connection.close(200, "status read".into()).await;
+    transport::close(&connection, "status read").await;
     depth
 }
 

@@ -81,21 +81,19 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<Ended, TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {}", config.id)).await?;
-    let channel = connection.create_channel().await.map_err(TransportError::broker("open a channel"))?;
+    let channel = transport::channel(&connection).await?;
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(TransportError::broker("set prefetch"))?;
-    let mut consumer = channel
-        .basic_consume(
+    transport::answer("set prefetch", channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
+    let mut consumer = transport::answer(
+        format!("consume queue '{}'", endpoints.queue),
+        channel.basic_consume(
             endpoints.queue.as_str().into(),
             format!("replay-{}", config.id).into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await
-        .map_err(TransportError::broker(format!("consume queue '{}'", endpoints.queue)))?;
+        ),
+    )
+    .await?;
     tracing::info!(queue = %endpoints.queue, prefetch = config.prefetch, "consuming");
     liveness.set_consuming(true);
 
@@ -137,10 +135,8 @@ async fn consume_batches(
             // returns its messages to the queue.
             return Ok(Ended::Shutdown);
         }
-        channel
-            .basic_ack(last_tag, BasicAckOptions { multiple: true })
-            .await
-            .map_err(TransportError::broker("ack a committed batch"))?;
+        transport::answer("ack a committed batch", channel.basic_ack(last_tag, BasicAckOptions { multiple: true }))
+            .await?;
         metrics::counter!(crate::metrics::EVENTS_CONSUMED).increment(batch.len() as u64);
     }
 }
@@ -221,5 +217,5 @@ async fn close(connection: &Connection, channel: &Channel, consumer: &Consumer) 
     let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
     // Closing the connection closes its channel; closing both makes lapin
     // report the channel's second close as a connection error.
-    let _ = connection.close(200, "worker stopping".into()).await;
+    transport::close(connection, "worker stopping").await;
 }

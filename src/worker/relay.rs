@@ -63,7 +63,7 @@ pub(super) async fn run(
         }
     }
     if let Some((connection, publisher)) = broker {
-        let _ = connection.close(200, "relay stopped".into()).await;
+        transport::close(&connection, "relay stopped").await;
         drop(publisher);
     }
 }
