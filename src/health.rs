@@ -57,6 +57,13 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
         }
     }
     if !readiness.liveness.is_consuming() {
+        if !readiness.liveness.is_leading() && matches!(crate::pause::current(&readiness.pool).await, Ok(None)) {
+            // A hot standby is healthy: it takes over when the leader goes.
+            return (
+                StatusCode::OK,
+                "standby: another worker leads the partition; this one takes over if it goes\n".into(),
+            );
+        }
         if let Ok(Some(pause)) = crate::pause::current(&readiness.pool).await {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -99,6 +106,7 @@ async fn snapshot(readiness: &Readiness) -> serde_json::Value {
         "broker": {
             "url": readiness.endpoints.amqp_url.redacted(),
             "consuming": readiness.liveness.is_consuming(),
+            "leading": readiness.liveness.is_leading(),
             "queue": readiness.endpoints.queue,
             "error": queue.as_ref().err().map(ToString::to_string),
         },

@@ -9,8 +9,11 @@ use sqlx::PgPool;
 /// A worker's state as it last reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
-    /// Taking work.
+    /// Taking work: leading its partition.
     Running,
+    /// A hot standby: connected, ready to take the partition over when its
+    /// leader goes, taking no work until then.
+    Standby,
     /// Paused: no consumer open, no claim in progress.
     Paused,
     /// Shut down cleanly.
@@ -21,6 +24,7 @@ impl WorkerState {
     fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
+            Self::Standby => "standby",
             Self::Paused => "paused",
             Self::Stopped => "stopped",
         }

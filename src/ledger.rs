@@ -51,10 +51,13 @@ pub enum Settlement {
     Skipped {
         reason: String,
     },
-    /// Failed; retried after `retry_at`.
+    /// Failed; retried after `retry_at`. `waiting` when it failed only
+    /// because a dependency has not arrived (it may be published later): it
+    /// then holds nothing behind it.
     Retry {
         error: String,
         retry_at: DateTime<Utc>,
+        waiting: bool,
     },
     /// Not applied yet because something it depends on is not visible yet
     /// (most often: committing in a concurrent batch). Tried again at
@@ -63,14 +66,57 @@ pub enum Settlement {
         reason: String,
         until: DateTime<Utc>,
     },
+    /// Not applied because an earlier event of its sequence key (ledger row
+    /// `behind`) is not applied yet; released once that one is.
+    HeldBehind {
+        behind: i64,
+        reason: String,
+    },
     /// Failed for good: the dead-letter state.
     Failed {
         error: String,
     },
 }
 
+/// One row's settlement, with the sequence key its event was applied under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub row_id: i64,
+    pub settlement: Settlement,
+    pub sequence_key: Option<String>,
+}
+
+/// Where a row stands in its sequence once settled (`sequence_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SequenceState {
+    /// Waits for a dependency that may come later; holds nothing.
+    Waiting,
+    /// Not applied: later events of its key are held behind it.
+    Blocking,
+    /// Held behind an earlier event of its key.
+    Held,
+}
+
+impl SequenceState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Blocking => "blocking",
+            Self::Held => "held",
+        }
+    }
+}
+
+/// When a held row is due: never, until released (`release_held_behind`).
+/// A date rather than `infinity`, which chrono cannot read back.
+fn never() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Inserts the events not yet in the ledger and returns `(id, event_id)` of
-/// the ones it inserted; events already present are left untouched.
+/// the ones it inserted; events already present are left untouched. Rows get
+/// their ids in the order given (delivery order): the ledger id is the
+/// partition's apply order.
 pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<(i64, String)>, LedgerError> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
@@ -91,7 +137,8 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
                 (event_id, event_type, payload, occurred_at, status, error_message, processed_at)
          SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.status, e.note, now()
            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
-             AS e(event_id, event_type, payload, occurred_at, status, note)
+                WITH ORDINALITY AS e(event_id, event_type, payload, occurred_at, status, note, position)
+          ORDER BY e.position
          ON CONFLICT (event_id) DO NOTHING
          RETURNING id, event_id",
     )
@@ -137,7 +184,12 @@ pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) 
 /// never claim the same row (`FOR UPDATE SKIP LOCKED`). A reclaimed lease
 /// counts as a failed attempt, so an event that kills its worker every time
 /// still ends in `error`.
-pub async fn claim_due(pool: &PgPool, worker: &str, limit: i64, lease: Duration) -> Result<Vec<Claimed>, LedgerError> {
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    worker: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>, LedgerError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "UPDATE processed_events p
             SET status = 'processing',
@@ -150,7 +202,7 @@ pub async fn claim_due(pool: &PgPool, worker: &str, limit: i64, lease: Duration)
                 updated_at = now()
            FROM (SELECT id FROM processed_events
                   WHERE status IN ('pending', 'processing') AND next_attempt_at <= now()
-                  ORDER BY next_attempt_at
+                  ORDER BY next_attempt_at, id
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED) due
           WHERE p.id = due.id
@@ -159,7 +211,7 @@ pub async fn claim_due(pool: &PgPool, worker: &str, limit: i64, lease: Duration)
     .bind(worker)
     .bind(limit)
     .bind(lease.as_secs_f64())
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(query_error("claim due rows"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
@@ -181,8 +233,10 @@ pub async fn lock_claimed(conn: &mut PgConnection, ids: &[i64], worker: &str) ->
     .map_err(query_error("lock claimed rows"))
 }
 
-/// Writes back how each attempt ended. `retry_count` counts failed attempts.
-pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> Result<(), LedgerError> {
+/// Writes back how each attempt ended. `retry_count` counts failed
+/// attempts. A row settled for good (processed, skipped) releases the rows
+/// held behind it: they become due, still blocking their key until applied.
+pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), LedgerError> {
     if settled.is_empty() {
         return Ok(());
     }
@@ -191,19 +245,39 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
     let mut errors: Vec<Option<&str>> = Vec::with_capacity(settled.len());
     let mut retry_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(settled.len());
     let mut failed = Vec::with_capacity(settled.len());
-    for (id, settlement) in settled {
-        ids.push(*id);
-        let (status, error, at, is_failure) = match settlement {
-            Settlement::Processed => ("processed", None, None, false),
-            Settlement::Skipped { reason } => ("skipped", Some(reason.as_str()), None, false),
-            Settlement::Retry { error, retry_at } => ("pending", Some(error.as_str()), Some(*retry_at), true),
-            Settlement::Held { reason, until } => ("pending", Some(reason.as_str()), Some(*until), false),
-            Settlement::Failed { error } => ("error", Some(error.as_str()), None, true),
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(settled.len());
+    let mut states: Vec<Option<&str>> = Vec::with_capacity(settled.len());
+    let mut behind: Vec<Option<i64>> = Vec::with_capacity(settled.len());
+    let mut applied = Vec::new();
+    for Settled { row_id, settlement, sequence_key } in settled {
+        ids.push(*row_id);
+        let (status, error, at, is_failure, state, held_behind) = match settlement {
+            Settlement::Processed => ("processed", None, None, false, None, None),
+            Settlement::Skipped { reason } => ("skipped", Some(reason.as_str()), None, false, None, None),
+            Settlement::Retry { error, retry_at, waiting } => {
+                let state = if *waiting { SequenceState::Waiting } else { SequenceState::Blocking };
+                ("pending", Some(error.as_str()), Some(*retry_at), true, Some(state), None)
+            }
+            Settlement::Held { reason, until } => {
+                ("pending", Some(reason.as_str()), Some(*until), false, Some(SequenceState::Waiting), None)
+            }
+            Settlement::HeldBehind { behind, reason } => {
+                ("pending", Some(reason.as_str()), Some(never()), false, Some(SequenceState::Held), Some(*behind))
+            }
+            Settlement::Failed { error } => {
+                ("error", Some(error.as_str()), None, true, Some(SequenceState::Blocking), None)
+            }
         };
+        if state.is_none() {
+            applied.push(*row_id);
+        }
         statuses.push(status);
         errors.push(error);
         retry_at.push(at);
         failed.push(is_failure);
+        keys.push(sequence_key.as_deref());
+        states.push(state.map(SequenceState::as_str));
+        behind.push(held_behind);
     }
     sqlx::query(
         "UPDATE processed_events p
@@ -217,9 +291,13 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
                 replay_forced_by = CASE WHEN s.status = 'pending' THEN p.replay_forced_by END,
                 resolved_at = NULL,
                 resolved_note = NULL,
+                sequence_key = COALESCE(s.sequence_key, p.sequence_key),
+                sequence_state = s.state,
+                held_behind = s.behind,
                 updated_at = now()
-           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
-             AS s(id, status, error, retry_at, failed)
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[], $7::text[],
+                       $8::bigint[])
+             AS s(id, status, error, retry_at, failed, sequence_key, state, behind)
           WHERE p.id = s.id",
     )
     .bind(&ids)
@@ -227,10 +305,97 @@ pub async fn settle(conn: &mut PgConnection, settled: &[(i64, Settlement)]) -> R
     .bind(&errors)
     .bind(&retry_at)
     .bind(&failed)
-    .execute(conn)
+    .bind(&keys)
+    .bind(&states)
+    .bind(&behind)
+    .execute(&mut *conn)
     .await
     .map_err(query_error("settle attempts"))?;
+    release_held_behind(conn, &applied).await
+}
+
+/// Makes the rows held behind `ids` due now. They stay `blocking`, so an
+/// event of their key that arrives before they are applied lines up behind
+/// them instead of overtaking.
+pub async fn release_held_behind(conn: &mut PgConnection, ids: &[i64]) -> Result<(), LedgerError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE processed_events
+            SET sequence_state = 'blocking', held_behind = NULL, next_attempt_at = now(),
+                error_message = 'released: the event it was held behind is settled', updated_at = now()
+          WHERE held_behind = ANY($1) AND sequence_state = 'held'",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await
+    .map_err(query_error("release held rows"))?;
     Ok(())
+}
+
+/// The earliest not-yet-applied row of each of `keys` that later events of
+/// the key must wait for (`blocking` or `held`), leaving out `batch` (the
+/// rows being applied right now, which the caller orders itself).
+pub async fn earliest_blockers(
+    conn: &mut PgConnection,
+    keys: &[&str],
+    batch: &[i64],
+) -> Result<std::collections::HashMap<String, Blocker>, LedgerError> {
+    if keys.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (sequence_key) sequence_key, id, event_id FROM processed_events
+          WHERE sequence_key = ANY($1) AND sequence_state IN ('blocking', 'held') AND NOT (id = ANY($2))
+          ORDER BY sequence_key, id",
+    )
+    .bind(keys)
+    .bind(batch)
+    .fetch_all(conn)
+    .await
+    .map_err(query_error("find blocking rows"))?;
+    Ok(rows.into_iter().map(|(key, row_id, event_id)| (key, Blocker { row_id, event_id })).collect())
+}
+
+/// An earlier event that later events of its key wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub row_id: i64,
+    pub event_id: String,
+}
+
+/// Locks, inside the caller's transaction, up to `limit` rows that wait for
+/// a dependency (`waiting`), oldest first, so the batch can try them before
+/// anything published after them.
+pub async fn lock_waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<Claimed>, LedgerError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count, replay_forced_by FROM processed_events
+          WHERE sequence_state = 'waiting' AND status = 'pending'
+          ORDER BY id
+          LIMIT $1
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .map_err(query_error("lock waiting rows"))?;
+    Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
+}
+
+/// Gives a partition's new active worker the leases the previous one held:
+/// only the active worker applies a partition's rows, so a `processing`
+/// row can only be a dead or fenced-off leader's, and waiting out its
+/// lease would only delay failover. Returns how many were taken back.
+pub async fn expire_leases(conn: &mut PgConnection) -> Result<u64, LedgerError> {
+    let done = sqlx::query(
+        "UPDATE processed_events SET next_attempt_at = now()
+          WHERE status = 'processing' AND next_attempt_at > now()",
+    )
+    .execute(conn)
+    .await
+    .map_err(query_error("expire the previous leader's leases"))?;
+    Ok(done.rows_affected())
 }
 
 /// A ledger row as an operator reads it.
@@ -635,16 +800,57 @@ pub async fn error_report(
 /// Marks a failed event resolved, inside the caller's transaction; false if
 /// no unresolved failed event has that id.
 pub async fn resolve_error(conn: &mut PgConnection, event_id: &str, note: &str) -> Result<bool, LedgerError> {
-    let done = sqlx::query(
-        "UPDATE processed_events SET resolved_at = now(), resolved_note = $2
-          WHERE event_id = $1 AND status = 'error' AND resolved_at IS NULL",
+    // A resolved failure no longer holds its key: the events held behind it
+    // are released (applied without it, as the operator decided).
+    let resolved: Option<i64> = sqlx::query_scalar(
+        "UPDATE processed_events SET resolved_at = now(), resolved_note = $2, sequence_state = NULL
+          WHERE event_id = $1 AND status = 'error' AND resolved_at IS NULL
+          RETURNING id",
     )
     .bind(event_id)
     .bind(note)
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(query_error("resolve a failed event"))?;
-    Ok(done.rows_affected() == 1)
+    match resolved {
+        Some(id) => {
+            release_held_behind(conn, &[id]).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// A row held behind an earlier event of its sequence key, as the DLQ shows it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct HeldEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub sequence_key: Option<String>,
+    /// The event it waits for.
+    pub held_behind: String,
+    pub since: DateTime<Utc>,
+}
+
+/// Rows held behind an earlier event, oldest first.
+pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<HeldEvent>, LedgerError> {
+    sqlx::query_as(
+        "SELECT p.event_id, p.event_type, p.sequence_key, b.event_id AS held_behind, p.updated_at AS since
+           FROM processed_events p JOIN processed_events b ON b.id = p.held_behind
+          WHERE p.sequence_state = 'held' ORDER BY p.id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error("list held events"))
+}
+
+/// How many rows are held behind an earlier event.
+pub async fn count_held(pool: &PgPool) -> Result<i64, LedgerError> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE sequence_state = 'held'")
+        .fetch_one(pool)
+        .await
+        .map_err(query_error("count held events"))
 }
 
 /// Processed rows processed before `before`: what a prune would delete.

@@ -1,13 +1,14 @@
 //! The broker connection and the declared topology. Only this module and the
 //! modules that move messages (`publisher`, `worker::intake`) touch lapin.
 //!
-//! Topology: one durable topic exchange, one durable queue bound to it with `#`.
-//! Both `worker` and `publish` declare it, so events published before any worker
-//! ever ran wait in the queue instead of being dropped by an exchange with no
-//! bindings.
+//! Topology: one durable topic exchange; one partition queue bound to it with
+//! `#` (a quorum queue with single active consumer and a delivery limit) and
+//! its dead-letter queue. Both `worker` and `publish` declare it, so events
+//! published before any worker ever ran wait in the queue instead of being
+//! dropped by an exchange with no bindings.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::config::SecretUrl;
@@ -30,6 +31,8 @@ pub enum TransportError {
     ConsumerClosed,
     #[error("RabbitMQ did not confirm {unconfirmed} of {total} published events (last error: {reason}); nothing after the first unconfirmed event should be assumed delivered. Re-run the same publish: the ledger ignores events it already has")]
     Unconfirmed { unconfirmed: usize, total: usize, reason: String, outage: bool },
+    #[error("queue '{queue}' exists with other arguments than the ordered topology wants ({detail}): it is most likely a classic queue from before ordered consumption. Run `replay topology` to compare, then `replay topology migrate` to move it without losing a message")]
+    TopologyMismatch { queue: String, detail: String },
     #[error("{consumers} consumer(s) still hold queue '{queue}' (a worker that did not pause?): not purging, since their unacked messages would come back after it. Stop them, then run this again")]
     StillConsumed { queue: String, consumers: u32 },
 }
@@ -44,7 +47,7 @@ impl TransportError {
             Self::Connect { source, .. } | Self::Broker { source, .. } => is_outage(source),
             Self::Unresponsive { .. } | Self::NoAnswer { .. } | Self::ConsumerClosed => true,
             Self::Unconfirmed { outage, .. } => *outage,
-            Self::BadUrl { .. } | Self::StillConsumed { .. } => false,
+            Self::BadUrl { .. } | Self::StillConsumed { .. } | Self::TopologyMismatch { .. } => false,
         }
     }
 
@@ -123,7 +126,48 @@ pub async fn close(connection: &Connection, reason: &str) {
     let _ = answer("close the connection", connection.close(200, reason.into())).await;
 }
 
-/// Declares the exchange, the queue and the binding. Idempotent.
+/// How many times a message may be handed to a worker and come back
+/// unacked (its worker died, or its connection did, with the message in
+/// hand) before the queue dead-letters it: a message that kills every worker
+/// it reaches must not block its partition forever. Generous, because every
+/// failover and broker outage returns the messages in flight once.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The queue a partition's dead-lettered messages go to (`x-delivery-limit`
+/// exceeded); workers drain it into the `dead_letters` table.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead-letters")
+}
+
+/// The arguments of a partition queue: a quorum queue (replicated, at-least-
+/// once dead-lettering, a delivery limit) with single active consumer, so
+/// the broker never hands one partition's messages to two workers at once.
+/// Queue arguments are fixed at declaration: a queue declared before with
+/// others is refused by the broker (`PRECONDITION_FAILED`), and
+/// `replay topology migrate` moves it.
+pub fn partition_arguments(queue: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dead_letter_queue(queue).into()));
+    // At-least-once dead-lettering (RabbitMQ 3.10+) needs reject-publish; with
+    // no length limit set, nothing is ever rejected for length.
+    arguments.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    arguments
+}
+
+fn quorum_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments
+}
+
+/// Declares the exchange, the partition queue, its dead-letter queue and
+/// the binding. Idempotent. A queue that exists with other arguments (a
+/// classic queue from before ordering) is [`TransportError::TopologyMismatch`].
 pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(), TransportError> {
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
     answer(
@@ -132,11 +176,12 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(
     )
     .await?;
     let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
-    answer(
-        format!("declare queue '{queue}'"),
-        channel.queue_declare(queue.into(), durable_queue, FieldTable::default()),
-    )
-    .await?;
+    let dead = dead_letter_queue(queue);
+    for (name, arguments) in [(dead.as_str(), quorum_arguments()), (queue, partition_arguments(queue))] {
+        answer(format!("declare queue '{name}'"), channel.queue_declare(name.into(), durable_queue, arguments))
+            .await
+            .map_err(|e| mismatch(e, name))?;
+    }
     answer(
         format!("bind queue '{queue}' to '{exchange}'"),
         channel.queue_bind(
@@ -149,6 +194,25 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(
     )
     .await?;
     Ok(())
+}
+
+/// A declaration the broker refused because the queue exists with other
+/// arguments (406 PRECONDITION_FAILED) is named as such.
+fn mismatch(error: TransportError, queue: &str) -> TransportError {
+    match &error {
+        TransportError::Broker { source, .. } if protocol_code(source) == Some(406) => {
+            TransportError::TopologyMismatch { queue: queue.to_string(), detail: source.to_string() }
+        }
+        _ => error,
+    }
+}
+
+/// The AMQP reply code of a broker refusal, if it is one.
+pub fn protocol_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
 }
 
 /// Number of messages ready in the queue (not counting unacked ones).

@@ -22,8 +22,14 @@ async fn concurrent_claims_never_take_a_row_twice(pool: PgPool) {
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let claimed =
-                        replay::ledger::claim_due(&pool, &format!("w{w}"), 50, Duration::from_secs(60)).await.unwrap();
+                    let claimed = replay::ledger::claim_due(
+                        &mut pool.acquire().await.unwrap(),
+                        &format!("w{w}"),
+                        50,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
                     if claimed.is_empty() {
                         return mine;
                     }
@@ -47,7 +53,10 @@ async fn concurrent_claims_never_take_a_row_twice(pool: PgPool) {
     .unwrap();
     assert_eq!(processing, 2000);
     // A live lease is not claimable again.
-    assert!(replay::ledger::claim_due(&pool, "late", 50, Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(replay::ledger::claim_due(&mut pool.acquire().await.unwrap(), "late", 50, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn seed(pool: &PgPool) {

@@ -148,7 +148,7 @@ async fn pending_rows_are_picked_up_without_any_message(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn a_stale_processing_row_is_reclaimed_after_its_lease(pool: PgPool) {
+async fn a_stale_processing_row_is_reclaimed_and_a_new_leader_takes_back_every_lease(pool: PgPool) {
     let world = World::new(pool).await;
     let period = Uuid::new_v4();
     // A worker died holding this row; its lease ran out a minute ago.
@@ -160,23 +160,27 @@ async fn a_stale_processing_row_is_reclaimed_after_its_lease(pool: PgPool) {
     .execute(&world.pool)
     .await
     .unwrap();
-    // And one whose lease is still running is left alone.
+    // And one whose lease still runs: only a partition's leader claims, so
+    // it was a leader's that is gone, and the next leader takes it back at
+    // once instead of waiting an hour.
     sqlx::query(
         "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, locked_by, next_attempt_at)
-         VALUES ('held-1', 'period.opened', '{}', now(), 'processing', 'live-worker', now() + interval '1 hour')",
+         VALUES ('live-1', 'period.opened', $1, now(), 'processing', 'old-leader', now() + interval '1 hour')",
     )
+    .bind(json!({"period_id": Uuid::new_v4(), "start_date": "2026-01-01", "end_date": "2026-03-31"}))
     .execute(&world.pool)
     .await
     .unwrap();
 
     let worker = world.start_worker(world.worker_config("w1"));
-    world.wait_for_count(PROCESSED, 1, Duration::from_secs(10)).await;
+    world.wait_for_count(PROCESSED, 2, Duration::from_secs(10)).await;
     worker.stop().await;
 
     let (status, retries, _) = world.status_of("stale-1").await.unwrap();
     assert_eq!((status.as_str(), retries), ("processed", 1), "the expired lease counts as one failed attempt");
-    assert_eq!(world.scalar("SELECT count(*) FROM allocation_periods").await, 1);
-    assert_eq!(world.status_of("held-1").await.unwrap().0, "processing");
+    let (status, retries, _) = world.status_of("live-1").await.unwrap();
+    assert_eq!((status.as_str(), retries), ("processed", 1), "taken back from the old leader at takeover");
+    assert_eq!(world.scalar("SELECT count(*) FROM allocation_periods").await, 2);
     world.cleanup().await;
 }
 
@@ -264,15 +268,40 @@ async fn a_failing_statement_fails_only_its_own_event(pool: PgPool) {
     world.publish(&batch).await;
 
     let worker = world.start_worker(world.worker_config("w1"));
-    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
     world
         .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'error'", 1, Duration::from_secs(20))
         .await;
-    worker.stop().await;
 
     let (status, retries, error) = world.status_of(&overflowing.event_id).await.unwrap();
     assert_eq!((status.as_str(), retries), ("error", 3));
     assert!(error.unwrap().contains("numeric field overflow"));
+    // The two published before it are applied; the two after it belong to its
+    // period and wait behind it, in the same batch as it and ever since.
+    assert_eq!(world.scalar(PROCESSED).await, 3, "the period and the two contributions before the failing one");
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 2);
+    let held: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT p.event_id, p.error_message FROM processed_events p JOIN processed_events b ON b.id = p.held_behind
+          WHERE p.sequence_state = 'held' AND b.event_id = $1 ORDER BY p.id",
+    )
+    .bind(&overflowing.event_id)
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    let later: Vec<&str> = batch[3..].iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(held.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), later);
+    assert!(held[0].1.as_deref().unwrap().contains(&format!("held behind {}", overflowing.event_id)));
+
+    // Resolving the failure lets the events behind it go on without it.
+    let resolved = world.replay(&["dlq", "resolve", &overflowing.event_id, "--note", "amount was a typo"]).await;
+    assert!(resolved.status.success(), "{}", String::from_utf8_lossy(&resolved.stderr));
+    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
+    worker.stop().await;
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 5);
+    assert_eq!(
+        world
+            .scalar("SELECT count(*) FROM processed_events WHERE sequence_state IS NOT NULL AND status <> 'error'")
+            .await,
+        0
+    );
     world.cleanup().await;
 }

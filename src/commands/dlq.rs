@@ -39,8 +39,9 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
         DlqCommand::List { limit, json } => {
             let failed = ledger::unresolved_errors(&pool, limit).await?;
             let letters = dead_letters::unresolved(&pool, limit).await?;
+            let held = ledger::held(&pool, limit).await?;
             if json {
-                println!("{}", json!({"failed_events": failed, "dead_letters": letters}));
+                println!("{}", json!({"failed_events": failed, "dead_letters": letters, "held_events": held}));
                 return Ok(ExitCode::SUCCESS);
             }
             let mut table = Table::new();
@@ -63,8 +64,22 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
                     l.reason.clone(),
                 ]);
             }
+            for h in &held {
+                table.add_row([
+                    h.event_id.clone(),
+                    "held event".into(),
+                    h.event_type.clone(),
+                    time(Some(h.since)),
+                    format!("held behind {}: applied once that event is", h.held_behind),
+                ]);
+            }
             println!("{table}");
-            println!("{} failed event(s), {} dead-lettered message(s)", failed.len(), letters.len());
+            println!(
+                "{} failed event(s), {} dead-lettered message(s), {} event(s) held behind an earlier one",
+                failed.len(),
+                letters.len(),
+                held.len()
+            );
             if !failed.is_empty() {
                 println!("next: fix the cause, then `replay plan --status error --reason ...` to reprocess them");
             }

@@ -92,7 +92,16 @@ async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<s
         Ok(depth) => json!({"name": endpoints.queue, "depth": depth}),
         Err(error) => json!({"name": endpoints.queue, "depth": null, "error": error.to_string()}),
     };
-    Ok(json!({"ledger": by_type, "paused": paused, "queue": queue}))
+    let held = ledger::held(pool, 10).await?;
+    let held_count = ledger::count_held(pool).await?;
+    let leaders = crate::worker::leadership::leaders(pool).await?;
+    Ok(json!({
+        "ledger": by_type,
+        "paused": paused,
+        "queue": queue,
+        "leaders": leaders,
+        "held": {"count": held_count, "first": held},
+    }))
 }
 
 async fn queue_depth(endpoints: &Endpoints) -> Result<u32, transport::TransportError> {
@@ -165,6 +174,32 @@ fn human(report: &serde_json::Value) -> String {
         ),
         None => "workers: not paused\n".to_string(),
     };
+    for leader in report["leaders"].as_array().into_iter().flatten() {
+        out += &format!(
+            "partition {}: led by {} since {} (takeover #{})\n",
+            leader["partition"].as_str().unwrap_or("?"),
+            leader["worker_id"].as_str().unwrap_or("?"),
+            leader["since"].as_str().unwrap_or("?"),
+            leader["epoch"]
+        );
+    }
+    let held = &report["held"];
+    if held["count"].as_i64().is_some_and(|n| n > 0) {
+        out += &format!(
+            "{} event(s) held behind an earlier event of their sequence that is not applied yet:\n",
+            held["count"]
+        );
+        for h in held["first"].as_array().into_iter().flatten() {
+            out += &format!(
+                "  {} {} held behind {}\n",
+                h["event_id"].as_str().unwrap_or("?"),
+                h["event_type"].as_str().unwrap_or("?"),
+                h["held_behind"].as_str().unwrap_or("?")
+            );
+        }
+        out += "next: fix what the event they are held behind needs, then replay it (`replay plan --event-id ...`), \
+                or `replay dlq resolve` it to let them go on without it\n";
+    }
     let queue = &report["queue"];
     out += &match queue["depth"].as_u64() {
         Some(depth) => format!("queue {}: {depth} ready messages\n", queue["name"].as_str().unwrap_or("?")),

@@ -78,6 +78,10 @@ impl OneByOne for Calculate {
         "allocation.calculate"
     }
 
+    fn sequence_key(&self, event: &Event) -> Option<String> {
+        super::payload_period_key(event)
+    }
+
     async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         let period_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM allocation_periods WHERE id = $1)")
             .bind(p.period_id)

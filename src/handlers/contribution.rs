@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{payload, Handler, HandlerError, Outcomes};
+use super::{payload, payload_period_key, period_key, Handler, HandlerError, Keys, Outcomes};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -60,6 +60,10 @@ struct Submitted;
 impl Handler for Submitted {
     fn event_type(&self) -> &'static str {
         "contribution.submitted"
+    }
+
+    async fn sequence_keys(&self, _conn: &mut PgConnection, events: &[&Event]) -> Result<Keys, sqlx::Error> {
+        Ok(events.iter().map(|event| payload_period_key(event)).collect())
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error> {
@@ -145,6 +149,26 @@ struct Decided {
 impl Handler for Decided {
     fn event_type(&self) -> &'static str {
         self.event_type
+    }
+
+    /// A decision belongs to its contribution's period. A contribution not
+    /// submitted yet has no known period: its decision is not ready
+    /// (waiting), which holds nothing behind it.
+    async fn sequence_keys(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Keys, sqlx::Error> {
+        let (_, valid) = parse_all::<DecidedPayload>(events, |_| Ok(()));
+        let ids: Vec<Uuid> = valid.iter().map(|(_, p)| p.contribution_id).collect();
+        let periods: std::collections::HashMap<Uuid, Uuid> =
+            sqlx::query_as::<_, (Uuid, Uuid)>("SELECT id, period_id FROM contributions WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+        let mut keys = vec![None; events.len()];
+        for (i, p) in &valid {
+            keys[*i] = periods.get(&p.contribution_id).copied().map(period_key);
+        }
+        Ok(keys)
     }
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error> {

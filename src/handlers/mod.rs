@@ -83,6 +83,31 @@ pub trait Handler: Send + Sync {
     /// a statement failed and the transaction must be rolled back to the
     /// caller's savepoint; the caller then applies the events one at a time.
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error>;
+
+    /// Each event's sequence key, read inside the batch's transaction just
+    /// before the events are applied (so earlier events of the batch are
+    /// visible). Events that share a key are applied in ledger order, and one
+    /// that cannot be applied holds the later ones behind it; `None` orders
+    /// an event by its partition only. The default: no key.
+    async fn sequence_keys(&self, _conn: &mut PgConnection, events: &[&Event]) -> Result<Keys, sqlx::Error> {
+        Ok(vec![None; events.len()])
+    }
+}
+
+/// One sequence key (or none) per event handed to [`Handler::sequence_keys`].
+pub type Keys = Vec<Option<String>>;
+
+/// The sequence key of everything that belongs to one allocation period:
+/// its opening, its contributions and their decisions, its close and its
+/// allocations. A close must not compute before an earlier approval.
+pub(crate) fn period_key(period_id: uuid::Uuid) -> String {
+    format!("period:{period_id}")
+}
+
+/// The period key of an event whose payload names its `period_id`.
+fn payload_period_key(event: &Event) -> Option<String> {
+    let id = event.payload.get("period_id")?.as_str()?;
+    uuid::Uuid::parse_str(id).ok().map(period_key)
 }
 
 /// The handlers a worker knows, by event type.
@@ -146,6 +171,12 @@ trait OneByOne: Send + Sync {
     }
 
     async fn apply_one(&self, conn: &mut PgConnection, event: &Event, payload: Self::Payload) -> Applied;
+
+    /// The event's sequence key (see [`Handler::sequence_keys`]), from its
+    /// payload alone.
+    fn sequence_key(&self, _event: &Event) -> Option<String> {
+        None
+    }
 }
 
 /// Adapts a [`OneByOne`] handler to [`Handler`].
@@ -171,6 +202,10 @@ impl<H: OneByOne> Handler for Each<H> {
             outcomes.push(outcome);
         }
         Ok(outcomes)
+    }
+
+    async fn sequence_keys(&self, _conn: &mut PgConnection, events: &[&Event]) -> Result<Keys, sqlx::Error> {
+        Ok(events.iter().map(|event| self.0.sequence_key(event)).collect())
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{allocation, each, Applied, Handler, HandlerError, OneByOne};
+use super::{allocation, each, payload_period_key, Applied, Handler, HandlerError, OneByOne};
 use crate::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
@@ -36,6 +36,10 @@ impl OneByOne for Opened {
 
     fn event_type(&self) -> &'static str {
         "period.opened"
+    }
+
+    fn sequence_key(&self, event: &Event) -> Option<String> {
+        payload_period_key(event)
     }
 
     async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
@@ -72,6 +76,11 @@ impl OneByOne for Close {
 
     fn event_type(&self) -> &'static str {
         self.event_type
+    }
+
+    /// A close waits for every earlier event of its period.
+    fn sequence_key(&self, event: &Event) -> Option<String> {
+        payload_period_key(event)
     }
 
     async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {

@@ -1,33 +1,28 @@
 //! The claiming half of a worker: ledger rows that are due, processed without
-//! any message. Woken by `NOTIFY replay_pending` and by a timer, since a
+//! any message. It runs only on the partition's leader, on the leader's
+//! session, so a retry, a released hold or a replay's fallback is applied
+//! between the intake's batches, never beside them. Woken by `NOTIFY replay_pending` and by a timer, since a
 //! notification sent while the listener was disconnected is lost: the table is
 //! the truth, the notification only a wake-up.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use super::pipeline::Pipeline;
-use super::{pause, pausing, Liveness, WorkerConfig};
+use super::pipeline::is_connection_loss;
+use super::{pause, pausing, Lead};
 use crate::config::SecretUrl;
 use crate::ledger;
 
-pub(super) async fn run(
-    pipeline: Arc<Pipeline>,
-    pool: PgPool,
-    database_url: SecretUrl,
-    config: WorkerConfig,
-    liveness: Liveness,
-    mut paused: tokio::sync::watch::Receiver<bool>,
-    shutdown: CancellationToken,
-) {
+/// Claims and applies due rows while this worker leads the partition, on
+/// the leader's session, between the intake's batches.
+pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receiver<bool>) {
+    let (config, liveness, stop) = (lead.config, lead.liveness, &lead.stop);
     let mut listener = None;
-    while !shutdown.is_cancelled() {
+    while !stop.is_cancelled() {
         liveness.set_claiming(false);
-        if !pausing::wait_while_paused(&mut paused, &shutdown).await {
+        if !pausing::wait_while_paused(&mut paused, stop).await {
             break;
         }
         // Say "claiming" before the last look at the pause: the heartbeat
@@ -37,53 +32,84 @@ pub(super) async fn run(
             continue;
         }
         if listener.is_none() {
-            listener = listen(&pool, &database_url).await;
+            listener = listen(lead.pool, &lead.endpoints.database_url).await;
         }
-        let claim = ledger::claim_due(&pool, &config.id, config.batch_size as i64, config.lease);
-        // A database that stopped answering fails the claim instead of holding the claimer.
-        let claimed = match tokio::time::timeout(config.batch_timeout, claim).await {
-            Ok(claimed) => claimed.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("the claim did not finish within {:?}", config.batch_timeout)),
-        };
-        match claimed {
-            Ok(claimed) if !claimed.is_empty() => {
-                let count = claimed.len();
-                match pipeline.process_claimed(claimed).await {
-                    Ok(tally) => tracing::debug!(count, ?tally, "claimed rows processed"),
-                    // The claim stays until its lease expires, then the rows are retried.
-                    Err(e) => {
-                        tracing::warn!(error = %e, count, "claimed rows not processed; their lease will expire");
-                        if !pause(config.poll_interval, &shutdown).await {
-                            break;
-                        }
-                    }
-                }
-            }
-            Ok(_) => {
+        match claim_and_apply(lead).await {
+            Claimed::Some(count) => tracing::debug!(count, "claimed rows processed"),
+            Claimed::None => {
                 liveness.set_claiming(false);
                 let woke = match listener.as_mut() {
                     Some(l) => tokio::select! {
                         _ = paused.wait_for(|p| *p) => true,
-                        () = shutdown.cancelled() => break,
+                        () = stop.cancelled() => break,
                         () = tokio::time::sleep(config.poll_interval) => true,
                         notified = l.recv() => notified.is_ok(),
                     },
-                    None => pause(config.poll_interval, &shutdown).await,
+                    None => pause(config.poll_interval, stop).await,
                 };
                 if !woke {
                     listener = None;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot claim due rows; retrying");
+            Claimed::Failed => {
                 listener = None;
-                if !pause(config.poll_interval.max(Duration::from_millis(500)), &shutdown).await {
+                if !pause(config.poll_interval.max(Duration::from_millis(500)), stop).await {
                     break;
                 }
             }
+            Claimed::Lost => break,
         }
     }
     liveness.set_claiming(false);
+}
+
+/// What one claim came to.
+enum Claimed {
+    Some(usize),
+    None,
+    Failed,
+    Lost,
+}
+
+async fn claim_and_apply(lead: &Lead<'_>) -> Claimed {
+    let config = lead.config;
+    let mut session = lead.leadership.session.lock().await;
+    let claim = ledger::claim_due(&mut session, &config.id, config.batch_size as i64, config.lease);
+    // A database that stopped answering fails the claim instead of holding the claimer.
+    let claimed = match tokio::time::timeout(config.batch_timeout, claim).await {
+        Ok(Ok(claimed)) => claimed,
+        Ok(Err(ledger::LedgerError::Query { source, .. })) if is_connection_loss(&source) => {
+            lead.lose(&source);
+            return Claimed::Lost;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot claim due rows; retrying");
+            return Claimed::Failed;
+        }
+        Err(_) => {
+            lead.lose(&format!("the claim did not finish within {:?}", config.batch_timeout));
+            return Claimed::Lost;
+        }
+    };
+    if claimed.is_empty() {
+        return Claimed::None;
+    }
+    let count = claimed.len();
+    match lead.pipeline.process_claimed(&mut session, claimed).await {
+        Ok(tally) => {
+            tracing::debug!(count, ?tally, "claimed rows processed");
+            Claimed::Some(count)
+        }
+        Err(e) if e.lost_connection() => {
+            lead.lose(&e);
+            Claimed::Lost
+        }
+        // The claim stays until its lease expires, then the rows are retried.
+        Err(e) => {
+            tracing::warn!(error = %e, count, "claimed rows not processed; their lease will expire");
+            Claimed::Failed
+        }
+    }
 }
 
 async fn listen(pool: &PgPool, url: &SecretUrl) -> Option<PgListener> {

@@ -1,85 +1,68 @@
 //! The consuming half of a worker: queue → batches → pipeline → ack.
 //!
-//! Architecture invariant: a message is acked only after the transaction
-//! that recorded it committed. A broker outage is waited out: the loop
+//! Architecture invariants: a message is acked only after the transaction
+//! that recorded it committed. Only the partition's leader consumes, and it
+//! never leaves messages unacked behind a cancelled consumer: a graceful stop
+//! or a pause cancels, applies and acks what the broker already sent, then
+//! closes; a lost session closes at once (no cancel), so the broker returns
+//! the unacked messages in order before another consumer is activated. A broker outage is waited out: the loop
 //! reconnects with backoff, and messages it had not acked are redelivered
 //! (the ledger recognises them).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
-use tokio_util::sync::CancellationToken;
+use lapin::{Channel, Consumer};
 
-use super::pipeline::Pipeline;
-use super::{pause, pausing, Liveness, WorkerConfig};
+use super::{pause, pausing, Lead};
 use crate::config::Endpoints;
 use crate::dead_letters::DeadLetter;
 use crate::envelope::{Event, Received};
 use crate::transport::{self, TransportError};
 
-/// Why the intake stopped for good.
-#[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-}
-
 /// Longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
-pub(super) async fn run(
-    pipeline: Arc<Pipeline>,
-    endpoints: &Endpoints,
-    config: &WorkerConfig,
-    liveness: &Liveness,
-    mut paused: tokio::sync::watch::Receiver<bool>,
-    shutdown: CancellationToken,
-) -> Result<(), IntakeError> {
+/// Consumes the partition queue while this worker leads it.
+pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        if !pausing::wait_while_paused(&mut paused, &shutdown).await {
+    while !lead.stop.is_cancelled() {
+        if !pausing::wait_while_paused(&mut paused, &lead.stop).await {
             break;
         }
-        let consumed = consume(&pipeline, endpoints, config, liveness, &mut paused, &shutdown).await;
-        liveness.set_consuming(false);
+        let consumed = consume(lead, &mut paused).await;
+        lead.liveness.set_consuming(false);
         match consumed {
-            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Stopped) => return,
             Ok(Ended::Paused) => {
-                tracing::info!("paused: consumer closed, unacked messages returned to the queue");
+                tracing::info!("paused: what the consumer held is applied and acked, consumer closed");
                 delay = Duration::from_millis(200);
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "consuming stopped; reconnecting");
-                if !pause(delay, &shutdown).await {
+                if !pause(delay, &lead.stop).await {
                     break;
                 }
                 delay = (delay * 2).min(MAX_RECONNECT_DELAY);
             }
         }
     }
-    Ok(())
 }
 
-/// Why a connection's life ended without a fault.
+/// Why a connection's life ended without a broker fault.
 enum Ended {
-    Shutdown,
+    /// Shutdown, or the leader session lost.
+    Stopped,
     Paused,
 }
 
-/// One connection's life: consume until shutdown or a pause (Ok) or a broker fault (Err).
-async fn consume(
-    pipeline: &Pipeline,
-    endpoints: &Endpoints,
-    config: &WorkerConfig,
-    liveness: &Liveness,
-    paused: &mut tokio::sync::watch::Receiver<bool>,
-    shutdown: &CancellationToken,
-) -> Result<Ended, TransportError> {
+/// One connection's life: consume until shutdown, a pause or a lost session
+/// (Ok) or a broker fault (Err).
+async fn consume(lead: &Lead<'_>, paused: &mut tokio::sync::watch::Receiver<bool>) -> Result<Ended, TransportError> {
+    let (endpoints, config) = (lead.endpoints, lead.config);
     let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {}", config.id)).await?;
     let channel = transport::channel(&connection).await?;
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
@@ -95,50 +78,89 @@ async fn consume(
     )
     .await?;
     tracing::info!(queue = %endpoints.queue, prefetch = config.prefetch, "consuming");
-    liveness.set_consuming(true);
+    lead.liveness.set_consuming(true);
 
-    let result = consume_batches(pipeline, endpoints, config, paused, shutdown, &channel, &mut consumer).await;
-    close(&connection, &channel, &consumer).await;
+    let result = consume_batches(lead, paused, &channel, &mut consumer).await;
+    let result = match result {
+        // A graceful stop leaves nothing unacked behind a cancelled
+        // consumer: the broker would hand the next consumer newer messages
+        // before the returned ones.
+        Ok(ended) if !lead.is_lost() => hand_back(lead, &channel, &mut consumer).await.map(|()| ended),
+        other => other,
+    };
+    // Closing without a cancel returns what is still unacked at once, in
+    // order, before the broker activates another consumer.
+    transport::close(&connection, "worker stopping").await;
     result
 }
 
 async fn consume_batches(
-    pipeline: &Pipeline,
-    endpoints: &Endpoints,
-    config: &WorkerConfig,
+    lead: &Lead<'_>,
     paused: &mut tokio::sync::watch::Receiver<bool>,
-    shutdown: &CancellationToken,
     channel: &Channel,
     consumer: &mut Consumer,
 ) -> Result<Ended, TransportError> {
     loop {
         // Between batches only: a batch in flight always finishes first.
         let first = tokio::select! {
-            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            () = lead.stop.cancelled() => return Ok(Ended::Stopped),
             _ = paused.wait_for(|p| *p) => return Ok(Ended::Paused),
             next = consumer.next() => next,
         };
         let mut batch = vec![next_delivery(first)?];
         // Take what has already arrived, without waiting: batches grow with load.
-        while batch.len() < config.batch_size {
+        while batch.len() < lead.config.batch_size {
             match consumer.next().now_or_never() {
                 Some(next) => batch.push(next_delivery(next)?),
                 None => break,
             }
         }
-        let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
-            continue;
-        };
-        let (events, dead) = read_batch(&batch, endpoints, config.max_message_bytes);
-        if !commit_with_retry(pipeline, events, &dead, shutdown).await {
-            // Shut down before the batch could commit: closing the channel
-            // returns its messages to the queue.
-            return Ok(Ended::Shutdown);
+        if !commit_and_ack(lead, channel, &batch).await? {
+            return Ok(Ended::Stopped);
         }
-        transport::answer("ack a committed batch", channel.basic_ack(last_tag, BasicAckOptions { multiple: true }))
-            .await?;
-        metrics::counter!(crate::metrics::EVENTS_CONSUMED).increment(batch.len() as u64);
     }
+}
+
+/// Cancels the consumer, then applies and acks what the broker had already
+/// sent it (the stream yields it, then ends).
+async fn hand_back(lead: &Lead<'_>, channel: &Channel, consumer: &mut Consumer) -> Result<(), TransportError> {
+    transport::answer("cancel the consumer", channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
+        .await?;
+    let mut batch = Vec::new();
+    loop {
+        let next = transport::answer("hand back deliveries", async { Ok(consumer.next().await) }).await?;
+        match next {
+            Some(Ok(delivery)) => batch.push(delivery),
+            Some(Err(source)) => return Err(TransportError::Broker { action: "deliver messages".into(), source }),
+            None => break,
+        }
+        if batch.len() >= lead.config.batch_size && !commit_and_ack(lead, channel, &std::mem::take(&mut batch)).await? {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        let count = batch.len();
+        if commit_and_ack(lead, channel, &batch).await? {
+            tracing::info!(count, "applied what the cancelled consumer still held");
+        }
+    }
+    Ok(())
+}
+
+/// Applies one batch and acks it once committed. False if the leader
+/// session was lost or shutdown came first: nothing was committed, and the
+/// messages go back to the queue when the connection closes.
+async fn commit_and_ack(lead: &Lead<'_>, channel: &Channel, batch: &[Delivery]) -> Result<bool, TransportError> {
+    let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
+        return Ok(true);
+    };
+    let (events, dead) = read_batch(batch, lead.endpoints, lead.config.max_message_bytes);
+    if !commit_with_retry(lead, events, &dead).await {
+        return Ok(false);
+    }
+    transport::answer("ack a committed batch", channel.basic_ack(last_tag, BasicAckOptions { multiple: true })).await?;
+    metrics::counter!(crate::metrics::EVENTS_CONSUMED).increment(batch.len() as u64);
+    Ok(true)
 }
 
 fn next_delivery(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, TransportError> {
@@ -185,37 +207,32 @@ pub(crate) fn read_batch<'d>(
     (events, dead)
 }
 
-/// Commits the batch, retrying while the database is unavailable. Returns
-/// false if shutdown came first (nothing committed).
-async fn commit_with_retry(
-    pipeline: &Pipeline,
-    events: Vec<Event>,
-    dead: &[DeadLetter],
-    shutdown: &CancellationToken,
-) -> bool {
+/// Commits the batch on the leader's session, retrying what the session
+/// survives. Returns false (nothing committed) if the session is lost, which
+/// ends this worker's leadership, or if shutdown came first.
+async fn commit_with_retry(lead: &Lead<'_>, events: Vec<Event>, dead: &[DeadLetter]) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
-        match pipeline.process_messages(&events, dead).await {
+        let committed = {
+            let mut session = lead.leadership.session.lock().await;
+            lead.pipeline.process_messages(&mut session, &events, dead).await
+        };
+        match committed {
             Ok(tally) => {
                 tracing::debug!(?tally, "batch committed");
                 return true;
             }
+            Err(e) if e.lost_connection() => {
+                lead.lose(&e);
+                return false;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "batch not committed; retrying");
-                if !pause(delay, shutdown).await {
+                if !pause(delay, &lead.stop).await {
                     return false;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-}
-
-/// Stops deliveries and closes the connection, so unacked messages return to the
-/// queue now rather than when the broker notices a dead socket.
-async fn close(connection: &Connection, channel: &Channel, consumer: &Consumer) {
-    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-    // Closing the connection closes its channel; closing both makes lapin
-    // report the channel's second close as a connection error.
-    transport::close(connection, "worker stopping").await;
 }

@@ -1,7 +1,9 @@
 //! `replay worker`: consumes events from RabbitMQ and claims due ledger rows,
 //! applying each event exactly once in effect.
 //!
-//! Two loops share one [`pipeline::Pipeline`]:
+//! One worker at a time leads a partition (`leadership`); the others stand
+//! by. The leader's two loops share one [`pipeline::Pipeline`] and its
+//! database session, one batch after another:
 //! - `intake` consumes the queue with manual acks, in batches, and acks a
 //!   batch only after its transaction committed;
 //! - `claimer` claims rows that are due (reset by an operator or a replay,
@@ -13,7 +15,9 @@
 //! intake closes its channel and the claimer stops claiming until it lifts.
 
 mod claimer;
+mod dead_lettered;
 mod intake;
+pub mod leadership;
 mod pausing;
 pub mod pipeline;
 mod relay;
@@ -21,6 +25,8 @@ mod relay;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use leadership::Leadership;
 
 use chrono::Utc;
 use rand::Rng;
@@ -33,7 +39,6 @@ use crate::ledger::Settlement;
 use pipeline::Pipeline;
 
 pub(crate) use intake::read_batch;
-pub use intake::IntakeError;
 
 /// How failed attempts are retried.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +78,8 @@ impl RetryPolicy {
         // Jitter spreads retries of a burst of failures over time.
         let jittered = capped.mul_f64(rand::rng().random_range(0.5..1.5));
         let delay = chrono::Duration::from_std(jittered).unwrap_or(chrono::Duration::MAX);
-        Settlement::Retry { error: error.to_string(), retry_at: Utc::now() + delay }
+        let waiting = matches!(error, HandlerError::NotReady(_));
+        Settlement::Retry { error: error.to_string(), retry_at: Utc::now() + delay, waiting }
     }
 }
 
@@ -131,6 +137,10 @@ fn host_name() -> String {
 
 /// Runs a worker until `shutdown` is cancelled. Returns an error only for
 /// faults it cannot wait out.
+///
+/// The worker stands by until it leads its partition (`leadership`), then
+/// runs the intake and the claimer on the leader's session until shutdown
+/// or until that session is lost, and stands by again.
 pub async fn run(
     config: WorkerConfig,
     endpoints: Endpoints,
@@ -140,7 +150,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pipeline =
-        Arc::new(Pipeline::new(pool.clone(), registry, config.id.clone(), config.retry, config.batch_timeout));
+        Pipeline::new(registry, config.id.clone(), config.retry, config.batch_timeout, config.batch_size as i64);
     tracing::info!(
         worker = %config.id,
         database = %endpoints.database_url,
@@ -152,47 +162,93 @@ pub async fn run(
     // Paused until the watcher has read the pause once: a worker started
     // during a pause never takes work.
     let (paused_tx, paused) = tokio::sync::watch::channel(true);
-    let pool_for_relay = pool.clone();
     let watcher =
         tokio::spawn(pausing::watch(pool.clone(), config.id.clone(), liveness.clone(), paused_tx, shutdown.clone()));
-    let claimer = tokio::spawn(claimer::run(
-        pipeline.clone(),
-        pool,
-        endpoints.database_url.clone(),
-        config.clone(),
-        liveness.clone(),
-        paused.clone(),
-        shutdown.clone(),
-    ));
     let relay = tokio::spawn(relay::run(
-        pool_for_relay,
+        pool.clone(),
         endpoints.clone(),
         config.id.clone(),
         liveness.clone(),
         paused.clone(),
         shutdown.clone(),
     ));
-    let intake_result = intake::run(pipeline, &endpoints, &config, &liveness, paused, shutdown.clone()).await;
-    // Whatever ended the intake ends the worker.
+    let dead_lettered = tokio::spawn(dead_lettered::run(pool.clone(), endpoints.clone(), shutdown.clone()));
+    while let Some(leadership) =
+        leadership::acquire(&pool, &endpoints.queue, &config.id, config.batch_timeout, &shutdown).await
+    {
+        liveness.set_leading(true);
+        let lead = Lead {
+            pipeline: &pipeline,
+            leadership: &leadership,
+            pool: &pool,
+            endpoints: &endpoints,
+            config: &config,
+            liveness: &liveness,
+            stop: shutdown.child_token(),
+            lost: AtomicBool::new(false),
+        };
+        tokio::join!(intake::run(&lead, paused.clone()), claimer::run(&lead, paused.clone()));
+        let lost = lead.lost.load(Ordering::SeqCst);
+        liveness.set_leading(false);
+        leadership.give_up(&pool, lost).await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
     shutdown.cancel();
-    let claimer_result = claimer.await;
     let _ = watcher.await;
     let _ = relay.await;
-    intake_result?;
-    claimer_result?;
+    let _ = dead_lettered.await;
     tracing::info!(worker = %config.id, "worker stopped");
     Ok(())
+}
+
+/// What the intake and the claimer of the partition's leader share.
+pub(super) struct Lead<'a> {
+    pipeline: &'a Pipeline,
+    leadership: &'a Leadership,
+    pool: &'a PgPool,
+    endpoints: &'a Endpoints,
+    config: &'a WorkerConfig,
+    liveness: &'a Liveness,
+    /// Cancelled on shutdown, or when either loop finds the session lost.
+    stop: CancellationToken,
+    lost: AtomicBool,
+}
+
+impl Lead<'_> {
+    /// The leader's session is gone or cannot be trusted: both loops stop,
+    /// and the worker gives up the partition.
+    fn lose(&self, why: &dyn std::fmt::Display) {
+        tracing::warn!(partition = %self.leadership.partition, error = %why, "lost the leader session; standing by again");
+        self.lost.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
 }
 
 /// What a running worker reports about itself, shared with the health endpoint.
 #[derive(Clone, Debug, Default)]
 pub struct Liveness {
+    leading: Arc<AtomicBool>,
     consuming: Arc<AtomicBool>,
     claiming: Arc<AtomicBool>,
     relaying: Arc<AtomicBool>,
 }
 
 impl Liveness {
+    /// Whether this worker leads its partition (else it is a hot standby).
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::SeqCst);
+    }
+
     /// Whether the worker holds an open consumer on its queue right now.
     pub fn is_consuming(&self) -> bool {
         self.consuming.load(Ordering::SeqCst)

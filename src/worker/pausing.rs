@@ -44,6 +44,8 @@ pub(super) async fn watch(
         let state =
             if *paused.borrow() && !liveness.is_consuming() && !liveness.is_claiming() && !liveness.is_relaying() {
                 WorkerState::Paused
+            } else if !liveness.is_leading() {
+                WorkerState::Standby
             } else {
                 WorkerState::Running
             };

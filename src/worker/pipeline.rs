@@ -9,15 +9,24 @@
 //!   one event at a time, each under its own savepoint.
 //! - An event already in the ledger is applied again only if its row is due
 //!   (reset by an operator); otherwise its message is a duplicate.
+//! - Events are applied in the order they were delivered (claimed rows in
+//!   ledger order), never sorted by their timestamps: the ledger id of a new
+//!   row is its place in the partition. Rows waiting for a dependency are
+//!   tried before the batch, which was published after them.
+//! - An event is never applied while an earlier event of its sequence key
+//!   is unapplied for any reason but a missing dependency (retrying, in
+//!   `error`, or held itself): it is held behind it and released once that
+//!   one is settled. A run applied in one statement in which an event failed
+//!   and a later one of its key succeeded is redone with the later one held.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection};
 
 use crate::dead_letters::{self, DeadLetter};
 use crate::envelope::Event;
 use crate::handlers::{HandlerError, Outcomes, Registry};
-use crate::ledger::{self, Admission, Claimed, LedgerError, Settlement};
+use crate::ledger::{self, Admission, Blocker, Claimed, LedgerError, Settled, Settlement};
 use crate::worker::RetryPolicy;
 
 /// What became of a batch.
@@ -27,6 +36,8 @@ pub struct Tally {
     pub duplicates: u64,
     pub retrying: u64,
     pub held: u64,
+    /// Held behind an earlier event of their sequence key.
+    pub held_behind: u64,
     pub failed: u64,
     pub skipped: u64,
     pub dead_letters: u64,
@@ -41,6 +52,7 @@ impl Tally {
             Settlement::Skipped { .. } => (&mut self.skipped, "skipped"),
             Settlement::Retry { .. } => (&mut self.retrying, "retrying"),
             Settlement::Held { .. } => (&mut self.held, "held"),
+            Settlement::HeldBehind { .. } => (&mut self.held_behind, "held_behind"),
             Settlement::Failed { .. } => (&mut self.failed, "failed"),
         };
         *counter += 1;
@@ -70,8 +82,38 @@ pub enum BatchError {
     /// is redone with one.
     #[error("a handler statement failed: {0}")]
     Unisolated(sqlx::Error),
-    #[error("the database did not finish the batch within {0:?}; it is retried on a fresh connection")]
+    /// An event failed while a later event of its sequence key, applied in
+    /// the same statement, succeeded: the batch is redone with those held.
+    #[error("a later event of a failed event's sequence key was applied; redoing the batch with it held")]
+    Resequence(Holds),
+    #[error("the database did not finish the batch within {0:?}; its connection is abandoned")]
     TimedOut(std::time::Duration),
+}
+
+impl BatchError {
+    /// Whether the connection the batch ran on can no longer be trusted (a
+    /// statement was abandoned mid-way, or the session is gone): the worker
+    /// then gives up the partition's leadership that session holds.
+    pub fn lost_connection(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Transaction(e) | Self::Unisolated(e) | Self::Ledger(LedgerError::Query { source: e, .. }) => {
+                is_connection_loss(e)
+            }
+            Self::Resequence(_) => false,
+        }
+    }
+}
+
+/// An error after which a session cannot be used again.
+pub fn is_connection_loss(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // The server ended the session (terminated, shut down, or an idle
+        // transaction timed out): class 57P and 08.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
 }
 
 /// How a batch guards its events from each other.
@@ -92,64 +134,85 @@ struct Work<'a> {
     /// Inserted by this transaction already as `processed`: success needs no
     /// second write.
     inserted: bool,
+    /// A row waiting for a dependency, tried again before the batch: if it
+    /// is still not ready, it is left exactly as it was.
+    waiter: bool,
 }
 
+/// Events of this batch that must not be applied, by event id, and the
+/// earlier event of the batch each waits for: found when the batch was
+/// tried before. By event id, since a redone batch inserts its rows anew.
+pub type Holds = HashMap<String, String>;
+
 pub struct Pipeline {
-    pool: PgPool,
     registry: Registry,
     worker: String,
     retry: RetryPolicy,
     /// Longest a batch may take, commit included: a database that stops
     /// answering (a hung backend) fails the batch instead of holding it forever.
     timeout: std::time::Duration,
+    /// Most waiting rows tried again before one batch.
+    waiters: i64,
 }
 
 impl Pipeline {
     pub fn new(
-        pool: PgPool,
         registry: Registry,
         worker: String,
         retry: RetryPolicy,
         timeout: std::time::Duration,
+        waiters: i64,
     ) -> Self {
-        Self { pool, registry, worker, retry, timeout }
+        Self { registry, worker, retry, timeout, waiters }
     }
 
-    /// Records and applies events that arrived as messages, and stores the
+    /// Records and applies events that arrived as messages, in delivery
+    /// order, on `conn` (the partition leader's session), and stores the
     /// messages that were not events. Commits before returning `Ok`.
-    pub async fn process_messages(&self, events: &[Event], dead: &[DeadLetter]) -> Result<Tally, BatchError> {
+    pub async fn process_messages(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Event],
+        dead: &[DeadLetter],
+    ) -> Result<Tally, BatchError> {
         let attempt = async {
-            match self.messages_with(events, dead, Isolation::Optimistic).await {
-                Err(BatchError::Unisolated(e)) => {
-                    tracing::debug!(error = %e, "redoing the batch with savepoints");
-                    self.messages_with(events, dead, Isolation::Savepoints).await
+            let mut holds = Holds::new();
+            let mut isolation = Isolation::Optimistic;
+            loop {
+                match self.messages_with(conn, events, dead, isolation, &holds).await {
+                    Err(BatchError::Unisolated(e)) if isolation == Isolation::Optimistic => {
+                        tracing::debug!(error = %e, "redoing the batch with savepoints");
+                        isolation = Isolation::Savepoints;
+                    }
+                    Err(BatchError::Resequence(more)) => holds.extend(more),
+                    other => return other,
                 }
-                other => other,
             }
         };
-        // Dropping the attempt drops its connection mid-statement: sqlx closes
-        // it rather than return it to the pool, and the transaction rolls back.
+        // Dropping the attempt drops its statement mid-way: the session can no
+        // longer be used, the caller abandons it and its transaction rolls back.
         tokio::time::timeout(self.timeout, attempt).await.map_err(|_| BatchError::TimedOut(self.timeout))?
     }
 
     async fn messages_with(
         &self,
+        conn: &mut PgConnection,
         events: &[Event],
         dead: &[DeadLetter],
         isolation: Isolation,
+        holds: &Holds,
     ) -> Result<Tally, BatchError> {
         let started = std::time::Instant::now();
         let mut tally = Tally { dead_letters: dead.len() as u64, ..Tally::default() };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         dead_letters::insert(&mut tx, dead).await?;
 
-        // Several copies of one event in a batch are one event. Inserting in
-        // event-id order keeps two workers' batches from deadlocking.
+        // Several copies of one event in a batch are one event: the first
+        // delivered counts. Delivery order is kept: it is the apply order.
         let received = events.len();
         let mut seen = HashSet::with_capacity(received);
-        let mut events: Vec<&Event> = events.iter().filter(|e| seen.insert(e.event_id.as_str())).collect();
+        let events: Vec<&Event> = events.iter().filter(|e| seen.insert(e.event_id.as_str())).collect();
         tally.duplicates += (received - events.len()) as u64;
-        events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
 
         let admissions: Vec<Admission<'_>> = events
             .iter()
@@ -159,114 +222,287 @@ impl Pipeline {
             })
             .collect();
         let inserted = ledger::insert_new(&mut tx, &admissions).await?;
-        let inserted_ids: std::collections::HashMap<String, i64> =
-            inserted.into_iter().map(|(id, event_id)| (event_id, id)).collect();
+        let inserted_ids: HashMap<String, i64> = inserted.into_iter().map(|(id, event_id)| (event_id, id)).collect();
 
-        let mut work = Vec::with_capacity(events.len());
-        let mut others = Vec::new();
-        for event in events.iter().copied() {
-            match inserted_ids.get(&event.event_id) {
-                Some(&row_id) if self.registry.get(&event.event_type).is_some() => {
-                    work.push(Work { row_id, event, retry_count: 0, inserted: true })
-                }
-                Some(_) => tally.count(&event.event_type, &Settlement::Skipped { reason: String::new() }),
-                None => others.push(event),
-            }
-        }
+        let others: Vec<&Event> = events.iter().copied().filter(|e| !inserted_ids.contains_key(&e.event_id)).collect();
         let taken =
             if others.is_empty() { Vec::new() } else { ledger::take_due(&mut tx, &others, &self.worker).await? };
         tally.duplicates += (others.len() - taken.len()) as u64;
-        work.extend(taken.iter().map(Work::claimed));
+        let taken_by_id: HashMap<&str, &Claimed> = taken.iter().map(|c| (c.event.event_id.as_str(), c)).collect();
 
-        let settlements = self.apply(&mut tx, work, &mut tally, isolation).await?;
+        // Rows waiting for a dependency were published before this batch:
+        // they get their chance first.
+        let waiting = ledger::lock_waiting(&mut tx, self.waiters).await?;
+        let mut work: Vec<Work<'_>> = waiting.iter().map(Work::waiting).collect();
+        for event in events.iter().copied() {
+            if let Some(&row_id) = inserted_ids.get(&event.event_id) {
+                if self.registry.get(&event.event_type).is_some() {
+                    work.push(Work { row_id, event, retry_count: 0, inserted: true, waiter: false });
+                } else {
+                    tally.count(&event.event_type, &Settlement::Skipped { reason: String::new() });
+                }
+            } else if let Some(claimed) = taken_by_id.get(event.event_id.as_str()) {
+                work.push(Work::claimed(claimed));
+            }
+        }
+
+        let settlements = self.apply(&mut tx, work, &mut tally, isolation, holds).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
         tally.record(started, received);
         Ok(tally)
     }
 
-    /// Applies rows this worker claimed from the ledger. Rows whose lease
-    /// another worker took over meanwhile are left alone.
-    pub async fn process_claimed(&self, claimed: Vec<Claimed>) -> Result<Tally, BatchError> {
+    /// Applies rows this worker claimed from the ledger, in ledger order,
+    /// with the waiting rows among them. Rows whose lease another worker
+    /// took over meanwhile are left alone.
+    pub async fn process_claimed(&self, conn: &mut PgConnection, claimed: Vec<Claimed>) -> Result<Tally, BatchError> {
         let attempt = async {
-            match self.claimed_with(&claimed, Isolation::Optimistic).await {
-                Err(BatchError::Unisolated(e)) => {
-                    tracing::debug!(error = %e, "redoing the claimed rows with savepoints");
-                    self.claimed_with(&claimed, Isolation::Savepoints).await
+            let mut holds = Holds::new();
+            let mut isolation = Isolation::Optimistic;
+            loop {
+                match self.claimed_with(conn, &claimed, isolation, &holds).await {
+                    Err(BatchError::Unisolated(e)) if isolation == Isolation::Optimistic => {
+                        tracing::debug!(error = %e, "redoing the claimed rows with savepoints");
+                        isolation = Isolation::Savepoints;
+                    }
+                    Err(BatchError::Resequence(more)) => holds.extend(more),
+                    other => return other,
                 }
-                other => other,
             }
         };
         tokio::time::timeout(self.timeout, attempt).await.map_err(|_| BatchError::TimedOut(self.timeout))?
     }
 
-    async fn claimed_with(&self, claimed: &[Claimed], isolation: Isolation) -> Result<Tally, BatchError> {
+    async fn claimed_with(
+        &self,
+        conn: &mut PgConnection,
+        claimed: &[Claimed],
+        isolation: Isolation,
+        holds: &Holds,
+    ) -> Result<Tally, BatchError> {
         let started = std::time::Instant::now();
         let mut tally = Tally::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         let held: HashSet<i64> = ledger::lock_claimed(&mut tx, &ids, &self.worker).await?.into_iter().collect();
-        let work = claimed.iter().filter(|c| held.contains(&c.id)).map(Work::claimed).collect();
-        let settlements = self.apply(&mut tx, work, &mut tally, isolation).await?;
+        let waiting = ledger::lock_waiting(&mut tx, self.waiters).await?;
+        let mut work: Vec<Work<'_>> = claimed.iter().filter(|c| held.contains(&c.id)).map(Work::claimed).collect();
+        work.extend(waiting.iter().map(Work::waiting));
+        work.sort_by_key(|w| w.row_id);
+        let settlements = self.apply(&mut tx, work, &mut tally, isolation, holds).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
         tally.record(started, claimed.len());
         Ok(tally)
     }
 
-    /// Applies the work in event-time order, a run of one type at a time, and
-    /// returns the ledger writes still owed.
+    /// Applies the work in the order given, a run of one type at a time,
+    /// each event behind the earlier ones of its sequence key, and returns
+    /// the ledger writes still owed.
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        mut work: Vec<Work<'_>>,
+        work: Vec<Work<'_>>,
         tally: &mut Tally,
         isolation: Isolation,
-    ) -> Result<Vec<(i64, Settlement)>, BatchError> {
-        work.sort_by_key(|w| w.event.occurred_at);
+        holds: &Holds,
+    ) -> Result<Vec<Settled>, BatchError> {
+        let batch_rows: Vec<i64> = work.iter().map(|w| w.row_id).collect();
+        let row_of: HashMap<&str, i64> = work.iter().map(|w| (w.event.event_id.as_str(), w.row_id)).collect();
+        let held_in_batch = |event_id: &str| {
+            let root = holds.get(event_id)?;
+            Some(Blocker { row_id: *row_of.get(root.as_str())?, event_id: root.clone() })
+        };
+        // Keys this batch has seen fail: later events of them are held.
+        let mut failed_keys: HashMap<String, Blocker> = HashMap::new();
         let mut settlements = Vec::new();
+        // Events of this batch waiting for a dependency, by position in
+        // `work`, with their settlement's place (none for a waiter left as
+        // it was): tried again after each later run, which may have brought
+        // what they wait for, before anything after it is applied.
+        let mut waiting: Vec<(usize, Option<usize>)> = Vec::new();
         let mut start = 0;
         while start < work.len() {
+            if !waiting.is_empty() && start > 0 {
+                self.retry_waiting(conn, &work, &mut waiting, &mut settlements, tally, isolation, &failed_keys).await?;
+            }
             let event_type = work[start].event.event_type.as_str();
             let end =
                 work[start..].iter().position(|w| w.event.event_type != event_type).map_or(work.len(), |n| start + n);
             let run = &work[start..end];
-            let run_settlements: Vec<Settlement> = match self.registry.get(event_type) {
-                Some(handler) => {
-                    let events: Vec<&Event> = run.iter().map(|w| w.event).collect();
-                    let outcomes = match isolation {
-                        Isolation::Optimistic => apply_optimistic(conn, handler.as_ref(), &events).await?,
-                        Isolation::Savepoints => apply_isolated(conn, handler.as_ref(), &events).await?,
-                    };
-                    outcomes
-                        .into_iter()
-                        .zip(run)
-                        .map(|(outcome, w)| match outcome {
-                            Ok(()) => Settlement::Processed,
-                            Err(error) => self.retry.after_failure(&error, w.retry_count, w.inserted),
-                        })
-                        .collect()
+            let run_start = start;
+            start = end;
+            let Some(handler) = self.registry.get(event_type) else {
+                for w in run {
+                    let settlement = Settlement::Skipped { reason: no_handler(event_type) };
+                    tally.count(event_type, &settlement);
+                    settlements.push(Settled { row_id: w.row_id, settlement, sequence_key: None });
                 }
-                None => vec![Settlement::Skipped { reason: no_handler(event_type) }; run.len()],
+                continue;
             };
-            for (w, settlement) in run.iter().zip(run_settlements) {
+            let events: Vec<&Event> = run.iter().map(|w| w.event).collect();
+            let keys = handler.sequence_keys(conn, &events).await.map_err(BatchError::Unisolated)?;
+            let key_names: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+            let blockers = ledger::earliest_blockers(conn, &key_names, &batch_rows).await?;
+
+            // Which events of the run wait behind an earlier one of their key.
+            let behind: Vec<Option<Blocker>> = run
+                .iter()
+                .zip(&keys)
+                .map(|(w, key)| {
+                    held_in_batch(&w.event.event_id).or_else(|| {
+                        let key = key.as_deref()?;
+                        failed_keys
+                            .get(key)
+                            .cloned()
+                            .or_else(|| blockers.get(key).filter(|b| b.row_id < w.row_id).cloned())
+                    })
+                })
+                .collect();
+            let to_apply: Vec<&Event> =
+                run.iter().zip(&behind).filter(|(_, b)| b.is_none()).map(|(w, _)| w.event).collect();
+            let mut outcomes = if to_apply.is_empty() {
+                Vec::new()
+            } else {
+                match isolation {
+                    Isolation::Optimistic => apply_optimistic(conn, handler.as_ref(), &to_apply).await?,
+                    Isolation::Savepoints => apply_isolated(conn, handler.as_ref(), &to_apply).await?,
+                }
+            }
+            .into_iter();
+
+            let mut resequence = Holds::new();
+            let mut run_failed: HashMap<&str, Blocker> = HashMap::new();
+            for (position, ((w, key), blocker)) in run.iter().zip(&keys).zip(behind).enumerate() {
+                let position = run_start + position;
+                let settlement = match blocker {
+                    Some(blocker) => Settlement::HeldBehind {
+                        reason: format!(
+                            "held behind {}: an earlier event of {} that is not applied yet",
+                            blocker.event_id,
+                            key.as_deref().unwrap_or("its sequence")
+                        ),
+                        behind: blocker.row_id,
+                    },
+                    None => match outcomes.next() {
+                        Some(Ok(())) => Settlement::Processed,
+                        // Still waiting, and tried only because it was waiting: left as it was.
+                        Some(Err(HandlerError::NotReady(_))) if w.waiter => {
+                            waiting.push((position, None));
+                            continue;
+                        }
+                        Some(Err(error)) => self.retry.after_failure(&error, w.retry_count, w.inserted),
+                        None => Settlement::Failed { error: "the handler returned no outcome".into() },
+                    },
+                };
+                if let Some(key) = key.as_deref() {
+                    if settlement == Settlement::Processed {
+                        // Applied in the same statement as an earlier failure of its key.
+                        if let Some(root) = run_failed.get(key) {
+                            resequence.insert(w.event.event_id.clone(), root.event_id.clone());
+                        }
+                    } else if blocks(&settlement) {
+                        let root = Blocker { row_id: w.row_id, event_id: w.event.event_id.clone() };
+                        run_failed.entry(key).or_insert_with(|| root.clone());
+                        failed_keys.entry(key.to_string()).or_insert(root);
+                    }
+                }
                 tally.count(event_type, &settlement);
                 if let Settlement::Retry { error, .. } | Settlement::Failed { error } = &settlement {
                     tracing::warn!(event_id = %w.event.event_id, event_type, error = %error, "event failed");
                 }
+                let waits = matches!(settlement, Settlement::Held { .. } | Settlement::Retry { waiting: true, .. });
                 if !(w.inserted && settlement == Settlement::Processed) {
-                    settlements.push((w.row_id, settlement));
+                    settlements.push(Settled { row_id: w.row_id, settlement, sequence_key: key.clone() });
+                }
+                if waits {
+                    waiting.push((position, Some(settlements.len() - 1)));
                 }
             }
-            start = end;
+            if !resequence.is_empty() {
+                return Err(BatchError::Resequence(resequence));
+            }
         }
         Ok(settlements)
+    }
+
+    /// Tries the batch's waiting events again, a run of one type at a time;
+    /// the ones applied now are settled as processed instead, the others
+    /// keep their settlement. One whose key failed meanwhile stays waiting.
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_waiting(
+        &self,
+        conn: &mut PgConnection,
+        work: &[Work<'_>],
+        waiting: &mut Vec<(usize, Option<usize>)>,
+        settlements: &mut Vec<Settled>,
+        tally: &mut Tally,
+        isolation: Isolation,
+        failed_keys: &HashMap<String, Blocker>,
+    ) -> Result<(), BatchError> {
+        let candidates: Vec<(usize, Option<usize>)> = waiting
+            .iter()
+            .copied()
+            .filter(|(i, at)| {
+                let key = at.and_then(|at| settlements[at].sequence_key.as_deref());
+                !key.is_some_and(|k| failed_keys.get(k).is_some_and(|b| b.row_id < work[*i].row_id))
+            })
+            .collect();
+        let mut applied = HashSet::new();
+        let mut start = 0;
+        while start < candidates.len() {
+            let event_type = work[candidates[start].0].event.event_type.as_str();
+            let end = candidates[start..]
+                .iter()
+                .position(|(i, _)| work[*i].event.event_type != event_type)
+                .map_or(candidates.len(), |n| start + n);
+            let group = &candidates[start..end];
+            start = end;
+            let Some(handler) = self.registry.get(event_type) else { continue };
+            let events: Vec<&Event> = group.iter().map(|(i, _)| work[*i].event).collect();
+            let outcomes = match isolation {
+                Isolation::Optimistic => apply_optimistic(conn, handler.as_ref(), &events).await?,
+                Isolation::Savepoints => apply_isolated(conn, handler.as_ref(), &events).await?,
+            };
+            for ((i, at), outcome) in group.iter().zip(outcomes) {
+                if outcome.is_err() {
+                    continue;
+                }
+                let w = &work[*i];
+                tally.count(event_type, &Settlement::Processed);
+                let key = at.and_then(|at| settlements[at].sequence_key.clone());
+                let done = Settled { row_id: w.row_id, settlement: Settlement::Processed, sequence_key: key };
+                match at {
+                    Some(at) => settlements[*at] = done,
+                    None => settlements.push(done),
+                }
+                applied.insert(*i);
+            }
+        }
+        waiting.retain(|(i, _)| !applied.contains(i));
+        Ok(())
+    }
+}
+
+/// Whether a settlement leaves its event unapplied in a way that later
+/// events of its key must wait for. A row waiting for a dependency does not:
+/// what it waits for may be one of those later events.
+fn blocks(settlement: &Settlement) -> bool {
+    match settlement {
+        Settlement::Retry { waiting, .. } => !waiting,
+        Settlement::Failed { .. } | Settlement::HeldBehind { .. } => true,
+        Settlement::Processed | Settlement::Skipped { .. } | Settlement::Held { .. } => false,
     }
 }
 
 impl<'a> Work<'a> {
     fn claimed(c: &'a Claimed) -> Self {
-        Self { row_id: c.id, event: &c.event, retry_count: c.retry_count, inserted: false }
+        Self { row_id: c.id, event: &c.event, retry_count: c.retry_count, inserted: false, waiter: false }
+    }
+
+    fn waiting(c: &'a Claimed) -> Self {
+        Self { waiter: true, ..Self::claimed(c) }
     }
 }
 

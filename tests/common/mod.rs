@@ -266,7 +266,10 @@ impl World {
     pub async fn cleanup(&self) {
         if let Ok(connection) = transport::connect(&self.endpoints.amqp_url, "test cleanup").await {
             if let Ok(channel) = connection.create_channel().await {
-                let _ = channel.queue_delete(self.endpoints.queue.as_str().into(), QueueDeleteOptions::default()).await;
+                let dead = transport::dead_letter_queue(&self.endpoints.queue);
+                for queue in [self.endpoints.queue.as_str(), dead.as_str()] {
+                    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+                }
                 let _ = channel
                     .exchange_delete(self.endpoints.exchange.as_str().into(), ExchangeDeleteOptions::default())
                     .await;

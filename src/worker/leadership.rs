@@ -1,0 +1,178 @@
+//! Which worker applies a partition: the one whose database session holds
+//! the partition's advisory lock. The others are hot standbys: connected,
+//! trying the lock every quarter second, consuming nothing.
+//!
+//! Architecture invariants:
+//! - Every batch of the partition runs on the leader's own session (never a
+//!   pooled connection): a worker whose session is gone cannot commit
+//!   anything, and Postgres frees the lock only when that session ends, so a
+//!   worker that loses leadership has stopped applying before another one
+//!   can start. No split brain, whatever the network does.
+//! - A standby never opens a consumer on the partition queue: it subscribes
+//!   only once it holds the lock, after the old leader's connection closed,
+//!   so the broker has already put the old leader's unacked messages back in
+//!   order (single active consumer on the queue is the second guard).
+//! - A session the worker abandons (a statement it stopped waiting for) is
+//!   terminated through the pool, so a frozen session does not keep the lock.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger;
+
+/// How often a standby tries the lock.
+const TRY_EVERY: Duration = Duration::from_millis(250);
+
+/// The leader's session: while it lives, this worker alone applies the partition.
+pub struct Leadership {
+    /// Shared by the intake and the claimer: one batch after another.
+    pub session: tokio::sync::Mutex<PgConnection>,
+    backend_pid: i32,
+    pub partition: String,
+    /// Raised by every takeover; who leads and since when, for operators.
+    pub epoch: i64,
+}
+
+/// Failures of the leadership session.
+#[derive(Debug, thiserror::Error)]
+pub enum LeadershipError {
+    #[error("partition leadership query failed ({op}): {source}")]
+    Query { op: &'static str, source: sqlx::Error },
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+}
+
+fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> LeadershipError {
+    move |source| LeadershipError::Query { op, source }
+}
+
+/// Waits as a hot standby until this worker leads `partition`, or shutdown
+/// (`None`). Database failures are waited out.
+pub async fn acquire(
+    pool: &PgPool,
+    partition: &str,
+    worker: &str,
+    session_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Leadership> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match try_acquire(pool, partition, worker, session_timeout, shutdown).await {
+            Ok(leadership) => return leadership,
+            Err(e) => {
+                tracing::warn!(error = %e, partition, retry_in = ?delay, "cannot stand by for the partition; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn try_acquire(
+    pool: &PgPool,
+    partition: &str,
+    worker: &str,
+    session_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<Leadership>, LeadershipError> {
+    let mut session =
+        PgConnection::connect_with(&pool.connect_options()).await.map_err(query_error("open the leader session"))?;
+    // A transaction left open by a leader that stopped talking (frozen,
+    // partitioned away) is ended by the server, which frees the lock; the
+    // keepalives find a peer that vanished without closing its socket.
+    let millis = session_timeout.as_millis().max(1000);
+    for setting in [
+        format!("SET idle_in_transaction_session_timeout = {millis}"),
+        "SET tcp_keepalives_idle = 5".to_string(),
+        "SET tcp_keepalives_interval = 2".to_string(),
+        "SET tcp_keepalives_count = 3".to_string(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(setting))
+            .execute(&mut session)
+            .await
+            .map_err(query_error("configure the leader session"))?;
+    }
+    let backend_pid: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut session).await.map_err(query_error("read pid"))?;
+    let mut announced = false;
+    loop {
+        let took: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('replay partition ' || $1, 0))")
+                .bind(partition)
+                .fetch_one(&mut session)
+                .await
+                .map_err(query_error("try the partition lock"))?;
+        if took {
+            break;
+        }
+        if !announced {
+            tracing::info!(partition, "standing by: another worker leads the partition");
+            announced = true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = session.close().await;
+                return Ok(None);
+            }
+            () = tokio::time::sleep(TRY_EVERY) => {}
+        }
+    }
+    let epoch: i64 = sqlx::query_scalar(
+        "INSERT INTO replay_control.partition_leaders (partition, worker_id, epoch) VALUES ($1, $2, 1)
+         ON CONFLICT (partition) DO UPDATE
+            SET worker_id = EXCLUDED.worker_id, epoch = partition_leaders.epoch + 1, since = now()
+         RETURNING epoch",
+    )
+    .bind(partition)
+    .bind(worker)
+    .fetch_one(&mut session)
+    .await
+    .map_err(query_error("record the partition leader"))?;
+    let expired = ledger::expire_leases(&mut session).await?;
+    tracing::info!(partition, epoch, leases_taken_back = expired, "leading the partition");
+    let session = tokio::sync::Mutex::new(session);
+    Ok(Some(Leadership { session, backend_pid, partition: partition.to_string(), epoch }))
+}
+
+impl Leadership {
+    /// Gives the partition up. An `abandoned` session (a statement left
+    /// mid-way, or a session that stopped answering) is also terminated
+    /// through the pool: its socket may still look alive to the server.
+    pub async fn give_up(self, pool: &PgPool, abandoned: bool) {
+        let Self { session, backend_pid, partition, .. } = self;
+        let session = session.into_inner();
+        if abandoned {
+            drop(session);
+            let terminated = sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
+                .bind(backend_pid)
+                .fetch_one(pool)
+                .await;
+            tracing::warn!(partition, backend_pid, ?terminated, "gave up the partition: its session was abandoned");
+        } else {
+            // Ending the session frees the lock.
+            let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
+            tracing::info!(partition, "gave up the partition");
+        }
+    }
+}
+
+/// Who leads a partition, as operators read it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct PartitionLeader {
+    pub partition: String,
+    pub worker_id: String,
+    pub epoch: i64,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// The last recorded leader of every partition.
+pub async fn leaders(pool: &PgPool) -> Result<Vec<PartitionLeader>, sqlx::Error> {
+    sqlx::query_as("SELECT partition, worker_id, epoch, since FROM replay_control.partition_leaders ORDER BY partition")
+        .fetch_all(pool)
+        .await
+}
