@@ -63,6 +63,8 @@ pub enum Command {
     Apply(Box<ApplyArgs>),
     /// Where a plan's replay stands, or the ledger and queue as a whole.
     Status(StatusArgs),
+    /// Show the broker topology against the ordered one, or migrate to it.
+    Topology(TopologyArgs),
     /// Read ledger rows.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -306,6 +308,23 @@ pub struct BackupArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    #[command(subcommand)]
+    pub action: Option<TopologyAction>,
+    /// Print JSON instead of a report.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Move a queue declared before ordered consumption (a classic queue) to
+    /// the ordered quorum queue, losing and reordering nothing. Refused while
+    /// anything consumes it.
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]

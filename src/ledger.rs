@@ -72,9 +72,12 @@ pub enum Settlement {
         behind: i64,
         reason: String,
     },
-    /// Failed for good: the dead-letter state.
+    /// Failed for good: the dead-letter state. `waiting` when it gave up
+    /// waiting for a dependency: that may still be published, so it holds
+    /// nothing behind it (else the dependency would wait behind it forever).
     Failed {
         error: String,
+        waiting: bool,
     },
 }
 
@@ -264,7 +267,8 @@ pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), 
             Settlement::HeldBehind { behind, reason } => {
                 ("pending", Some(reason.as_str()), Some(never()), false, Some(SequenceState::Held), Some(*behind))
             }
-            Settlement::Failed { error } => {
+            Settlement::Failed { error, waiting: true } => ("error", Some(error.as_str()), None, true, None, None),
+            Settlement::Failed { error, waiting: false } => {
                 ("error", Some(error.as_str()), None, true, Some(SequenceState::Blocking), None)
             }
         };

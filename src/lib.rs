@@ -26,6 +26,7 @@ pub mod publisher;
 pub mod runs;
 pub mod selector;
 pub mod telemetry;
+pub mod topology;
 pub mod transport;
 pub mod worker;
 pub mod workflows;

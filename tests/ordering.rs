@@ -350,3 +350,86 @@ async fn a_message_redelivered_past_the_delivery_limit_ends_in_dead_letters(pool
     assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 0);
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn topology_migrate_moves_a_classic_queue_losing_and_reordering_nothing(pool: PgPool) {
+    let world = World::new(pool).await;
+    // The queue as the engine declared it before ordering: classic, no arguments.
+    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test old topology").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = world.endpoints.queue.as_str();
+    channel.queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(queue.into(), durable, lapin::types::FieldTable::default()).await.unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            world.endpoints.exchange.as_str().into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (events, periods) = closing_periods(3, 300);
+    let (before, during) = events.split_at(events.len() / 2);
+    world.publish(before).await;
+    // A hand-published event (no id, no type property) survives the move too.
+    let member = Uuid::new_v4();
+    world
+        .publish_raw(
+            "contribution.submitted",
+            json!({"contribution_id": Uuid::new_v4(), "member_id": member, "period_id": periods[0], "type": "labor", "amount": 1})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+
+    let shown = world.replay(&["topology"]).await;
+    assert!(stdout_of(&shown).contains("declared: DIFFERENT"), "{}", stdout_of(&shown));
+    assert!(stdout_of(&shown).contains("x-queue-type"), "the broker names the difference: {}", stdout_of(&shown));
+    // A worker of the old version still consumes: refused, nothing moved.
+    let mut old_worker = channel
+        .basic_consume(queue.into(), "old-worker".into(), Default::default(), lapin::types::FieldTable::default())
+        .await
+        .unwrap();
+    let refused = world.replay(&["topology", "migrate"]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr_of(&refused));
+    assert!(stderr_of(&refused).contains("consumer(s) still read queue"), "{}", stderr_of(&refused));
+    let _ = tokio::time::timeout(Duration::from_millis(200), old_worker.next()).await;
+    let _ = connection.close(200, "old worker stopped".into()).await;
+
+    // Producers go on publishing while the queue moves.
+    let producer = {
+        let world_env = world.env();
+        let during: Vec<Event> = during.to_vec();
+        let endpoints = world.endpoints.clone();
+        tokio::spawn(async move {
+            let _ = world_env;
+            for chunk in during.chunks(50) {
+                let connection = replay::transport::connect(&endpoints.amqp_url, "test producer").await.unwrap();
+                let channel = connection.create_channel().await.unwrap();
+                let publisher = replay::publisher::Publisher::new(channel, &endpoints.exchange).await.unwrap();
+                publisher.publish_all(chunk, |_| {}).await.unwrap();
+                let _ = connection.close(200, "published".into()).await;
+            }
+        })
+    };
+    let migrated = world.replay(&["topology", "migrate", "--json"]).await;
+    assert_eq!(migrated.status.code(), Some(0), "{}", stderr_of(&migrated));
+    producer.await.unwrap();
+    let report: serde_json::Value = serde_json::from_str(&stdout_of(&migrated)).unwrap();
+    assert!(report["moved"].as_u64().unwrap() >= before.len() as u64 + 1, "{report}");
+
+    let worker = world.start_worker(world.worker_config("w1"));
+    let all = events.len() as i64 + 1;
+    world.wait_for_count(PROCESSED, all, Duration::from_secs(60)).await;
+    worker.stop().await;
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, all, "none lost, none doubled");
+    assert_allocations_right(&world, &periods).await;
+    let shown = world.replay(&["topology", "--json"]).await;
+    let inspection: serde_json::Value = serde_json::from_str(&stdout_of(&shown)).unwrap();
+    assert_eq!(inspection["state"]["state"], "as_wanted", "{inspection}");
+    assert_eq!(inspection["draining"], json!([]), "the migration queues are drained and gone");
+    world.cleanup().await;
+}

@@ -14,6 +14,7 @@ mod pause;
 mod plan;
 mod publish;
 mod status;
+mod topology;
 mod worker;
 
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Plan(args) => plan::run(&endpoints, *args).await,
             Command::Apply(args) => apply::run(&endpoints, *args).await,
             Command::Status(args) => status::run(&endpoints, args).await,
+            Command::Topology(args) => topology::run(&endpoints, args).await,
             Command::Events(command) => events::run(&endpoints, command).await,
             Command::Pause(args) => pause::pause(&endpoints, args).await,
             Command::Resume(args) => pause::resume(&endpoints, args).await,

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 
@@ -67,6 +70,10 @@ async fn consume(lead: &Lead<'_>, paused: &mut tokio::sync::watch::Receiver<bool
     let channel = transport::channel(&connection).await?;
     transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
     transport::answer("set prefetch", channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
+    if !drain_migration(lead, &connection).await? {
+        transport::close(&connection, "worker stopping").await;
+        return Ok(Ended::Stopped);
+    }
     let mut consumer = transport::answer(
         format!("consume queue '{}'", endpoints.queue),
         channel.basic_consume(
@@ -119,6 +126,55 @@ async fn consume_batches(
             return Ok(Ended::Stopped);
         }
     }
+}
+
+/// Applies what a topology migration left (`topology`): the old queue's
+/// messages, then the events published during the move, before the
+/// partition queue's own, and deletes each holding queue once empty. False
+/// if the session was lost or shutdown came first.
+async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Result<bool, TransportError> {
+    for queue in crate::topology::drain_queues(&lead.endpoints.queue) {
+        // A look at a queue that does not exist closes its channel.
+        let channel = transport::channel(connection).await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        match transport::answer(
+            format!("look for queue '{queue}'"),
+            channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(TransportError::Broker { source, .. }) if transport::protocol_code(&source) == Some(404) => continue,
+            Err(e) => return Err(e),
+        }
+        let mut drained = 0;
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < lead.config.batch_size {
+                let get = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false });
+                match transport::answer(format!("take messages from '{queue}'"), get).await? {
+                    Some(message) => batch.push(message.delivery),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if !commit_and_ack(lead, &channel, &batch).await? {
+                return Ok(false);
+            }
+            drained += batch.len();
+        }
+        // Unbound, and only this leader takes from it: empty now means empty
+        // for good. (Quorum queues refuse a delete `if_empty`.)
+        transport::answer(
+            format!("delete the drained queue '{queue}'"),
+            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await?;
+        tracing::info!(queue, drained, "applied and removed a topology migration's queue");
+    }
+    Ok(true)
 }
 
 /// Cancels the consumer, then applies and acks what the broker had already

@@ -62,7 +62,7 @@ impl RetryPolicy {
     pub fn after_failure(&self, error: &HandlerError, retry_count: i32, first_sight: bool) -> Settlement {
         let failures = u32::try_from(retry_count).unwrap_or(0) + 1;
         if error.is_permanent() {
-            return Settlement::Failed { error: error.to_string() };
+            return Settlement::Failed { error: error.to_string(), waiting: false };
         }
         // Another batch (this worker's or another's) may be committing what
         // this event needs: hold it once before counting failures.
@@ -71,7 +71,8 @@ impl RetryPolicy {
             return Settlement::Held { reason: format!("held: {error}"), until: Utc::now() + hold };
         }
         if failures >= self.max_attempts {
-            return Settlement::Failed { error: format!("{error} (gave up after {failures} attempts)") };
+            let waiting = matches!(error, HandlerError::NotReady(_));
+            return Settlement::Failed { error: format!("{error} (gave up after {failures} attempts)"), waiting };
         }
         let exponential = self.backoff.saturating_mul(1u32 << (failures - 1).min(20));
         let capped = exponential.min(self.max_backoff);

@@ -393,7 +393,7 @@ impl Pipeline {
                             continue;
                         }
                         Some(Err(error)) => self.retry.after_failure(&error, w.retry_count, w.inserted),
-                        None => Settlement::Failed { error: "the handler returned no outcome".into() },
+                        None => Settlement::Failed { error: "the handler returned no outcome".into(), waiting: false },
                     },
                 };
                 if let Some(key) = key.as_deref() {
@@ -409,7 +409,7 @@ impl Pipeline {
                     }
                 }
                 tally.count(event_type, &settlement);
-                if let Settlement::Retry { error, .. } | Settlement::Failed { error } = &settlement {
+                if let Settlement::Retry { error, .. } | Settlement::Failed { error, .. } = &settlement {
                     tracing::warn!(event_id = %w.event.event_id, event_type, error = %error, "event failed");
                 }
                 let waits = matches!(settlement, Settlement::Held { .. } | Settlement::Retry { waiting: true, .. });
@@ -491,7 +491,8 @@ impl Pipeline {
 fn blocks(settlement: &Settlement) -> bool {
     match settlement {
         Settlement::Retry { waiting, .. } => !waiting,
-        Settlement::Failed { .. } | Settlement::HeldBehind { .. } => true,
+        Settlement::Failed { waiting, .. } => !waiting,
+        Settlement::HeldBehind { .. } => true,
         Settlement::Processed | Settlement::Skipped { .. } | Settlement::Held { .. } => false,
     }
 }
