@@ -2,10 +2,13 @@
 //! measured in the same run, in a scratch database and on scratch broker
 //! names, so the shared machine's noise affects both alike.
 //!
-//! Baseline: lapin consume → one batched INSERT into the ledger per batch →
-//! one commit → ack multiple; no handlers. Worker: the real `replay worker`
-//! binary, spawned as a child process so its memory can be read from /proc.
-//! Both drain a queue filled before the clock starts.
+//! Raw limit: one lapin consumer on the same ordered (quorum, single active
+//! consumer) queue → one batched INSERT per batch into a minimal table → one
+//! commit → ack multiple; no ledger, no handlers. Worker: the real `replay
+//! worker` binary (leader of its partition), spawned as a child process so
+//! its memory can be read from /proc. With `--previous-exe`, an earlier
+//! binary's worker on the classic queue it declares, for "ordering costs no
+//! throughput". Every drain empties a queue filled before the clock starts.
 
 pub mod replay;
 
@@ -24,7 +27,6 @@ use sqlx::PgPool;
 
 use crate::config::{Endpoints, SecretUrl};
 use crate::envelope::Event;
-use crate::ledger::{self, Admission};
 use crate::publisher::Publisher;
 use crate::{database, transport};
 
@@ -44,8 +46,10 @@ impl Drain {
 /// What `replay bench` prints.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// One (baseline, worker) pair per round, measured back to back.
+    /// One (raw limit, worker) pair per round, measured back to back.
     pub rounds: Vec<(Drain, Drain)>,
+    /// The previous binary's worker on a classic queue, per round, if asked.
+    pub previous: Vec<Drain>,
     /// Worker RSS in KiB at 0%, 25%, 50%, 75% and 100% of the drain.
     pub worker_rss_kib: Vec<u64>,
     pub worker_peak_rss_kib: u64,
@@ -54,9 +58,14 @@ pub struct Report {
 impl Report {
     /// The median over rounds of worker rate / baseline rate.
     pub fn ratio(&self) -> f64 {
-        let mut ratios: Vec<f64> = self.rounds.iter().map(|(b, w)| w.rate() / b.rate().max(f64::EPSILON)).collect();
-        ratios.sort_by(f64::total_cmp);
-        ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)
+        median(self.rounds.iter().map(|(b, w)| w.rate() / b.rate().max(f64::EPSILON)).collect())
+    }
+
+    /// The median over rounds of worker rate / previous worker rate.
+    pub fn ratio_to_previous(&self) -> Option<f64> {
+        (!self.previous.is_empty()).then(|| {
+            median(self.rounds.iter().zip(&self.previous).map(|((_, w), p)| w.rate() / p.rate().max(f64::EPSILON)).collect())
+        })
     }
 }
 
@@ -67,15 +76,16 @@ impl std::fmt::Display for Report {
         };
         for (round, (baseline, worker)) in self.rounds.iter().enumerate() {
             writeln!(f, "round {}:", round + 1)?;
-            line(f, "  baseline (consume -> batched INSERT -> ack multiple):", baseline)?;
-            line(f, "  worker   (ledger + handlers, one transaction per batch):", worker)?;
+            line(f, "  raw limit (quorum SAC: consume -> INSERT -> ack multiple):", baseline)?;
+            line(f, "  ordered worker (quorum SAC, ledger + handlers):", worker)?;
+            if let Some(previous) = self.previous.get(round) {
+                line(f, "  previous worker (classic queue, before ordering):", previous)?;
+            }
         }
-        writeln!(
-            f,
-            "ratio: worker / baseline = {:.2} (median of {} rounds; target >= 0.70)",
-            self.ratio(),
-            self.rounds.len()
-        )?;
+        writeln!(f, "ratio: ordered worker / raw limit = {:.2} (median of {} rounds)", self.ratio(), self.rounds.len())?;
+        if let Some(ratio) = self.ratio_to_previous() {
+            writeln!(f, "ratio: ordered worker / previous worker = {ratio:.2} (median; target >= 1.00)")?;
+        }
         let samples: Vec<String> = self.worker_rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
         writeln!(
             f,
@@ -88,7 +98,13 @@ impl std::fmt::Display for Report {
 
 /// Runs both measurements with `events` events each. `worker_exe` is the
 /// `replay` binary to spawn.
-pub async fn run(endpoints: &Endpoints, events: usize, keep: bool, worker_exe: &Path) -> anyhow::Result<Report> {
+pub async fn run(
+    endpoints: &Endpoints,
+    events: usize,
+    keep: bool,
+    worker_exe: &Path,
+    previous_exe: Option<&Path>,
+) -> anyhow::Result<Report> {
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let scratch = Scratch::create(&endpoints.database_url, &format!("replay_bench_{suffix}")).await?;
     let names = Endpoints {
@@ -97,8 +113,15 @@ pub async fn run(endpoints: &Endpoints, events: usize, keep: bool, worker_exe: &
         exchange: format!("replay-bench-{suffix}"),
         queue: format!("replay-bench-{suffix}.worker"),
     };
-    let result = measure(&names, &scratch.pool, events, worker_exe).await;
+    let classic = Endpoints {
+        exchange: format!("replay-bench-{suffix}-classic"),
+        queue: format!("replay-bench-{suffix}-classic.worker"),
+        ..names.clone()
+    };
+    let previous = previous_exe.map(|exe| (exe, &classic));
+    let result = measure(&names, &scratch.pool, events, worker_exe, previous).await;
     cleanup_broker(&names).await;
+    cleanup_broker(&classic).await;
     scratch.pool.close().await;
     if keep {
         eprintln!("kept scratch database {}", scratch.name);
@@ -108,7 +131,16 @@ pub async fn run(endpoints: &Endpoints, events: usize, keep: bool, worker_exe: &
     result
 }
 
-async fn measure(names: &Endpoints, pool: &PgPool, count: usize, worker_exe: &Path) -> anyhow::Result<Report> {
+async fn measure(
+    names: &Endpoints,
+    pool: &PgPool,
+    count: usize,
+    worker_exe: &Path,
+    previous: Option<(&Path, &Endpoints)>,
+) -> anyhow::Result<Report> {
+    sqlx::query("CREATE TABLE bench_raw (event_id text PRIMARY KEY, event_type text NOT NULL, payload jsonb NOT NULL)")
+        .execute(pool)
+        .await?;
     let period = uuid::Uuid::new_v4();
     let opened = Event::new(
         uuid::Uuid::new_v4().to_string(),
@@ -120,6 +152,7 @@ async fn measure(names: &Endpoints, pool: &PgPool, count: usize, worker_exe: &Pa
     events.extend(contributions(period, count)?);
 
     let mut rounds = Vec::with_capacity(ROUNDS);
+    let mut previous_drains = Vec::new();
     let mut memory = (Vec::new(), 0);
     for round in 1..=ROUNDS {
         eprintln!("round {round}/{ROUNDS}: baseline drain of {} events…", events.len());
@@ -136,10 +169,23 @@ async fn measure(names: &Endpoints, pool: &PgPool, count: usize, worker_exe: &Pa
             "the worker applied {contributions} contributions, expected {count}: the benchmark is void"
         );
         reset(pool).await?;
+        if let Some((exe, classic)) = previous {
+            eprintln!("round {round}/{ROUNDS}: previous worker drain of {} events (classic queue)…", events.len());
+            fill_classic(classic, &events).await?;
+            let (drain, _, _) = worker_drain(classic, pool, events.len(), exe).await?;
+            reset(pool).await?;
+            previous_drains.push(drain);
+        }
         rounds.push((baseline, worker));
         memory = (rss, peak);
     }
-    Ok(Report { rounds, worker_rss_kib: memory.0, worker_peak_rss_kib: memory.1 })
+    Ok(Report { rounds, previous: previous_drains, worker_rss_kib: memory.0, worker_peak_rss_kib: memory.1 })
+}
+
+/// The middle value (the upper one of an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Measured rounds; the ratio reported is their median.
@@ -147,7 +193,9 @@ const ROUNDS: usize = 3;
 
 /// Empties what a drain wrote, so every drain starts from the same state.
 async fn reset(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE processed_events, contributions, members, allocation_periods CASCADE").execute(pool).await?;
+    sqlx::query("TRUNCATE processed_events, contributions, members, allocation_periods, bench_raw CASCADE")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -188,7 +236,27 @@ async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The raw loop: no handlers, no savepoints, no dedup beyond the insert.
+/// The topology of the engine before ordered consumption: a classic queue,
+/// bound with `#`; the previous binary's worker declares the same.
+async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    let connection = transport::connect(&names.amqp_url, "replay bench publisher").await?;
+    let channel = connection.create_channel().await?;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(names.exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(names.queue.as_str().into(), durable, FieldTable::default()).await?;
+    channel
+        .queue_bind(names.queue.as_str().into(), names.exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let publisher = Publisher::new(channel, &names.exchange).await?;
+    publisher.publish_all(events, |_| {}).await?;
+    transport::close(&connection, "filled").await;
+    drop(publisher);
+    Ok(())
+}
+
+/// The raw loop: no ledger, no handlers, no savepoints.
 async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyhow::Result<Drain> {
     let connection = transport::connect(&names.amqp_url, "replay bench baseline").await?;
     let channel = connection.create_channel().await?;
@@ -224,10 +292,19 @@ async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyho
                 .parse(usize::MAX)
             })
             .collect::<Result<_, _>>()?;
-        let admissions: Vec<Admission<'_>> =
-            events.iter().map(|event| Admission { event, status: "processed", note: None }).collect();
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
         let mut tx = pool.begin().await?;
-        ledger::insert_new(&mut tx, &admissions).await?;
+        sqlx::query(
+            "INSERT INTO bench_raw (event_id, event_type, payload)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::jsonb[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&types)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         if let Some(last) = batch.last() {
             channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;

@@ -480,6 +480,10 @@ pub struct BenchArgs {
     /// Keep the scratch database afterwards, for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// An earlier `replay` binary (before ordered consumption) to measure in
+    /// the same run, on the classic queue it declares (worker).
+    #[arg(long)]
+    pub previous_exe: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -24,6 +24,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOption
 use lapin::BasicProperties;
 use sqlx::{PgPool, Row};
 
+use super::median;
 use super::{cleanup_broker, proc_status_kib, Drain, Scratch};
 use crate::config::Endpoints;
 use crate::envelope::Event;
@@ -130,11 +131,6 @@ pub struct ApplyReport {
     /// (backup and reset overlap; their longer one comes before publishing).
     pub apply_steps: Vec<[f64; 3]>,
     pub backup_bytes: u64,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 impl std::fmt::Display for ApplyReport {
