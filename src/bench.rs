@@ -64,7 +64,13 @@ impl Report {
     /// The median over rounds of worker rate / previous worker rate.
     pub fn ratio_to_previous(&self) -> Option<f64> {
         (!self.previous.is_empty()).then(|| {
-            median(self.rounds.iter().zip(&self.previous).map(|((_, w), p)| w.rate() / p.rate().max(f64::EPSILON)).collect())
+            median(
+                self.rounds
+                    .iter()
+                    .zip(&self.previous)
+                    .map(|((_, w), p)| w.rate() / p.rate().max(f64::EPSILON))
+                    .collect(),
+            )
         })
     }
 }
@@ -82,7 +88,12 @@ impl std::fmt::Display for Report {
                 line(f, "  previous worker (classic queue, before ordering):", previous)?;
             }
         }
-        writeln!(f, "ratio: ordered worker / raw limit = {:.2} (median of {} rounds)", self.ratio(), self.rounds.len())?;
+        writeln!(
+            f,
+            "ratio: ordered worker / raw limit = {:.2} (median of {} rounds)",
+            self.ratio(),
+            self.rounds.len()
+        )?;
         if let Some(ratio) = self.ratio_to_previous() {
             writeln!(f, "ratio: ordered worker / previous worker = {ratio:.2} (median; target >= 1.00)")?;
         }
@@ -243,11 +254,19 @@ async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()>
     let connection = transport::connect(&names.amqp_url, "replay bench publisher").await?;
     let channel = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel.exchange_declare(names.exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel
+        .exchange_declare(names.exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(names.queue.as_str().into(), durable, FieldTable::default()).await?;
     channel
-        .queue_bind(names.queue.as_str().into(), names.exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            names.queue.as_str().into(),
+            names.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let publisher = Publisher::new(channel, &names.exchange).await?;
     publisher.publish_all(events, |_| {}).await?;

@@ -10,7 +10,10 @@ use crate::config::Endpoints;
 pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the replay binary to spawn as the worker")?;
     match args.scenario {
-        BenchScenario::Worker => print!("{}", crate::bench::run(endpoints, args.events, args.keep, &exe, args.previous_exe.as_deref()).await?),
+        BenchScenario::Worker => print!(
+            "{}",
+            crate::bench::run(endpoints, args.events, args.keep, &exe, args.previous_exe.as_deref()).await?
+        ),
         BenchScenario::Apply => {
             print!("{}", crate::bench::replay::apply(endpoints, args.events, args.keep, &exe).await?)
         }

@@ -446,7 +446,7 @@ impl Pipeline {
             .copied()
             .filter(|(i, at)| {
                 let key = at.and_then(|at| settlements[at].sequence_key.as_deref());
-                !key.is_some_and(|k| failed_keys.get(k).is_some_and(|b| b.row_id < work[*i].row_id))
+                key.is_none_or(|k| failed_keys.get(k).is_none_or(|b| b.row_id >= work[*i].row_id))
             })
             .collect();
         let mut applied = HashSet::new();
