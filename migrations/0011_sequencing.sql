@@ -38,3 +38,10 @@ CREATE TABLE replay_control.partition_leaders (
 ALTER TABLE replay_control.worker_heartbeats DROP CONSTRAINT worker_heartbeats_state_check;
 ALTER TABLE replay_control.worker_heartbeats
     ADD CONSTRAINT worker_heartbeats_state_check CHECK (state IN ('running', 'standby', 'paused', 'stopped'));
+
+-- Partition queues `replay topology migrate` moved: their leader drains the
+-- migration's holding queues before its own, then forgets the row.
+CREATE TABLE replay_control.topology_migrations (
+    queue       TEXT PRIMARY KEY,
+    migrated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);

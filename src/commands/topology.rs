@@ -41,7 +41,9 @@ async fn show(endpoints: &Endpoints, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn migrate(endpoints: &Endpoints, json: bool) -> anyhow::Result<ExitCode> {
-    let migrated = match topology::migrate(endpoints).await {
+    let pool = crate::database::connect(&endpoints.database_url, 1).await?;
+    crate::database::check_migrated(&pool, &endpoints.database_url).await?;
+    let migrated = match topology::migrate(endpoints, &pool).await {
         Ok(migrated) => migrated,
         Err(e @ (TopologyError::StillConsumed { .. } | TopologyError::NothingToMigrate { .. })) => {
             return Err(Refused(e.to_string()).into())

@@ -133,6 +133,16 @@ async fn consume_batches(
 /// partition queue's own, and deletes each holding queue once empty. False
 /// if the session was lost or shutdown came first.
 async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Result<bool, TransportError> {
+    let queue = &lead.endpoints.queue;
+    // Looking for a queue that does not exist closes the channel with an
+    // error lapin logs loudly: look only after a recorded migration.
+    match crate::topology::migration_recorded(lead.pool, queue).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(true),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read whether a topology migration is to be drained; looking anyway");
+        }
+    }
     for queue in crate::topology::drain_queues(&lead.endpoints.queue) {
         // A look at a queue that does not exist closes its channel.
         let channel = transport::channel(connection).await?;
@@ -173,6 +183,9 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
         )
         .await?;
         tracing::info!(queue, drained, "applied and removed a topology migration's queue");
+    }
+    if let Err(e) = crate::topology::forget_migration(lead.pool, queue).await {
+        tracing::warn!(error = %e, "cannot record that the migration is drained; the next leader looks again");
     }
     Ok(true)
 }
