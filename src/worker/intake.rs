@@ -89,10 +89,12 @@ async fn consume(lead: &Lead<'_>, paused: &mut tokio::sync::watch::Receiver<bool
 
     let result = consume_batches(lead, paused, &channel, &mut consumer).await;
     let result = match result {
-        // A graceful stop leaves nothing unacked behind a cancelled
-        // consumer: the broker would hand the next consumer newer messages
-        // before the returned ones.
-        Ok(ended) if !lead.is_lost() => hand_back(lead, &channel, &mut consumer).await.map(|()| ended),
+        // A pause leaves nothing unacked behind a cancelled consumer. A stop
+        // (shutdown, a lost session) closes without a cancel, as a crash
+        // would: the broker then returns the unacked messages in order
+        // before it activates the next consumer (a cancelled one's were
+        // seen applied out of order by the standby).
+        Ok(Ended::Paused) if !lead.is_lost() => hand_back(lead, &channel, &mut consumer).await.map(|()| Ended::Paused),
         other => other,
     };
     // Closing without a cancel returns what is still unacked at once, in
