@@ -2,10 +2,11 @@
 //!
 //! Architecture invariants: a message is acked only after the transaction
 //! that recorded it committed. Only the partition's leader consumes, and it
-//! never leaves messages unacked behind a cancelled consumer: a graceful stop
-//! or a pause cancels, applies and acks what the broker already sent, then
-//! closes; a lost session closes at once (no cancel), so the broker returns
-//! the unacked messages in order before another consumer is activated. A broker outage is waited out: the loop
+//! never leaves messages unacked behind a cancelled consumer: a pause
+//! cancels, applies and acks what the broker already sent, then closes; a
+//! stop (shutdown, a lost session) closes at once without a cancel, as a
+//! crash would, so the broker returns the unacked messages in order before
+//! another consumer is activated. A broker outage is waited out: the loop
 //! reconnects with backoff, and messages it had not acked are redelivered
 //! (the ledger recognises them).
 
@@ -113,7 +114,10 @@ async fn consume_batches(
         // Between batches only: a batch in flight always finishes first.
         let first = tokio::select! {
             () = lead.stop.cancelled() => return Ok(Ended::Stopped),
-            _ = paused.wait_for(|p| *p) => return Ok(Ended::Paused),
+            // The watcher drops its end at shutdown: that is a stop, not a pause.
+            paused_now = paused.wait_for(|p| *p) => {
+                return Ok(if paused_now.is_ok() { Ended::Paused } else { Ended::Stopped })
+            }
             next = consumer.next() => next,
         };
         let mut batch = vec![next_delivery(first)?];
