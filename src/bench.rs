@@ -250,7 +250,7 @@ async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
 /// The topology of the engine before ordered consumption: a classic queue,
 /// bound with `#`; the previous binary's worker declares the same.
 async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
     let connection = transport::connect(&names.amqp_url, "replay bench publisher").await?;
     let channel = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
@@ -259,15 +259,7 @@ async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()>
         .await?;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(names.queue.as_str().into(), durable, FieldTable::default()).await?;
-    channel
-        .queue_bind(
-            names.queue.as_str().into(),
-            names.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    transport::bind(&channel, &names.queue, &names.exchange).await?;
     let publisher = Publisher::new(channel, &names.exchange).await?;
     publisher.publish_all(events, |_| {}).await?;
     transport::close(&connection, "filled").await;

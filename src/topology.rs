@@ -18,7 +18,7 @@
 //! So every event's first copy comes in publish order.
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
@@ -212,8 +212,8 @@ async fn migrate_on(connection: &Connection, endpoints: &Endpoints) -> Result<Mi
         )
         .await?;
     }
-    bind(&channel, &live, exchange).await?;
-    unbind(&channel, queue, exchange).await?;
+    transport::bind(&channel, &live, exchange).await?;
+    transport::unbind(&channel, queue, exchange).await?;
     // 2. The old queue's messages, in order, into the old holding queue.
     let moved = move_all(&channel, queue, &old).await?;
     transport::answer(
@@ -223,31 +223,9 @@ async fn migrate_on(connection: &Connection, endpoints: &Endpoints) -> Result<Mi
     .await?;
     // 3. The partition queue, ordered, takes the traffic back.
     transport::declare(&channel, exchange, queue).await?;
-    unbind(&channel, &live, exchange).await?;
+    transport::unbind(&channel, &live, exchange).await?;
     tracing::info!(queue, moved, "queue migrated to the ordered topology");
     Ok(Migrated { queue: queue.to_string(), moved })
-}
-
-async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), TransportError> {
-    transport::answer(
-        format!("bind queue '{queue}' to '{exchange}'"),
-        channel.queue_bind(
-            queue.into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-}
-
-async fn unbind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), TransportError> {
-    transport::answer(
-        format!("unbind queue '{queue}' from '{exchange}'"),
-        channel.queue_unbind(queue.into(), exchange.into(), "#".into(), FieldTable::default()),
-    )
-    .await
 }
 
 /// Moves every message of `from` to the end of `to`, one at a time, each

@@ -182,6 +182,11 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(
             .await
             .map_err(|e| mismatch(e, name))?;
     }
+    bind(channel, queue, exchange).await
+}
+
+/// Binds `queue` to `exchange` for every routing key (`#`).
+pub async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), TransportError> {
     answer(
         format!("bind queue '{queue}' to '{exchange}'"),
         channel.queue_bind(
@@ -192,8 +197,16 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(
             FieldTable::default(),
         ),
     )
-    .await?;
-    Ok(())
+    .await
+}
+
+/// Undoes [`bind`].
+pub async fn unbind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), TransportError> {
+    answer(
+        format!("unbind queue '{queue}' from '{exchange}'"),
+        channel.queue_unbind(queue.into(), exchange.into(), "#".into(), FieldTable::default()),
+    )
+    .await
 }
 
 /// A declaration the broker refused because the queue exists with other
