@@ -193,6 +193,32 @@ async fn sigterm_of_the_active_worker_hands_over_what_it_held(pool: PgPool) {
     world.cleanup().await;
 }
 
+/// A pause hands back what the leader holds (cancel, apply what the broker
+/// already sent, ack, close); a resume then goes on in order, with a standby
+/// ready to lead. Twice, mid-stream.
+#[sqlx::test]
+async fn a_pause_and_a_resume_mid_stream_keep_every_close_behind_its_approvals(pool: PgPool) {
+    let world = World::new(pool).await;
+    let (events, periods) = closing_periods(4, 3000);
+    let _workers: Vec<_> = (0..2)
+        .map(|i| world.spawn_worker_process(&format!("w{i}"), &["--batch-size", "50", "--prefetch", "1000"]))
+        .collect();
+    world.publish(&events).await;
+    for round in 1..=2 {
+        wait_until_more_processed(&world, 3000 * round).await;
+        let out = world.replay(&["pause", "--reason", "INC-11: mid-stream", "--json"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let paused_at = world.scalar(PROCESSED).await;
+        assert!(paused_at < events.len() as i64, "round {round}: paused mid-stream, not after the end");
+        let out = world.replay(&["resume", "--reason", "go on"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    }
+    world.wait_for_count(PROCESSED, events.len() as i64, Duration::from_secs(120)).await;
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, events.len() as i64);
+    assert_allocations_right(&world, &periods).await;
+    world.cleanup().await;
+}
+
 /// A trigger that fails every update of one contribution while a flag row
 /// exists: a transient failure the test ends when it chooses.
 async fn fail_updates_of(world: &World, contribution: Uuid) {
