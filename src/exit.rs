@@ -36,6 +36,20 @@ pub fn render(error: &anyhow::Error) -> String {
     message
 }
 
+/// A command's outcome as the process's exit code; an error is printed on
+/// stderr as one line first.
+pub fn report(outcome: anyhow::Result<ExitCode>) -> ExitCode {
+    match outcome {
+        Ok(code) => code,
+        // `replay man | head`: the reader left, nothing went wrong.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", render(&error));
+            code_for(&error)
+        }
+    }
+}
+
 /// Whether the error is stdout closing under us (a pipe into `head`).
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error

@@ -34,7 +34,8 @@ async fn first_half(world: &World, n: usize) -> (Uuid, Vec<Uuid>) {
 }
 
 /// Sorts every published contribution: lost (not applied) or duplicated
-/// (more than one ledger row or domain row); both must be empty.
+/// (more than one ledger row or domain row); both must be empty. Then the
+/// effect probe: no event applied twice, none processed without its effect.
 async fn check_exactly_once(world: &World, ids: &[Uuid]) {
     let applied: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT c.id, (SELECT count(*) FROM processed_events p WHERE p.payload->>'contribution_id' = c.id::text)
@@ -48,6 +49,7 @@ async fn check_exactly_once(world: &World, ids: &[Uuid]) {
     let duplicated = applied.iter().filter(|(_, rows)| *rows != 1).count();
     assert_eq!((lost, duplicated), (0, 0), "lost {lost}, duplicated {duplicated} of {}", ids.len());
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await as usize, ids.len());
+    world.assert_each_applied_once().await;
 }
 
 fn spawn_worker(
@@ -67,7 +69,7 @@ fn spawn_worker_serving(
     amqp_url: Option<String>,
 ) -> (tokio::process::Child, u16) {
     let port = free_port();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"));
+    let mut command = tokio::process::Command::new(probed_replay());
     command
         .args(["worker", "--id", id, "--poll-interval", "200ms", "--retry-backoff", "100ms"])
         .args(["--http", &format!("127.0.0.1:{port}")])
@@ -228,7 +230,7 @@ async fn a_canary_password_never_appears_anywhere(pool: PgPool) {
                 .unwrap()
         }
     };
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+    let mut worker = tokio::process::Command::new(probed_replay())
         .args(["worker", "--id", "canary", "--http", "off"])
         .envs(world.env())
         .env("DATABASE_URL", url.to_string())
@@ -296,7 +298,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 async fn a_hung_database_backend_is_not_waited_on_forever(pool: PgPool) {
     let world = World::new(pool).await;
     let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+    let mut worker = tokio::process::Command::new(probed_replay())
         .args(["worker", "--id", "hung-db", "--http", "off", "--batch-timeout", "2s", "--poll-interval", "200ms"])
         .envs(world.env())
         .env("DATABASE_URL", through(&world.database_url, proxy.port))

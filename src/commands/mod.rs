@@ -20,16 +20,23 @@ mod worker;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+use crate::handlers::Registry;
 
-/// Runs a parsed command line to its exit code.
+/// Runs a parsed command line to its exit code, with the reference handlers.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    run_with(cli, Registry::reference())
+}
+
+/// Runs a parsed command line; `replay worker` applies `handlers` (the tests
+/// pass the reference handlers wrapped by their effect probe).
+pub fn run_with(cli: Cli, handlers: Registry) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let endpoints = cli.global.endpoints();
     runtime.block_on(async move {
         match cli.command {
             Command::Migrate => migrate::run(&endpoints).await,
             Command::Publish(args) => publish::run(&endpoints, args).await,
-            Command::Worker(args) => worker::run(&endpoints, args).await,
+            Command::Worker(args) => worker::run(&endpoints, args, handlers).await,
             Command::Bench(args) => bench::run(&endpoints, args).await,
             Command::Plan(args) => plan::run(&endpoints, *args).await,
             Command::Apply(args) => apply::run(&endpoints, *args).await,

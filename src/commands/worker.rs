@@ -11,7 +11,7 @@ use crate::handlers::Registry;
 use crate::worker::{self, Liveness, WorkerConfig};
 use crate::{database, health};
 
-pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(endpoints: &Endpoints, args: WorkerArgs, handlers: Registry) -> anyhow::Result<ExitCode> {
     let mut config = WorkerConfig::new(args.id.unwrap_or_else(worker::default_worker_id));
     config.retry.max_attempts = args.max_attempts;
     config.retry.backoff = args.retry_backoff;
@@ -41,6 +41,6 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs) -> anyhow::Result<Exit
         };
         tokio::spawn(health::serve(listener, readiness, shutdown.clone()));
     }
-    worker::run(config, endpoints.clone(), pool, Registry::reference(), liveness, shutdown).await?;
+    worker::run(config, endpoints.clone(), pool, handlers, liveness, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

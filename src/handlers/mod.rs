@@ -131,6 +131,13 @@ impl Registry {
         registry
     }
 
+    /// The same event types, each handler wrapped by `wrap`: how a test
+    /// observes every application (its effect probe) without a handler of
+    /// its own in the shipped binary.
+    pub fn instrumented(self, wrap: impl Fn(Arc<dyn Handler>) -> Arc<dyn Handler>) -> Self {
+        Self { handlers: self.handlers.into_iter().map(|(event_type, handler)| (event_type, wrap(handler))).collect() }
+    }
+
     pub fn get(&self, event_type: &str) -> Option<&Arc<dyn Handler>> {
         self.handlers.get(event_type)
     }

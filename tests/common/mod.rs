@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod probe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,6 @@ use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOpti
 use lapin::BasicProperties;
 use replay::config::{Endpoints, SecretUrl};
 use replay::envelope::Event;
-use replay::handlers::Registry;
 use replay::publisher::Publisher;
 use replay::transport;
 use replay::worker::{self, WorkerConfig};
@@ -55,6 +56,7 @@ impl World {
             queue: format!("test-{suffix}.worker"),
         };
         let world = Self { pool, database_url: url.to_string(), endpoints };
+        sqlx::query(probe::TABLE).execute(&world.pool).await.expect("create the effect probe's table");
         let connection = transport::connect(&world.endpoints.amqp_url, "test setup").await.expect("RabbitMQ is up");
         let channel = connection.create_channel().await.expect("channel");
         transport::declare(&channel, &world.endpoints.exchange, &world.endpoints.queue).await.expect("declare");
@@ -79,16 +81,16 @@ impl World {
             config,
             self.endpoints.clone(),
             self.pool.clone(),
-            Registry::reference(),
+            probe::registry(),
             worker::Liveness::default(),
             shutdown.clone(),
         ));
         RunningWorker { shutdown, handle }
     }
 
-    /// Spawns the `replay worker` binary against this world.
+    /// Spawns a `replay worker` (the probed binary) against this world.
     pub fn spawn_worker_process(&self, id: &str, extra: &[&str]) -> tokio::process::Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        tokio::process::Command::new(probed_replay())
             .args(["worker", "--id", id, "--http", "off", "--poll-interval", "100ms", "--retry-backoff", "50ms"])
             .args(extra)
             .envs(self.env())
@@ -167,6 +169,73 @@ impl World {
         let depth = transport::queue_depth(&channel, &self.endpoints.queue).await.expect("depth");
         let _ = connection.close(200, "inspected".into()).await;
         depth
+    }
+
+    /// How many times the effect probe saw each of `events` applied, sorted
+    /// into those applied `times` times and the rest.
+    pub async fn applications(&self, events: &[Event], times: i64) -> Applications {
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, (SELECT count(*) FROM effect_probe p WHERE p.event_id = id) FROM unnest($1::text[]) AS id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .expect("count the probe's rows");
+        let mut sorted = Applications { expected: 0, fewer: vec![], more: vec![] };
+        for (id, count) in counts {
+            match count.cmp(&times) {
+                std::cmp::Ordering::Equal => sorted.expected += 1,
+                std::cmp::Ordering::Less => sorted.fewer.push((id, count)),
+                std::cmp::Ordering::Greater => sorted.more.push((id, count)),
+            }
+        }
+        sorted
+    }
+
+    /// The effect probe against the ledger, over the whole database: a
+    /// processed row is owed one application, plus one for each replay that
+    /// reset it from `processed`.
+    pub async fn effect_check(&self) -> EffectCheck {
+        let (doubled, unapplied, unrecorded): (i64, i64, i64) = sqlx::query_as(
+            "WITH owed AS (
+                 SELECT p.event_id, 1 + (SELECT count(*) FROM replay_history h
+                                          WHERE h.ledger_id = p.id AND h.prior_status = 'processed') AS times
+                   FROM processed_events p WHERE p.status = 'processed'),
+             seen AS (SELECT event_id, count(*) AS times FROM effect_probe GROUP BY event_id)
+             SELECT count(*) FILTER (WHERE s.times > o.times),
+                    count(*) FILTER (WHERE coalesce(s.times, 0) < o.times),
+                    (SELECT count(*) FROM seen WHERE NOT EXISTS
+                        (SELECT 1 FROM processed_events p WHERE p.event_id = seen.event_id))
+               FROM owed o LEFT JOIN seen s USING (event_id)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("check the probe against the ledger");
+        EffectCheck { doubled, unapplied, unrecorded }
+    }
+
+    /// No event applied more often than the ledger owes it (once, plus once
+    /// per replay), none processed without it, no effect without its row.
+    pub async fn assert_each_applied_once(&self) {
+        let check = self.effect_check().await;
+        assert_eq!(check, EffectCheck::default(), "the effect probe against the ledger");
+        assert!(self.scalar("SELECT count(*) FROM effect_probe").await > 0, "the probe saw applications");
+    }
+
+    /// Every one of `events` applied exactly `times` times (by the probe).
+    pub async fn assert_applied(&self, events: &[Event], times: i64) {
+        let found = self.applications(events, times).await;
+        assert!(
+            found.fewer.is_empty() && found.more.is_empty(),
+            "of {} events, {} applied {times} times; fewer (lost): {} {:?}; more (applied again): {} {:?}",
+            events.len(),
+            found.expected,
+            found.fewer.len(),
+            found.fewer.iter().take(5).collect::<Vec<_>>(),
+            found.more.len(),
+            found.more.iter().take(5).collect::<Vec<_>>(),
+        );
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
@@ -279,6 +348,57 @@ impl World {
     }
 }
 
+/// What the effect probe found against the ledger; all zero when every
+/// processed event was applied exactly once.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EffectCheck {
+    /// Processed rows applied more often than owed.
+    pub doubled: i64,
+    /// Processed rows applied less often than owed.
+    pub unapplied: i64,
+    /// Applications with no ledger row.
+    pub unrecorded: i64,
+}
+
+/// The effect probe's count of a set of events.
+#[derive(Debug)]
+pub struct Applications {
+    /// Applied as many times as expected.
+    pub expected: usize,
+    /// (event id, applications) of those applied fewer times.
+    pub fewer: Vec<(String, i64)>,
+    /// (event id, applications) of those applied more times.
+    pub more: Vec<(String, i64)>,
+}
+
+/// The `replay` binary with the effect probe (`examples/probed_replay.rs`):
+/// what the tests run as a worker. `cargo test` builds it with the tests;
+/// the build here makes a run of one test target (`--test`) use a fresh one.
+pub fn probed_replay() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("a test binary lives in <profile>/deps");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "--example", "probed_replay", "--manifest-path"]);
+        build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => {}
+            Some("release") => {
+                build.arg("--release");
+            }
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+            None => panic!("no profile directory above {}", exe.display()),
+        }
+        let status = build.status().expect("run cargo build --example probed_replay");
+        assert!(status.success(), "cargo build --example probed_replay failed");
+        profile_dir.join("examples").join("probed_replay")
+    })
+}
+
 pub struct RunningWorker {
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
@@ -364,6 +484,7 @@ pub async fn wait_until_more_processed(world: &World, before: i64) -> i64 {
 
 pub async fn assert_all_applied_once(world: &World, events: usize, contributions: i64) {
     world.wait_for_count(PROCESSED, events as i64, Duration::from_secs(60)).await;
+    world.assert_each_applied_once().await;
     assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, events as i64);
     assert_eq!(world.scalar("SELECT count(*) FROM contributions WHERE status = 'approved'").await, contributions);
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, contributions);
