@@ -47,11 +47,9 @@ async fn duplicate_deliveries_change_nothing(pool: PgPool) {
     // A later redelivery of an event already processed is acked and ignored.
     world.publish(std::slice::from_ref(&contribution)).await;
     world.publish_raw("contribution.submitted", body.as_bytes()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while world.queue_depth().await > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_queue_drained(&world).await;
+    // A stop returns what is not acked yet to the queue: an empty queue
+    // after it means the worker settled both redeliveries.
     worker.stop().await;
 
     assert_eq!(world.queue_depth().await, 0, "duplicates were acked");
@@ -59,6 +57,58 @@ async fn duplicate_deliveries_change_nothing(pool: PgPool) {
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 2);
     let derived = replay::envelope::derived_event_id("contribution.submitted", body.as_bytes());
     assert_eq!(world.status_of(&derived).await.map(|s| s.0).as_deref(), Some("processed"));
+    // Three deliveries each of two events, one application each.
+    world.assert_applied(&[opened, contribution], 1).await;
+    let by_hand_applied =
+        world.scalar(&format!("SELECT count(*) FROM effect_probe WHERE event_id = '{derived}'")).await;
+    assert_eq!(by_hand_applied, 1, "the id-less message, delivered three times, applied once");
+    world.assert_each_applied_once().await;
+    world.cleanup().await;
+}
+
+/// Waits up to 10 s for the partition queue to hold no ready message.
+async fn wait_for_queue_drained(world: &World) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let depth = world.queue_depth().await;
+        if depth == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker left {depth} messages in the queue for 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The probe itself: with the ledger's record of an event gone (as if the
+/// worker had no dedup), a redelivery is applied a second time. The domain
+/// cannot tell (the contribution handler ignores a known id, the ledger has
+/// one row again); the probe can.
+#[sqlx::test]
+async fn the_effect_probe_sees_an_event_applied_twice_when_dedup_is_off(pool: PgPool) {
+    let world = World::new(pool).await;
+    let period = Uuid::new_v4();
+    let contribution = submitted(Uuid::new_v4(), Uuid::new_v4(), period, 25);
+    world.publish(&[period_opened(period), contribution.clone()]).await;
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count(PROCESSED, 2, Duration::from_secs(20)).await;
+    assert_eq!(world.effect_check().await, EffectCheck::default());
+
+    sqlx::query("DELETE FROM processed_events WHERE event_id = $1")
+        .bind(&contribution.event_id)
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    world.publish(std::slice::from_ref(&contribution)).await;
+    world.wait_for_count(PROCESSED, 2, Duration::from_secs(20)).await;
+    worker.stop().await;
+
+    // What the count-based checks see: nothing wrong.
+    assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 1);
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 2);
+    // What the probe sees.
+    let found = world.applications(std::slice::from_ref(&contribution), 1).await;
+    assert_eq!(found.more, vec![(contribution.event_id.clone(), 2)], "{found:?}");
+    assert_eq!(world.effect_check().await, EffectCheck { doubled: 1, unapplied: 0, unrecorded: 0 });
     world.cleanup().await;
 }
 
@@ -189,20 +239,39 @@ async fn events_arriving_out_of_order_end_up_applied(pool: PgPool) {
     let world = World::new(pool).await;
     let (period, member, contribution) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     // The approval first, then the submission, then the period it belongs to.
-    world.publish(&[approved(contribution)]).await;
-    world.publish(&[submitted(contribution, member, period, 10)]).await;
+    let events = [approved(contribution), submitted(contribution, member, period, 10), period_opened(period)];
+    world.publish(&events[..1]).await;
+    world.publish(&events[1..2]).await;
     let mut config = world.worker_config("w1");
     config.retry.max_attempts = 10;
+    // Long enough for the test to see both holds before the period arrives.
+    config.retry.hold = Duration::from_secs(5);
     let worker = world.start_worker(config);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    world.publish(&[period_opened(period)]).await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM processed_events
+              WHERE status = 'pending' AND retry_count = 0 AND error_message LIKE 'held: %'",
+            2,
+            Duration::from_secs(20),
+        )
+        .await;
+    world.publish(&events[2..]).await;
     world.wait_for_count(PROCESSED, 3, Duration::from_secs(30)).await;
     worker.stop().await;
 
     assert_eq!(world.contribution_status(contribution).await, "approved");
+    let counted: Vec<(String, i32, Option<String>)> =
+        sqlx::query_as("SELECT event_type, retry_count, error_message FROM processed_events WHERE retry_count > 0")
+            .fetch_all(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, vec![], "no failure counted");
+    world.assert_applied(&events, 1).await;
     world.cleanup().await;
 }
 
+/// Two workers on one partition: one applies, the other stands by, and
+/// when the first stops mid-stream the second takes over and finishes.
 #[sqlx::test]
 async fn two_workers_process_ten_thousand_events_once(pool: PgPool) {
     let world = World::new(pool).await;
@@ -212,15 +281,33 @@ async fn two_workers_process_ten_thousand_events_once(pool: PgPool) {
     world.publish(&events).await;
 
     let a = world.start_worker(world.worker_config("a"));
+    world.wait_for_count("SELECT count(*) FROM replay_control.partition_leaders", 1, Duration::from_secs(20)).await;
     let b = world.start_worker(world.worker_config("b"));
-    world.wait_for_count(PROCESSED, 10_001, Duration::from_secs(120)).await;
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM replay_control.worker_heartbeats WHERE worker_id = 'b' AND state = 'standby'",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    world.wait_for_count_at_least(PROCESSED, 2000, Duration::from_secs(60)).await;
     a.stop().await;
+    let left_by_a = 10_001 - world.scalar(PROCESSED).await;
+    assert!(left_by_a > 0, "a stopped mid-stream and left events for b");
+    world.wait_for_count(PROCESSED, 10_001, Duration::from_secs(120)).await;
+    let leader: (String, i64) = sqlx::query_as("SELECT worker_id, epoch FROM replay_control.partition_leaders")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert_eq!(leader, ("b".to_string(), 2), "b took over from a and applied the {left_by_a} a left");
     b.stop().await;
 
     assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 10_001);
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 10_000);
     assert_eq!(world.scalar("SELECT count(*) FROM processed_events WHERE retry_count > 0").await, 0);
     assert_eq!(world.queue_depth().await, 0);
+    world.assert_applied(&events, 1).await;
+    world.assert_each_applied_once().await;
     world.cleanup().await;
 }
 
@@ -244,6 +331,14 @@ async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPoo
     world.wait_for_count(PROCESSED, 10, Duration::from_secs(20)).await;
     worker.stop().await;
 
+    // Each of the ten was applied again (the probe has two rows of each),
+    // and applying it again left the domain tables as they were.
+    assert_eq!(world.scalar("SELECT count(DISTINCT event_id) FROM effect_probe").await, 10);
+    assert_eq!(
+        world.scalar("SELECT count(*) FROM (SELECT 1 FROM effect_probe GROUP BY event_id HAVING count(*) <> 2) x").await,
+        0,
+        "every event applied twice: once, and once more after its reset"
+    );
     assert_eq!(world.domain_digest().await, before, "replaying processed events changed the domain tables");
     assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1, "the provider is called once");
     let amount: String =

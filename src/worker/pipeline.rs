@@ -424,6 +424,16 @@ impl Pipeline {
                 return Err(BatchError::Resequence(resequence));
             }
         }
+        // The last run may have brought what the waiters wait for, and a
+        // waiter applied now may be what another waits for (an approval
+        // behind its submission behind its period): again while any applies.
+        while !waiting.is_empty() {
+            let before = waiting.len();
+            self.retry_waiting(conn, &work, &mut waiting, &mut settlements, tally, isolation, &failed_keys).await?;
+            if waiting.len() == before {
+                break;
+            }
+        }
         Ok(settlements)
     }
 
