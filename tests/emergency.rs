@@ -1,7 +1,8 @@
 //! `replay emergency-stop` with two workers and a replay mid-flight: the
 //! workers pause, the apply exits 4, the replay's messages are gone, the
-//! ledger and the domain are back to their pre-replay state, and nothing
-//! else is lost: events that arrived after the backup are processed on resume.
+//! ledger (every column), the replay history, the effect probe's rows and the
+//! domain are back to their pre-replay state, and nothing else is lost:
+//! events that arrived after the backup are processed on resume.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
 mod common;
@@ -17,17 +18,62 @@ fn noted(n: usize, tag: &str) -> Vec<replay::envelope::Event> {
     (0..n).map(|i| event("member.noted", json!({"n": i, "tag": tag}))).collect()
 }
 
-/// The ledger's state, row by row, leaving out the given event ids.
-async fn ledger_state(world: &World, except: &[String]) -> String {
-    sqlx::query_scalar(
-        "SELECT md5(string_agg(event_id || status || retry_count || coalesce(error_message, ''), '|' ORDER BY event_id))
-           FROM processed_events WHERE NOT event_id = ANY($1)",
-    )
-    .bind(except)
-    .fetch_one(&world.pool)
-    .await
-    .unwrap()
+/// What a restore of the pre-replay backup must bring back, each as a digest
+/// over `t::text` of every row (every column): the ledger (leaving out the
+/// rows of events first seen after the backup, which the stop keeps), the
+/// replay history and the effect probe. Handlers are idempotent, so the
+/// domain alone cannot tell a restore from none; the probe can: it appends a
+/// row per application with no unique key, so a replay's applications stay
+/// there unless the backup is restored.
+#[derive(Debug)]
+struct Restorable {
+    ledger: Option<String>,
+    history: Option<String>,
+    history_rows: i64,
+    probe: Option<String>,
+    probe_rows: i64,
 }
+
+impl Restorable {
+    async fn of(world: &World, except: &[String]) -> Self {
+        let ledger = sqlx::query_scalar(
+            "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM processed_events t WHERE NOT event_id = ANY($1)",
+        )
+        .bind(except)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+        let (history_rows, history) =
+            sqlx::query_as("SELECT count(*), md5(string_agg(t::text, '|' ORDER BY id)) FROM replay_history t")
+                .fetch_one(&world.pool)
+                .await
+                .unwrap();
+        let (probe_rows, probe) =
+            sqlx::query_as("SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM effect_probe t")
+                .fetch_one(&world.pool)
+                .await
+                .unwrap();
+        Self { ledger, history, history_rows, probe, probe_rows }
+    }
+
+    /// Panics unless `world` (but for the `except` rows) is back to `self`.
+    async fn assert_restored(&self, world: &World, except: &[String]) {
+        let now = Self::of(world, except).await;
+        assert_eq!(now.ledger, self.ledger, "every ledger row, every column, is back to its pre-replay state");
+        assert_eq!(
+            (now.history_rows, &now.history),
+            (self.history_rows, &self.history),
+            "the replay history is back to its pre-replay state"
+        );
+        assert_eq!(
+            (now.probe_rows, &now.probe),
+            (self.probe_rows, &self.probe),
+            "the probe's rows are back to their pre-replay state: the replay's applications are undone"
+        );
+    }
+}
+
+const PROBE_ROWS: &str = "SELECT count(*) FROM effect_probe";
 
 #[sqlx::test]
 async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool: PgPool) {
@@ -41,7 +87,8 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
     world.wait_for_count(PROCESSED, 6, Duration::from_secs(30)).await;
     world.wait_for_count(SKIPPED, 200, Duration::from_secs(30)).await;
     let domain_before = world.domain_digest().await;
-    let ledger_before = ledger_state(&world, &[]).await;
+    let before = Restorable::of(&world, &[]).await;
+    assert_eq!((before.probe_rows, before.history_rows), (6, 0), "the cooperative applied once, nothing replayed");
 
     let out =
         world.replay(&["plan", "--all", "--reason", "INC-60", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
@@ -62,6 +109,12 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
             Duration::from_secs(30),
         )
         .await;
+    // The replay is really under way: every row reset (with its history), and
+    // the cooperative's six events, first in the plan's event-time order,
+    // applied a second time by the workers, so the probe holds rows that
+    // only the restore can take away.
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, plan["rows"].as_i64().unwrap());
+    world.wait_for_count_at_least(PROBE_ROWS, 12, Duration::from_secs(30)).await;
     // Legitimate traffic after the backup: processed before the stop.
     let late = noted(5, "late");
     let late_ids: Vec<String> = late.iter().map(|e| e.event_id.clone()).collect();
@@ -85,7 +138,7 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
     eprintln!("pause latency: {} ms; steps: {}", report["pause"]["latency_ms"], report["steps"]);
     assert_eq!(world.queue_depth().await, 0, "none of the replay's messages is left");
     assert_eq!(world.domain_digest().await, domain_before);
-    assert_eq!(ledger_state(&world, &late_ids).await, ledger_before, "the ledger is back to its pre-replay state");
+    before.assert_restored(&world, &late_ids).await;
     let late_pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id = ANY($1) AND status = 'pending'")
             .bind(&late_ids)
@@ -111,6 +164,7 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     world.wait_for_count(SKIPPED, 208, Duration::from_secs(30)).await;
     assert_eq!(world.domain_digest().await, domain_before);
+    assert_eq!(world.scalar(PROBE_ROWS).await, 6, "nothing of the stopped replay is applied on resume");
     // The stopped plan is never resumed.
     let out = world.replay(&["apply", &plan_path, "--yes"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
@@ -123,10 +177,13 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     let world = World::new(pool).await;
     let dir = tempfile::tempdir().unwrap();
     let worker = world.start_worker(world.worker_config("w1"));
+    world.cooperative().await;
     world.publish(&noted(10, "x")).await;
+    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
     world.wait_for_count(SKIPPED, 10, Duration::from_secs(20)).await;
     worker.stop().await;
     let report_dir = dir.path().to_str().unwrap();
+    let ledger_before = world.ledger_digest().await;
 
     // The backup is missing: the restore fails, says so, the pause stays.
     let out = world
@@ -150,6 +207,7 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     );
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1);
     assert_eq!(world.scalar(SKIPPED).await, 10, "nothing was restored or lost");
+    assert_eq!(world.ledger_digest().await, ledger_before, "nothing was restored or lost");
 
     // The broker is down: the purge fails and says so.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
@@ -166,9 +224,29 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     // With a readable backup it completes, and a second run is harmless.
     let dump = dir.path().join("pre.dump");
     assert_eq!(world.replay(&["backup", "--out", dump.to_str().unwrap()]).await.status.code(), Some(0));
+    let before = Restorable::of(&world, &[]).await;
+    // A replay after the dump, applied by a worker: what the restore must undo.
+    let out = world.replay(&["resume", "--reason", "r"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let plans = dir.path().join("plans");
+    let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
+    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let backups = dir.path().join("backups");
+    let out = world
+        .replay(&["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--backup-dir", backups.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.wait_for_count_at_least(PROBE_ROWS, 12, Duration::from_secs(20)).await;
+    world
+        .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'pending'", 0, Duration::from_secs(20))
+        .await;
+    worker.stop().await;
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, 16, "the replay reset every row");
     for _ in 0..2 {
         let out = world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", "r", "--yes"]).await;
         assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+        before.assert_restored(&world, &[]).await;
     }
     assert_eq!(world.scalar(SKIPPED).await, 10);
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.audit_log WHERE action = 'emergency.stop'").await, 4);
@@ -184,6 +262,8 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     world.wait_for_count(SKIPPED, 40, Duration::from_secs(20)).await;
     worker.stop().await;
 
+    let before = Restorable::of(&world, &[]).await;
+
     // No worker runs: the replay's messages and new traffic wait in the queue.
     let plans = dir.path().join("plans");
     let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
@@ -192,7 +272,9 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     let backups = dir.path().join("backups");
     let out = world.replay(&["apply", plan_path, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, 40, "the replay reset every row");
     let legitimate = noted(3, "new");
+    let legitimate_ids: Vec<String> = legitimate.iter().map(|e| e.event_id.clone()).collect();
     world.publish(&legitimate).await;
     world.publish_raw("member.noted", b"not json").await;
     assert_eq!(world.queue_depth().await, 44);
@@ -207,6 +289,7 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     );
     assert_eq!(world.queue_depth().await, 0);
     assert_eq!(world.scalar(SKIPPED).await, 40, "the replayed rows are back to skipped");
+    before.assert_restored(&world, &legitimate_ids).await;
     for event in &legitimate {
         assert_eq!(world.status_of(&event.event_id).await.unwrap().0, "pending");
     }
