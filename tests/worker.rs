@@ -335,7 +335,9 @@ async fn replaying_every_processed_event_leaves_the_domain_as_it_was(pool: PgPoo
     // and applying it again left the domain tables as they were.
     assert_eq!(world.scalar("SELECT count(DISTINCT event_id) FROM effect_probe").await, 10);
     assert_eq!(
-        world.scalar("SELECT count(*) FROM (SELECT 1 FROM effect_probe GROUP BY event_id HAVING count(*) <> 2) x").await,
+        world
+            .scalar("SELECT count(*) FROM (SELECT 1 FROM effect_probe GROUP BY event_id HAVING count(*) <> 2) x")
+            .await,
         0,
         "every event applied twice: once, and once more after its reset"
     );

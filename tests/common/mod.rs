@@ -7,8 +7,8 @@ pub mod broker;
 pub mod probe;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -56,7 +56,9 @@ impl World {
             queue: format!("test-{suffix}.worker"),
         };
         let world = Self { pool, database_url: url.to_string(), endpoints };
-        sqlx::query(probe::TABLE).execute(&world.pool).await.expect("create the effect probe's table");
+        for statement in probe::SCHEMA {
+            sqlx::query(statement).execute(&world.pool).await.expect("create the effect probe's table");
+        }
         let connection = transport::connect(&world.endpoints.amqp_url, "test setup").await.expect("RabbitMQ is up");
         let channel = connection.create_channel().await.expect("channel");
         transport::declare(&channel, &world.endpoints.exchange, &world.endpoints.queue).await.expect("declare");
@@ -90,10 +92,16 @@ impl World {
 
     /// Spawns a `replay worker` (the probed binary) against this world.
     pub fn spawn_worker_process(&self, id: &str, extra: &[&str]) -> tokio::process::Child {
+        self.spawn_worker_process_with(id, extra, &self.database_url)
+    }
+
+    /// As [`World::spawn_worker_process`], reaching the database at `database_url`.
+    pub fn spawn_worker_process_with(&self, id: &str, extra: &[&str], database_url: &str) -> tokio::process::Child {
         tokio::process::Command::new(probed_replay())
             .args(["worker", "--id", id, "--http", "off", "--poll-interval", "100ms", "--retry-backoff", "50ms"])
             .args(extra)
             .envs(self.env())
+            .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -175,8 +183,14 @@ impl World {
     /// into those applied `times` times and the rest.
     pub async fn applications(&self, events: &[Event], times: i64) -> Applications {
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        self.applications_of(&ids, times).await
+    }
+
+    /// As [`World::applications`], by event id.
+    pub async fn applications_of(&self, ids: &[&str], times: i64) -> Applications {
         let counts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT id, (SELECT count(*) FROM effect_probe p WHERE p.event_id = id) FROM unnest($1::text[]) AS id",
+            "SELECT m.id, count(p.event_id) FROM unnest($1::text[]) AS m(id)
+               LEFT JOIN effect_probe p ON p.event_id = m.id GROUP BY m.id",
         )
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -236,6 +250,29 @@ impl World {
             found.more.len(),
             found.more.iter().take(5).collect::<Vec<_>>(),
         );
+    }
+
+    /// Waits until a session named `name` (see [`named_session`]) is inside
+    /// a transaction that has written and not committed, a batch surely
+    /// open, and returns the processed count seen in the same snapshot
+    /// (which that batch is not part of).
+    pub async fn wait_for_open_batch(&self, name: &str, limit: Duration) -> i64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (open, processed): (bool, i64) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND backend_xid IS NOT NULL),
+                        (SELECT count(*) FROM processed_events WHERE status = 'processed')",
+            )
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .expect("look for an open batch");
+            if open {
+                return processed;
+            }
+            assert!(Instant::now() < deadline, "no batch of {name} seen open in {limit:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
@@ -358,6 +395,60 @@ pub struct EffectCheck {
     pub unapplied: i64,
     /// Applications with no ledger row.
     pub unrecorded: i64,
+}
+
+/// A spawned process's stderr, read as it comes (so a chatty process never
+/// blocks on a full pipe), for a test to wait on what it says.
+pub struct LogTap {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl LogTap {
+    /// Takes `child`'s piped stderr.
+    pub fn of(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncReadExt;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let into = text.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+                into.lock().expect("log lock").push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Self { text }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().expect("log lock").clone()
+    }
+
+    /// Waits up to `limit` for `needle` in the log.
+    pub async fn wait_for(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.text().contains(needle) {
+            assert!(Instant::now() < deadline, "waited {limit:?} for {needle:?} in the log:\n{}", self.text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `url` with its port replaced: the way through a [`TcpProxy`].
+pub fn through(url: &str, port: u16) -> String {
+    let mut url = url::Url::parse(url).expect("a URL");
+    url.set_port(Some(port)).expect("a URL with a host");
+    url.to_string()
+}
+
+/// `url` with `application_name` set, so a test can find the sessions of
+/// one process in `pg_stat_activity`.
+pub fn named_session(url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(url).expect("a database URL");
+    url.query_pairs_mut().append_pair("application_name", name);
+    url.to_string()
 }
 
 /// The effect probe's count of a set of events.
@@ -598,6 +689,8 @@ pub struct TcpProxy {
 }
 
 struct ProxyState {
+    /// What went through, to prove a fault landed on live traffic.
+    counts: ProxyCounters,
     down: std::sync::atomic::AtomicBool,
     /// Connections open when `freeze` was called stop forwarding, forever.
     frozen: std::sync::Mutex<CancellationToken>,
@@ -610,6 +703,7 @@ impl TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let state = std::sync::Arc::new(ProxyState {
+            counts: ProxyCounters::default(),
             down: std::sync::atomic::AtomicBool::new(false),
             frozen: std::sync::Mutex::new(CancellationToken::new()),
             latency_ms: std::sync::atomic::AtomicU64::new(0),
@@ -620,8 +714,10 @@ impl TcpProxy {
             loop {
                 let Ok((client, _)) = listener.accept().await else { return };
                 if accepting.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    accepting.counts.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     continue; // dropped at once: the service looks down
                 }
+                accepting.counts.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let cut = accepting.cut.lock().expect("proxy lock").clone();
                 let frozen = accepting.frozen.lock().expect("proxy lock").clone();
                 let state = accepting.clone();
@@ -664,6 +760,44 @@ impl TcpProxy {
     pub fn set_latency(&self, latency: Duration) {
         self.state.latency_ms.store(latency.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// What the proxy has seen so far.
+    pub fn counts(&self) -> ProxyCounts {
+        let c = &self.state.counts;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::SeqCst);
+        ProxyCounts {
+            connections: load(&c.connections),
+            refused: load(&c.refused),
+            bytes: load(&c.bytes),
+            delayed: load(&c.delayed),
+            stalled: load(&c.stalled),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ProxyCounters {
+    connections: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    delayed: std::sync::atomic::AtomicU64,
+    stalled: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of a proxy's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyCounts {
+    /// Connections accepted and forwarded.
+    pub connections: u64,
+    /// Connections dropped at once during an outage.
+    pub refused: u64,
+    /// Bytes forwarded, both ways.
+    pub bytes: u64,
+    /// Chunks held back by the added latency.
+    pub delayed: u64,
+    /// Chunks a frozen connection had to forward and never did: proof that
+    /// a peer was using a connection when it froze.
+    pub stalled: u64,
 }
 
 async fn pump(
@@ -681,13 +815,16 @@ async fn pump(
         };
         let latency = state.latency_ms.load(std::sync::atomic::Ordering::SeqCst);
         if latency > 0 {
+            state.counts.delayed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         if frozen.is_cancelled() {
+            state.counts.stalled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
         }
+        state.counts.bytes.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -12,13 +12,18 @@ use replay::envelope::Event;
 use replay::handlers::{Effect, Handler, Keys, Outcomes, Registry};
 use sqlx::PgConnection;
 
-/// The table the probe writes to; `World::new` creates it in each test database.
+/// The table the probe writes to, and an index (not unique: a second
+/// application must land) for the checks; `World::new` runs these in each
+/// test database.
 #[allow(dead_code)] // used by the tests, not by the probed binary
-pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS effect_probe (
-    event_id text NOT NULL,
-    event_type text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
-)";
+pub const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS effect_probe (
+        event_id text NOT NULL,
+        event_type text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    )",
+    "CREATE INDEX IF NOT EXISTS effect_probe_event_idx ON effect_probe (event_id)",
+];
 
 /// The reference handlers, each wrapped by the probe.
 pub fn registry() -> Registry {
@@ -39,8 +44,12 @@ impl Handler for Probe {
 
     async fn apply(&self, conn: &mut PgConnection, events: &[&Event]) -> Result<Outcomes, sqlx::Error> {
         let outcomes = self.0.apply(&mut *conn, events).await?;
-        let applied: Vec<&str> =
-            events.iter().zip(&outcomes).filter(|(_, outcome)| outcome.is_ok()).map(|(e, _)| e.event_id.as_str()).collect();
+        let applied: Vec<&str> = events
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_ok())
+            .map(|(e, _)| e.event_id.as_str())
+            .collect();
         if !applied.is_empty() {
             sqlx::query("INSERT INTO effect_probe (event_id, event_type) SELECT unnest($1::text[]), $2")
                 .bind(&applied)
