@@ -19,16 +19,26 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing(pool: PgPool) {
     let (events, _) = workload(3000);
     world.publish(&events).await;
 
-    let mut worker = world.spawn_worker_process("w1", &["--batch-size", "50"]);
-    wait_until_more_processed(&world, 0).await;
+    // A slow database link holds each batch open long enough to signal
+    // the worker while one surely is.
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    proxy.set_latency(Duration::from_millis(20));
+    let url = named_session(&through(&world.database_url, proxy.port), "w1");
+    let mut worker = world.spawn_worker_process_with("w1", &["--batch-size", "50"], &url);
+    let log = LogTap::of(&mut worker);
+    let at_signal = world.wait_for_open_batch("w1", Duration::from_secs(30)).await;
     signal(&worker, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await.expect("exits").expect("status");
-    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop: {}", log.text());
     let after_stop = world.scalar(PROCESSED).await;
+    // The batch open at the signal was finished, not dropped.
+    assert!(after_stop > at_signal, "the open batch committed after the signal ({at_signal} -> {after_stop})");
     assert!(after_stop < events.len() as i64, "stopped mid-stream ({after_stop} processed)");
+    log.wait_for("stopping: the batch in hand is committed and acked", Duration::from_secs(5)).await;
 
     let mut restarted = world.spawn_worker_process("w1", &[]);
     assert_all_applied_once(&world, events.len(), 3000).await;
+    world.assert_applied(&events, 1).await;
     signal(&restarted, "-TERM");
     let _ = restarted.wait().await;
     world.cleanup().await;
