@@ -59,12 +59,17 @@ async fn four_workers_100k_events_a_kill_and_a_broker_restart_apply_each_event_o
             .to_string()
         })
         .collect();
+    // How many publish runs have started: the broker restart is timed by it,
+    // so it surely lands while events are still being published.
+    let runs_started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publisher = {
         let env = world.env();
         let lines = lines.clone();
+        let runs_started = runs_started.clone();
         tokio::spawn(async move {
             let mut outboxed = 0;
             for chunk in lines.chunks(CHUNK) {
+                runs_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 outboxed += usize::from(publish_lines(&env, chunk).await);
             }
             outboxed
@@ -78,12 +83,19 @@ async fn four_workers_100k_events_a_kill_and_a_broker_restart_apply_each_event_o
     tokio::time::sleep(Duration::from_secs(1)).await;
     workers[0] = spawn(&world, 0);
 
-    // Fault 2: the broker restarts while events are published and consumed.
-    world.wait_for_count_at_least(PROCESSED, 50_000, Duration::from_secs(120)).await;
+    // Fault 2: the broker restarts while events are published and consumed:
+    // once the sixth of ten publish runs has started.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while runs_started.load(std::sync::atomic::Ordering::SeqCst) < 6 {
+        assert!(Instant::now() < deadline, "the sixth publish run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let restarted_at = world.scalar(PROCESSED).await;
+    assert!(!publisher.is_finished(), "the restart lands while publishing");
     let away = broker.restart().await;
 
     let outboxed_publishes = publisher.await.unwrap();
+    assert!(outboxed_publishes >= 1, "a publish run met the restart and used the outbox");
     world.wait_for_count(PROCESSED, EVENTS as i64 + 1, Duration::from_secs(300)).await;
     world.wait_for_count("SELECT count(*) FROM replay_control.outbox", 0, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
@@ -119,7 +131,12 @@ async fn four_workers_100k_events_a_kill_and_a_broker_restart_apply_each_event_o
     );
     assert_eq!((lost, duplicated, unexpected), (0, 0, 0));
     assert_eq!(contributions, EVENTS as i64, "one domain row per event");
-    assert_eq!(total, 10 * EVENTS as i64, "amounts add up: nothing applied twice");
+    assert_eq!(total, 10 * EVENTS as i64, "amounts add up");
+    // The effect probe: each published event applied exactly once.
+    let published: Vec<&str> = published.iter().map(String::as_str).collect();
+    let found = world.applications_of(&published, 1).await;
+    assert_eq!((found.fewer.len(), found.more.len()), (0, 0), "{found:?}");
+    world.assert_each_applied_once().await;
     assert_eq!(world.queue_depth().await, 0);
     for (n, worker) in workers.iter_mut().enumerate() {
         assert!(worker.try_wait().unwrap().is_none(), "worker load-{n} is alive");
