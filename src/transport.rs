@@ -18,6 +18,12 @@ use crate::config::SecretUrl;
 pub enum TransportError {
     #[error("cannot reach RabbitMQ at {url}: {source}. Check that the broker is running and AMQP_URL is right")]
     Connect { url: String, source: lapin::Error },
+    /// The broker answered and said no (bad credentials, an unknown virtual
+    /// host): waiting never cures it.
+    #[error(
+        "RabbitMQ at {url} refused the connection: {source}. Check the user, password and virtual host in AMQP_URL"
+    )]
+    Refused { url: String, source: lapin::Error },
     #[error("RabbitMQ at {url} accepted the connection but did not answer within {} s (a hung broker?). Check the broker's health", .after.as_secs())]
     Unresponsive { url: String, after: std::time::Duration },
     // The parser's own reason may quote the whole URL, password included.
@@ -47,7 +53,9 @@ impl TransportError {
             Self::Connect { source, .. } | Self::Broker { source, .. } => is_outage(source),
             Self::Unresponsive { .. } | Self::NoAnswer { .. } | Self::ConsumerClosed => true,
             Self::Unconfirmed { outage, .. } => *outage,
-            Self::BadUrl { .. } | Self::StillConsumed { .. } | Self::TopologyMismatch { .. } => false,
+            Self::Refused { .. } | Self::BadUrl { .. } | Self::StillConsumed { .. } | Self::TopologyMismatch { .. } => {
+                false
+            }
         }
     }
 
@@ -92,7 +100,13 @@ pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, Transpor
         url.expose().parse().map_err(|_: String| TransportError::BadUrl { url: url.redacted() })?;
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECONDS);
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties)).await {
-        Ok(connected) => connected.map_err(|source| TransportError::Connect { url: url.redacted(), source }),
+        Ok(connected) => connected.map_err(|source| {
+            if is_outage(&source) {
+                TransportError::Connect { url: url.redacted(), source }
+            } else {
+                TransportError::Refused { url: url.redacted(), source }
+            }
+        }),
         Err(_) => Err(TransportError::Unresponsive { url: url.redacted(), after: CONNECT_TIMEOUT }),
     }
 }
