@@ -297,13 +297,55 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     world.cleanup().await;
 }
 
+/// Every message ready in the world's queue, as (message id, body), sorted;
+/// taken unacked on a connection closed at once, so they all go back.
+async fn messages_in_queue(world: &World) -> Vec<(String, String)> {
+    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test reader").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let deliveries = replay::transport::take_all(&channel, &world.endpoints.queue).await.unwrap();
+    let _ = connection.close(200, "read".into()).await;
+    let mut messages: Vec<(String, String)> = deliveries
+        .iter()
+        .map(|d| {
+            let id = d.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default();
+            (id, String::from_utf8_lossy(&d.data).into_owned())
+        })
+        .collect();
+    messages.sort();
+    messages
+}
+
+/// Waits up to 10 s for the queue to hold `depth` ready messages.
+async fn wait_for_depth(world: &World, depth: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = world.queue_depth().await;
+        if now == depth {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queue holds {now} ready messages, not {depth}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[sqlx::test]
 async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
+    use futures::StreamExt;
     let world = World::new(pool).await;
-    // A consumer that is no paused worker: it would hold deliveries the purge cannot see.
+    // Legitimate traffic waiting in the queue (no worker runs).
+    let waiting = noted(5, "waiting");
+    world.publish(&waiting).await;
+    let mut published: Vec<(String, String)> =
+        waiting.iter().map(|e| (e.event_id.clone(), e.payload_json.clone())).collect();
+    published.sort();
+    assert_eq!(world.queue_depth().await, 5);
+
+    // A consumer that is no paused worker: it holds a delivery (prefetch 1,
+    // never acked) that the purge cannot see and that would come back after it.
     let connection = replay::transport::connect(&world.endpoints.amqp_url, "test stray consumer").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let _consumer = channel
+    channel.basic_qos(1, lapin::options::BasicQosOptions::default()).await.unwrap();
+    let mut consumer = channel
         .basic_consume(
             world.endpoints.queue.as_str().into(),
             "stray".into(),
@@ -312,11 +354,23 @@ async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
         )
         .await
         .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+    let held_id = held.properties.message_id().as_ref().map(ToString::to_string);
+    assert!(published.iter().any(|(id, _)| Some(id) == held_id.as_ref()), "the stray holds one of them: {held_id:?}");
+    wait_for_depth(&world, 4).await;
+
     let out = world.replay(&["emergency-stop", "--no-restore", "--reason", "r", "--yes", "--wait", "1s"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
     assert!(stdout_of(&out).contains("1 consumer(s) still hold queue"), "{}", stdout_of(&out));
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1, "the pause stays");
+    assert_eq!(world.queue_depth().await, 4, "the refused purge took none of the ready messages");
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 0, "nor put any in the ledger");
+
+    // The stray consumer goes: its delivery comes back, and the queue holds
+    // exactly the messages published, ids and bodies.
     let _ = connection.close(200, "done".into()).await;
+    wait_for_depth(&world, 5).await;
+    assert_eq!(messages_in_queue(&world).await, published, "every waiting message is still in the queue");
     world.cleanup().await;
 }
 
