@@ -248,9 +248,9 @@ pub struct EmergencyStopArgs {
     /// Longest wait for the workers to report paused and release the queue.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
-    /// Where the incident report goes when no backup is restored.
-    #[arg(long, default_value = "backups")]
-    pub report_dir: PathBuf,
+    /// Where the incident report goes (default: next to the backup when its directory exists, else backups/).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -38,6 +38,9 @@ const SAVE_MARGIN: Duration = Duration::from_secs(5);
 const FILE_TIME_MARGIN: Duration = Duration::from_secs(3600);
 /// Longest wait for a running apply to let go of the control lock.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Where an incident report goes with neither `--report-dir` nor a backup
+/// to put it next to: where `replay backup` and `replay apply` put dumps.
+const DEFAULT_REPORT_DIR: &str = "backups";
 
 /// What to restore.
 #[derive(Debug, Clone)]
@@ -56,8 +59,8 @@ pub struct Request {
     pub reason: String,
     pub restore: Restore,
     pub wait: Duration,
-    /// Where the incident report goes when there is no backup to put it next to.
-    pub report_dir: PathBuf,
+    /// Where the incident report goes; `None`: next to the backup, else `backups/`.
+    pub report_dir: Option<PathBuf>,
 }
 
 /// One step, timed.
@@ -269,7 +272,7 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
             report.steps.push(Step { name: "mark run stopped", ms: 0, ok: false, detail: e.to_string() });
         }
     }
-    let report_dir = backup.as_deref().and_then(Path::parent).map_or(request.report_dir.clone(), Path::to_path_buf);
+    let report_dir = report_dir(request, backup.as_deref());
     let path = report_dir.join(format!("incident-{}.json", report.started_at.format("%Y%m%dT%H%M%S%.3fZ")));
     report.report_path = Some(path.clone());
     if let Err(e) = audit_stop(pool, &report).await {
@@ -288,6 +291,21 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     }
     drop(lock);
     report
+}
+
+/// Where the incident report goes: the directory the operator named; else
+/// next to the backup, where whoever looks into the replay finds its dump
+/// (only if that directory exists: a backup that is missing is no reason to
+/// create a directory for it); else [`DEFAULT_REPORT_DIR`].
+fn report_dir(request: &Request, backup: Option<&Path>) -> PathBuf {
+    if let Some(dir) = &request.report_dir {
+        return dir.clone();
+    }
+    let beside = backup.and_then(Path::parent).map(|dir| if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+    match beside {
+        Some(dir) if dir.is_dir() => dir.to_path_buf(),
+        _ => PathBuf::from(DEFAULT_REPORT_DIR),
+    }
 }
 
 fn ms(since: Instant) -> u64 {
@@ -393,4 +411,32 @@ async fn audit_stop(pool: &PgPool, report: &Report) -> Result<(), String> {
     };
     audit::append(&mut tx, &entry).await.map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(report_dir: Option<&str>) -> Request {
+        Request {
+            operator: "carol".into(),
+            reason: "r".into(),
+            restore: Restore::Nothing,
+            wait: Duration::from_secs(1),
+            report_dir: report_dir.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn the_report_goes_where_named_else_next_to_the_backup_else_to_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("pre.dump");
+        assert_eq!(report_dir(&request(Some("/tmp/incidents")), Some(&dump)), PathBuf::from("/tmp/incidents"));
+        assert_eq!(report_dir(&request(None), Some(&dump)), dir.path());
+        assert_eq!(report_dir(&request(None), Some(Path::new("pre.dump"))), PathBuf::from("."));
+        // A missing backup's directory is not made up for its report.
+        let missing = dir.path().join("gone").join("pre.dump");
+        assert_eq!(report_dir(&request(None), Some(&missing)), PathBuf::from(DEFAULT_REPORT_DIR));
+        assert_eq!(report_dir(&request(None), None), PathBuf::from(DEFAULT_REPORT_DIR));
+    }
 }

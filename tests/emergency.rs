@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -75,6 +76,39 @@ impl Restorable {
 
 const PROBE_ROWS: &str = "SELECT count(*) FROM effect_probe";
 
+/// A reason unique to this test's world: its incident reports can then be
+/// told from those of any other run, however many run side by side.
+fn reason_for(world: &World, text: &str) -> String {
+    format!("{text} [{}]", world.endpoints.queue)
+}
+
+/// The incident reports in `dir` (not below it) whose reason is `reason`.
+fn reports_in(dir: &Path, reason: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with("incident-") && name.ends_with(".json")
+        })
+        .filter(|path| {
+            let report: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            report["reason"] == reason
+        })
+        .collect()
+}
+
+/// Panics unless `dir` holds `expected` incident reports of `reason` and the
+/// repository's own `backups/` none: a test's files go to its temporary
+/// directory only.
+fn assert_reports(dir: &Path, reason: &str, expected: usize) {
+    let found = reports_in(dir, reason);
+    assert_eq!(found.len(), expected, "incident reports in {}: {found:?}", dir.display());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("backups");
+    let stray = reports_in(&repo, reason);
+    assert!(stray.is_empty(), "a test's incident report was written into the repository: {stray:?}");
+}
+
 #[sqlx::test]
 async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool: PgPool) {
     let world = World::new(pool).await;
@@ -125,9 +159,8 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
     );
     world.wait_for_count(&late_done, 5, Duration::from_secs(30)).await;
 
-    let out = world
-        .replay(&["emergency-stop", "--plan", &plan_path, "--reason", "INC-61: wrong totals", "--yes", "--json"])
-        .await;
+    let reason = reason_for(&world, "INC-61: wrong totals");
+    let out = world.replay(&["emergency-stop", "--plan", &plan_path, "--reason", &reason, "--yes", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
     let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     let out = apply.wait_with_output().await.unwrap();
@@ -153,6 +186,9 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
     assert_eq!(actions, ["replay.apply", "workers.pause", "emergency.stop"]);
     let incident = std::fs::read_to_string(report["report_path"].as_str().unwrap()).unwrap();
     assert!(incident.contains("\"restore\""), "{incident}");
+    // Next to the pre-replay backup it restored.
+    assert_eq!(reports_in(&backups, &reason), [PathBuf::from(report["report_path"].as_str().unwrap())]);
+    assert_reports(&backups, &reason, 1);
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.replay_runs WHERE state = 'stopped'").await, 1);
 
     // The pause survived the restore: new events wait in the queue.
@@ -183,6 +219,7 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     world.wait_for_count(SKIPPED, 10, Duration::from_secs(20)).await;
     worker.stop().await;
     let report_dir = dir.path().to_str().unwrap();
+    let reason = reason_for(&world, "r");
     let ledger_before = world.ledger_digest().await;
 
     // The backup is missing: the restore fails, says so, the pause stays.
@@ -192,7 +229,7 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
             "--backup",
             "/nonexistent/pre-replay.dump",
             "--reason",
-            "r",
+            &reason,
             "--yes",
             "--report-dir",
             report_dir,
@@ -208,11 +245,24 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1);
     assert_eq!(world.scalar(SKIPPED).await, 10, "nothing was restored or lost");
     assert_eq!(world.ledger_digest().await, ledger_before, "nothing was restored or lost");
+    // In the --report-dir named, not next to the missing backup.
+    assert_reports(dir.path(), &reason, 1);
+    assert!(reports_in(Path::new("/nonexistent"), &reason).is_empty(), "none next to the missing backup");
 
     // The broker is down: the purge fails and says so.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
         .args(["--amqp-url", "amqp://guest:canary-secret@127.0.0.1:1/%2f"])
-        .args(["emergency-stop", "--no-restore", "--reason", "r", "--yes", "--wait", "1s", "--report-dir", report_dir])
+        .args([
+            "emergency-stop",
+            "--no-restore",
+            "--reason",
+            &reason,
+            "--yes",
+            "--wait",
+            "1s",
+            "--report-dir",
+            report_dir,
+        ])
         .envs(world.env().into_iter().filter(|(k, _)| *k != "AMQP_URL"))
         .output()
         .await
@@ -244,10 +294,13 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     worker.stop().await;
     assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, 16, "the replay reset every row");
     for _ in 0..2 {
-        let out = world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", "r", "--yes"]).await;
+        let out =
+            world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", &reason, "--yes"]).await;
         assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
         before.assert_restored(&world, &[]).await;
     }
+    // Both next to the dump they restored, in the same directory as the first two.
+    assert_reports(dir.path(), &reason, 4);
     assert_eq!(world.scalar(SKIPPED).await, 10);
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.audit_log WHERE action = 'emergency.stop'").await, 4);
     world.cleanup().await;
@@ -279,7 +332,8 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     world.publish_raw("member.noted", b"not json").await;
     assert_eq!(world.queue_depth().await, 44);
 
-    let out = world.replay(&["emergency-stop", "--plan", plan_path, "--reason", "r", "--yes", "--json"]).await;
+    let reason = reason_for(&world, "r");
+    let out = world.replay(&["emergency-stop", "--plan", plan_path, "--reason", &reason, "--yes", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
     let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     assert_eq!(
@@ -294,6 +348,7 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
         assert_eq!(world.status_of(&event.event_id).await.unwrap().0, "pending");
     }
     assert_eq!(world.scalar("SELECT count(*) FROM dead_letters").await, 1);
+    assert_reports(&backups, &reason, 1);
     world.cleanup().await;
 }
 
@@ -359,9 +414,24 @@ async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
     assert!(published.iter().any(|(id, _)| Some(id) == held_id.as_ref()), "the stray holds one of them: {held_id:?}");
     wait_for_depth(&world, 4).await;
 
-    let out = world.replay(&["emergency-stop", "--no-restore", "--reason", "r", "--yes", "--wait", "1s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reason = reason_for(&world, "r");
+    let out = world
+        .replay(&[
+            "emergency-stop",
+            "--no-restore",
+            "--reason",
+            &reason,
+            "--yes",
+            "--wait",
+            "1s",
+            "--report-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
     assert!(stdout_of(&out).contains("1 consumer(s) still hold queue"), "{}", stdout_of(&out));
+    assert_reports(dir.path(), &reason, 1);
     assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1, "the pause stays");
     assert_eq!(world.queue_depth().await, 4, "the refused purge took none of the ready messages");
     assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 0, "nor put any in the ledger");
@@ -398,8 +468,10 @@ async fn a_backup_of_another_schema_version_is_never_restored(pool: PgPool) {
     worker.stop().await;
     let before = world.ledger_digest().await;
 
-    let out = world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", "r", "--yes"]).await;
+    let reason = reason_for(&world, "r");
+    let out = world.replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", &reason, "--yes"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout_of(&out));
+    assert_reports(dir.path(), &reason, 1);
     let said = stdout_of(&out);
     assert!(said.contains("restore") && said.contains("schema version"), "{said}");
     assert_eq!(world.ledger_digest().await, before, "nothing was restored");
