@@ -40,6 +40,23 @@ async fn apply_ok(world: &World, desk: &Desk, plan: &Value, args: &[&str]) -> Va
     outcome
 }
 
+/// The event ids a plan reset, by its replay history, sorted.
+async fn reset_by(world: &World, plan: &Value) -> Vec<String> {
+    let plan_id: Uuid = plan["plan_id"].as_str().unwrap().parse().unwrap();
+    sqlx::query_scalar("SELECT event_id FROM replay_history WHERE plan_id = $1 ORDER BY event_id")
+        .bind(plan_id)
+        .fetch_all(&world.pool)
+        .await
+        .unwrap()
+}
+
+/// The ids of `events`, sorted.
+fn ids_of(events: &[replay::envelope::Event]) -> Vec<String> {
+    let mut ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
 async fn audit_entries(world: &World) -> i64 {
     world.scalar("SELECT count(*) FROM replay_control.audit_log").await
 }
@@ -130,10 +147,16 @@ async fn selections_by_range_type_event_and_payload_replay_exactly_their_rows(po
     world.wait_for_count(PROCESSED, 7, Duration::from_secs(20)).await;
     let replayed = world.scalar("SELECT count(DISTINCT event_id) FROM replay_history").await;
     assert_eq!(replayed, 3);
+    // Which three: the submissions of January 3rd, 4th and 5th, applied again.
+    let (in_range, outside) = (&events[2..5], [&events[..2], &events[5..]].concat());
+    assert_eq!(reset_by(&world, &range).await, ids_of(in_range));
+    world.assert_applied(in_range, 2).await;
+    world.assert_applied(&outside, 1).await;
 
     let single = desk.plan(&world, &["--event-id", &events[1].event_id, "--reason", "one"]).await;
     assert_eq!(single["rows"], 1);
     apply_ok(&world, &desk, &single, &[]).await;
+    assert_eq!(reset_by(&world, &single).await, [events[1].event_id.clone()], "the one event named is reset");
 
     let field = format!("contribution_id={}", contributions[5]);
     let by_payload = desk.plan(&world, &["--payload", &field, "--reason", "payload"]).await;
@@ -142,10 +165,18 @@ async fn selections_by_range_type_event_and_payload_replay_exactly_their_rows(po
         (json!(1), json!({"contribution.submitted": 1}))
     );
     apply_ok(&world, &desk, &by_payload, &[]).await;
+    // The submission of contributions[5], the seventh event.
+    assert_eq!(reset_by(&world, &by_payload).await, [events[6].event_id.clone()], "the payload's event is reset");
     world.wait_for_count(PROCESSED, 7, Duration::from_secs(20)).await;
     worker.stop().await;
 
     assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, 5);
+    // Each selected event applied twice (once, then by its one replay), the
+    // two never selected (the period's opening, January 6th's submission) once.
+    world.assert_applied(&[events[1].clone(), events[6].clone()], 2).await;
+    world.assert_applied(in_range, 2).await;
+    world.assert_applied(&[events[0].clone(), events[5].clone()], 1).await;
+    world.assert_each_applied_once().await;
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 6);
     assert_eq!(audit_entries(&world).await, 3);
     assert_eq!(desk.backup_files().len(), 3);
