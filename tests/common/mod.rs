@@ -192,7 +192,7 @@ impl World {
             "SELECT m.id, count(p.event_id) FROM unnest($1::text[]) AS m(id)
                LEFT JOIN effect_probe p ON p.event_id = m.id GROUP BY m.id",
         )
-        .bind(&ids)
+        .bind(ids)
         .fetch_all(&self.pool)
         .await
         .expect("count the probe's rows");
