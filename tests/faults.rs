@@ -152,7 +152,8 @@ async fn kill_9_mid_batch_then_restart_applies_every_event_once(pool: PgPool) {
         assert!(attempts <= 10, "caught a batch open in only {kills_proven} of {attempts} kills");
         let name = format!("victim-{attempts}");
         let url = named_session(&through(&world.database_url, proxy.port), &name);
-        let mut victim = world.spawn_worker_process_with(&name, &["--batch-size", "100", "--lease", "2s"], &url);
+        let mut victim =
+            world.spawn_worker_process_with(&name, &["--batch-size", "100", "--lease", "2s"], &url, "warn");
         if let Some(leased) = kill_mid_batch(&world, &mut victim, &proxy, &name).await {
             assert!(!leased.is_empty());
             leased_at_kills.extend(leased);

@@ -24,7 +24,7 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing(pool: PgPool) {
     let proxy = TcpProxy::start("127.0.0.1:5432").await;
     proxy.set_latency(Duration::from_millis(20));
     let url = named_session(&through(&world.database_url, proxy.port), "w1");
-    let mut worker = world.spawn_worker_process_with("w1", &["--batch-size", "50"], &url);
+    let mut worker = world.spawn_worker_process_with("w1", &["--batch-size", "50"], &url, "replay=info");
     let log = LogTap::of(&mut worker);
     let at_signal = world.wait_for_open_batch("w1", Duration::from_secs(30)).await;
     signal(&worker, "-TERM");

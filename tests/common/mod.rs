@@ -92,17 +92,24 @@ impl World {
 
     /// Spawns a `replay worker` (the probed binary) against this world.
     pub fn spawn_worker_process(&self, id: &str, extra: &[&str]) -> tokio::process::Child {
-        self.spawn_worker_process_with(id, extra, &self.database_url)
+        self.spawn_worker_process_with(id, extra, &self.database_url, "warn")
     }
 
-    /// As [`World::spawn_worker_process`], reaching the database at `database_url`.
-    pub fn spawn_worker_process_with(&self, id: &str, extra: &[&str], database_url: &str) -> tokio::process::Child {
+    /// As [`World::spawn_worker_process`], reaching the database at
+    /// `database_url`, logging at `log` (a `RUST_LOG` filter).
+    pub fn spawn_worker_process_with(
+        &self,
+        id: &str,
+        extra: &[&str],
+        database_url: &str,
+        log: &str,
+    ) -> tokio::process::Child {
         tokio::process::Command::new(probed_replay())
             .args(["worker", "--id", id, "--http", "off", "--poll-interval", "100ms", "--retry-backoff", "50ms"])
             .args(extra)
             .envs(self.env())
             .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
