@@ -26,6 +26,8 @@ async fn sigterm_mid_stream_exits_zero_and_loses_nothing(pool: PgPool) {
     let url = named_session(&through(&world.database_url, proxy.port), "w1");
     let mut worker = world.spawn_worker_process_with("w1", &["--batch-size", "50"], &url, "replay=info");
     let log = LogTap::of(&mut worker);
+    // Past its takeover (itself a writing transaction): the open one is a batch.
+    wait_until_more_processed(&world, 0).await;
     let at_signal = world.wait_for_open_batch("w1", Duration::from_secs(30)).await;
     signal(&worker, "-TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await.expect("exits").expect("status");
@@ -248,7 +250,12 @@ async fn readiness_turns_503_while_the_database_is_unreachable(pool: PgPool) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    assert_eq!(wait_for_status(port, "/health/ready", 200).await, "ready\n");
+    // A 200 "standby" comes first until it leads its partition.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while wait_for_status(port, "/health/ready", 200).await != "ready\n" {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     proxy.cut();
     let reason = wait_for_status(port, "/health/ready", 503).await;
     assert!(reason.contains("database"), "{reason}");
