@@ -444,7 +444,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub batch_timeout: Duration,
     /// Largest message body accepted as an event, in bytes; larger ones are dead-lettered.
-    #[arg(long, default_value_t = crate::envelope::DEFAULT_MAX_MESSAGE_BYTES)]
+    #[arg(long, default_value_t = crate::wire::envelope::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 }
 

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use crate::apply::ApplyError;
+use crate::replay::apply::ApplyError;
 
 /// A problem with what the user asked for: nothing was changed.
 #[derive(Debug, thiserror::Error)]

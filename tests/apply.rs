@@ -51,7 +51,7 @@ async fn reset_by(world: &World, plan: &Value) -> Vec<String> {
 }
 
 /// The ids of `events`, sorted.
-fn ids_of(events: &[replay::envelope::Event]) -> Vec<String> {
+fn ids_of(events: &[replay::wire::envelope::Event]) -> Vec<String> {
     let mut ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
     ids.sort();
     ids

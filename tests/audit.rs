@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use replay::audit::{self, AuditEntry, Verdict};
+use replay::store::audit::{self, AuditEntry, Verdict};
 use serde_json::json;
 use sqlx::PgPool;
 

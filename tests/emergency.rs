@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const SKIPPED: &str = "SELECT count(*) FROM processed_events WHERE status = 'skipped'";
-fn noted(n: usize, tag: &str) -> Vec<replay::envelope::Event> {
+fn noted(n: usize, tag: &str) -> Vec<replay::wire::envelope::Event> {
     (0..n).map(|i| event("member.noted", json!({"n": i, "tag": tag}))).collect()
 }
 
@@ -355,9 +355,9 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
 /// Every message ready in the world's queue, as (message id, body), sorted;
 /// taken unacked on a connection closed at once, so they all go back.
 async fn messages_in_queue(world: &World) -> Vec<(String, String)> {
-    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test reader").await.unwrap();
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test reader").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let deliveries = replay::transport::take_all(&channel, &world.endpoints.queue).await.unwrap();
+    let deliveries = replay::wire::transport::take_all(&channel, &world.endpoints.queue).await.unwrap();
     let _ = connection.close(200, "read".into()).await;
     let mut messages: Vec<(String, String)> = deliveries
         .iter()
@@ -397,7 +397,7 @@ async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
 
     // A consumer that is no paused worker: it holds a delivery (prefetch 1,
     // never acked) that the purge cannot see and that would come back after it.
-    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test stray consumer").await.unwrap();
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test stray consumer").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.basic_qos(1, lapin::options::BasicQosOptions::default()).await.unwrap();
     let mut consumer = channel

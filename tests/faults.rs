@@ -676,14 +676,14 @@ async fn a_nacked_publish_is_a_refusal_and_parks_nothing_in_the_outbox(pool: PgP
     use lapin::types::{AMQPValue, FieldTable};
     let world = World::new(pool).await;
     let full = format!("{}.full", world.endpoints.queue);
-    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test setup").await.unwrap();
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test setup").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut arguments = FieldTable::default();
     arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
     arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(full.as_str().into(), durable, arguments).await.unwrap();
-    replay::transport::bind(&channel, &full, &world.endpoints.exchange).await.unwrap();
+    replay::wire::transport::bind(&channel, &full, &world.endpoints.exchange).await.unwrap();
 
     let events: Vec<_> = (0..3).map(|_| period_opened(Uuid::new_v4())).collect();
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -711,7 +711,7 @@ async fn an_unroutable_publish_is_a_refusal(pool: PgPool) {
     use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
     let world = World::new(pool).await;
     let unbound = format!("{}-unbound", world.endpoints.exchange);
-    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test publisher").await.unwrap();
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test publisher").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .exchange_declare(
@@ -722,7 +722,7 @@ async fn an_unroutable_publish_is_a_refusal(pool: PgPool) {
         )
         .await
         .unwrap();
-    let publisher = replay::publisher::Publisher::new(channel.clone(), &unbound).await.unwrap();
+    let publisher = replay::wire::publisher::Publisher::new(channel.clone(), &unbound).await.unwrap();
     let event = period_opened(Uuid::new_v4());
     let error = publisher.publish_all(std::slice::from_ref(&event), |_| {}).await.unwrap_err();
     assert!(!error.is_outage(), "{error}");

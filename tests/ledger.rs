@@ -22,7 +22,7 @@ async fn concurrent_claims_never_take_a_row_twice(pool: PgPool) {
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let claimed = replay::ledger::claim_due(
+                    let claimed = replay::store::ledger::claim_due(
                         &mut pool.acquire().await.unwrap(),
                         &format!("w{w}"),
                         50,
@@ -53,7 +53,7 @@ async fn concurrent_claims_never_take_a_row_twice(pool: PgPool) {
     .unwrap();
     assert_eq!(processing, 2000);
     // A live lease is not claimable again.
-    assert!(replay::ledger::claim_due(&mut pool.acquire().await.unwrap(), "late", 50, Duration::from_secs(60))
+    assert!(replay::store::ledger::claim_due(&mut pool.acquire().await.unwrap(), "late", 50, Duration::from_secs(60))
         .await
         .unwrap()
         .is_empty());
@@ -73,7 +73,7 @@ async fn seed(pool: &PgPool) {
 }
 
 async fn ids(pool: &PgPool, selector: &Selector) -> Vec<String> {
-    replay::ledger::select(pool, selector, replay::ledger::Order::EventTime)
+    replay::store::ledger::select(pool, selector, replay::store::ledger::Order::EventTime)
         .await
         .unwrap()
         .into_iter()
@@ -81,7 +81,7 @@ async fn ids(pool: &PgPool, selector: &Selector) -> Vec<String> {
         .collect()
 }
 
-use replay::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
+use replay::replay::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
 
 #[sqlx::test]
 async fn selectors_pick_exactly_the_rows_the_runbook_queries_would(pool: PgPool) {

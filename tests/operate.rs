@@ -161,17 +161,17 @@ async fn the_dlq_lists_reports_shows_and_resolves(pool: PgPool) {
 #[test]
 fn the_shipped_alerts_and_dashboard_use_metrics_the_worker_serves() {
     let served = [
-        replay::metrics::EVENTS_CONSUMED,
-        replay::metrics::EVENTS_PROCESSED,
-        replay::metrics::PROCESSING_SECONDS,
-        replay::metrics::BATCH_SIZE,
-        replay::metrics::RETRIES,
-        replay::metrics::LEDGER_ROWS,
-        replay::metrics::QUEUE_DEPTH,
-        replay::metrics::DLQ_SIZE,
-        replay::metrics::REPLAY_WAITING,
-        replay::metrics::PAUSED,
-        replay::metrics::CONSUMER_LAG,
+        replay::telemetry::metrics::EVENTS_CONSUMED,
+        replay::telemetry::metrics::EVENTS_PROCESSED,
+        replay::telemetry::metrics::PROCESSING_SECONDS,
+        replay::telemetry::metrics::BATCH_SIZE,
+        replay::telemetry::metrics::RETRIES,
+        replay::telemetry::metrics::LEDGER_ROWS,
+        replay::telemetry::metrics::QUEUE_DEPTH,
+        replay::telemetry::metrics::DLQ_SIZE,
+        replay::telemetry::metrics::REPLAY_WAITING,
+        replay::telemetry::metrics::PAUSED,
+        replay::telemetry::metrics::CONSUMER_LAG,
     ];
     for file in ["ops/prometheus-alerts.yml", "ops/grafana-dashboard.json"] {
         let text = std::fs::read_to_string(file).unwrap();

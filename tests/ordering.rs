@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use replay::envelope::Event;
+use replay::wire::envelope::Event;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -359,7 +359,7 @@ async fn a_message_redelivered_past_the_delivery_limit_ends_in_dead_letters(pool
     world.publish_raw("contribution.submitted", b"{\"crashes\": \"every worker\"}").await;
     // A consumer that gives the message back unacked, again and again, as a
     // worker that dies holding it would.
-    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test crasher").await.unwrap();
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test crasher").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let mut consumer = channel
         .basic_consume(
@@ -376,7 +376,11 @@ async fn a_message_redelivered_past_the_delivery_limit_ends_in_dead_letters(pool
         delivery.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
     }
     let _ = connection.close(200, "done".into()).await;
-    assert_eq!(deliveries, replay::transport::DELIVERY_LIMIT + 1, "handed out until the limit, then dead-lettered");
+    assert_eq!(
+        deliveries,
+        replay::wire::transport::DELIVERY_LIMIT + 1,
+        "handed out until the limit, then dead-lettered"
+    );
 
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count("SELECT count(*) FROM dead_letters", 1, Duration::from_secs(20)).await;
@@ -395,7 +399,7 @@ async fn a_message_redelivered_past_the_delivery_limit_ends_in_dead_letters(pool
 async fn topology_migrate_moves_a_classic_queue_losing_and_reordering_nothing(pool: PgPool) {
     let world = World::new(pool).await;
     // The queue as the engine declared it before ordering: classic, no arguments.
-    let connection = replay::transport::connect(&world.endpoints.amqp_url, "test old topology").await.unwrap();
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test old topology").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     let queue = world.endpoints.queue.as_str();
     channel.queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
@@ -445,9 +449,9 @@ async fn topology_migrate_moves_a_classic_queue_losing_and_reordering_nothing(po
         let endpoints = world.endpoints.clone();
         tokio::spawn(async move {
             for chunk in during.chunks(50) {
-                let connection = replay::transport::connect(&endpoints.amqp_url, "test producer").await.unwrap();
+                let connection = replay::wire::transport::connect(&endpoints.amqp_url, "test producer").await.unwrap();
                 let channel = connection.create_channel().await.unwrap();
-                let publisher = replay::publisher::Publisher::new(channel, &endpoints.exchange).await.unwrap();
+                let publisher = replay::wire::publisher::Publisher::new(channel, &endpoints.exchange).await.unwrap();
                 publisher.publish_all(chunk, |_| {}).await.unwrap();
                 let _ = connection.close(200, "published".into()).await;
             }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 const SKIPPED: &str = "SELECT count(*) FROM processed_events WHERE status = 'skipped'";
 
-fn noted(n: usize) -> Vec<replay::envelope::Event> {
+fn noted(n: usize) -> Vec<replay::wire::envelope::Event> {
     (0..n).map(|i| event("member.noted", json!({"n": i}))).collect()
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use replay::plan::SealedPlan;
+use replay::replay::plan::SealedPlan;
 use serde_json::Value;
 use sqlx::PgPool;
 

@@ -55,7 +55,7 @@ async fn duplicate_deliveries_change_nothing(pool: PgPool) {
     assert_eq!(world.queue_depth().await, 0, "duplicates were acked");
     assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, 3);
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, 2);
-    let derived = replay::envelope::derived_event_id("contribution.submitted", body.as_bytes());
+    let derived = replay::wire::envelope::derived_event_id("contribution.submitted", body.as_bytes());
     assert_eq!(world.status_of(&derived).await.map(|s| s.0).as_deref(), Some("processed"));
     // Three deliveries each of two events, one application each.
     world.assert_applied(&[opened, contribution], 1).await;

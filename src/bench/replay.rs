@@ -27,8 +27,8 @@ use sqlx::{PgPool, Row};
 use super::median;
 use super::{cleanup_broker, proc_status_kib, Drain, Scratch};
 use crate::config::Endpoints;
-use crate::envelope::Event;
-use crate::transport;
+use crate::wire::envelope::Event;
+use crate::wire::transport;
 
 /// Measured rounds; ratios reported are their medians.
 const ROUNDS: usize = 3;
@@ -177,7 +177,7 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     let ids: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM processed_events ORDER BY id").fetch_all(pool).await?;
     // The very messages apply sends: same bodies, same properties and headers.
-    let messages = crate::ledger::events(pool, &ids).await?;
+    let messages = crate::store::ledger::events(pool, &ids).await?;
     let work = tempfile::tempdir().context("creating a scratch directory")?;
     let connection = transport::connect(&names.amqp_url, "replay bench").await?;
     let channel = connection.create_channel().await?;
@@ -275,7 +275,7 @@ async fn raw_publish(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Dr
 /// The runbook's loop: per event, a `psql` UPDATE and a publish over a new
 /// connection (what `rabbitmqadmin publish` amounts to).
 async fn runbook_loop(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Drain> {
-    let env = crate::backup::libpq_env(&names.database_url)?;
+    let env = crate::control::backup::libpq_env(&names.database_url)?;
     let started = Instant::now();
     for event in messages {
         let event_id = &event.event_id;
@@ -473,7 +473,7 @@ async fn measure_stop(names: &Endpoints, pool: &PgPool, rows: usize, exe: &Path)
     }
     let running =
         "SELECT count(*) FROM replay_control.worker_heartbeats WHERE state = 'running' AND worker_id LIKE 'bench-w%'";
-    let env = crate::backup::libpq_env(&names.database_url)?;
+    let env = crate::control::backup::libpq_env(&names.database_url)?;
     let database = env.iter().find(|(k, _)| *k == "PGDATABASE").map(|(_, v)| v.clone()).unwrap_or_default();
     let mut rounds = Vec::with_capacity(ROUNDS);
     for round in 1..=ROUNDS {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, BackupSource, Progress, Request};
 use crate::cli::ApplyArgs;
 use crate::config::Endpoints;
-use crate::database;
+use crate::replay::apply::{self, BackupSource, Progress, Request};
+use crate::store::database;
 
 pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let request = Request {

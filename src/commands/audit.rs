@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use crate::audit::{self, Verdict};
 use crate::cli::AuditCommand;
 use crate::config::Endpoints;
-use crate::database;
 use crate::exit::REFUSED;
+use crate::store::audit::{self, Verdict};
+use crate::store::database;
 
 pub async fn run(endpoints: &Endpoints, command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {

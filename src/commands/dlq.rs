@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use comfy_table::Table;
 use serde_json::json;
 
-use crate::audit::{self, AuditEntry};
 use crate::cli::DlqCommand;
 use crate::config::Endpoints;
 use crate::exit::UsageError;
-use crate::{database, dead_letters, ledger};
+use crate::store::audit::{self, AuditEntry};
+use crate::{store::database, store::dead_letters, store::ledger};
 
 /// An entry's id: a dead letter's `dl-N`, or an event id.
 enum Entry {

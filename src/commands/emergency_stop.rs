@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use crate::cli::EmergencyStopArgs;
 use crate::config::Endpoints;
-use crate::emergency::{self, Request, Restore};
+use crate::control::emergency::{self, Request, Restore};
 use crate::exit::UsageError;
-use crate::plan::SealedPlan;
-use crate::{database, runs};
+use crate::replay::plan::SealedPlan;
+use crate::{store::database, store::runs};
 
 pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Result<ExitCode> {
     if args.reason.trim().is_empty() {

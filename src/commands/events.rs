@@ -8,8 +8,8 @@ use comfy_table::Table;
 use crate::cli::{EventsCommand, EventsListArgs};
 use crate::config::Endpoints;
 use crate::exit::UsageError;
-use crate::selector::{PayloadField, Selector};
-use crate::{database, ledger};
+use crate::replay::selector::{PayloadField, Selector};
+use crate::{store::database, store::ledger};
 
 pub async fn run(endpoints: &Endpoints, command: EventsCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -20,7 +20,7 @@ pub async fn run(endpoints: &Endpoints, command: EventsCommand) -> anyhow::Resul
 
 /// `replay events list`: the newest rows matching the filters.
 async fn list(endpoints: &Endpoints, args: EventsListArgs) -> anyhow::Result<ExitCode> {
-    let usage = |e: crate::selector::SelectorError| UsageError(e.to_string());
+    let usage = |e: crate::replay::selector::SelectorError| UsageError(e.to_string());
     let received_from = match args.since {
         Some(since) => Some(
             chrono::Utc::now()

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::audit::{self, AuditEntry};
 use crate::cli::{LedgerCommand, PruneArgs};
 use crate::config::Endpoints;
-use crate::{database, ledger};
+use crate::store::audit::{self, AuditEntry};
+use crate::{store::database, store::ledger};
 
 pub async fn run(endpoints: &Endpoints, command: LedgerCommand) -> anyhow::Result<ExitCode> {
     let LedgerCommand::Prune(args) = command;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::config::Endpoints;
-use crate::database;
+use crate::store::database;
 
 pub async fn run(endpoints: &Endpoints) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 2).await?;

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::cli::{PauseArgs, ResumeArgs};
 use crate::config::Endpoints;
 use crate::exit::UsageError;
-use crate::{control, database};
+use crate::{control::pause, store::database};
 
 pub async fn pause(endpoints: &Endpoints, args: PauseArgs) -> anyhow::Result<ExitCode> {
     if args.reason.trim().is_empty() {
@@ -17,7 +17,7 @@ pub async fn pause(endpoints: &Endpoints, args: PauseArgs) -> anyhow::Result<Exi
     let operator = args.operator.clone().unwrap_or_else(super::os_user);
     let pool = database::connect(&endpoints.database_url, 2).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
-    let paused = control::pause(&pool, &operator, &args.reason, args.wait).await?;
+    let paused = pause::pause_workers(&pool, &operator, &args.reason, args.wait).await?;
     if args.json {
         println!("{}", serde_json::to_string(&paused)?);
     } else {
@@ -35,7 +35,7 @@ pub async fn pause(endpoints: &Endpoints, args: PauseArgs) -> anyhow::Result<Exi
         if !paused.workers_not_heard_from.is_empty() {
             println!(
                 "not waited for (no heartbeat for {} s): {}",
-                control::LIVE_WITHIN.as_secs(),
+                pause::LIVE_WITHIN.as_secs(),
                 paused.workers_not_heard_from.join(", ")
             );
         }
@@ -61,7 +61,7 @@ pub async fn resume(endpoints: &Endpoints, args: ResumeArgs) -> anyhow::Result<E
     let operator = args.operator.clone().unwrap_or_else(super::os_user);
     let pool = database::connect(&endpoints.database_url, 2).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
-    let lifted = control::resume(&pool, &operator, &args.reason).await?;
+    let lifted = pause::resume_workers(&pool, &operator, &args.reason).await?;
     if args.json {
         println!("{}", json!({"resumed": lifted.is_some(), "lifted": lifted}));
     } else if let Some(p) = lifted {

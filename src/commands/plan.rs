@@ -10,10 +10,10 @@ use crate::cli::PlanArgs;
 use crate::config::Endpoints;
 use crate::exit::{Refused, UsageError};
 use crate::handlers::Registry;
-use crate::plan::{Header, PlanWriter, RowRef, SealedPlan, Trigger, WorkflowPlan};
-use crate::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
-use crate::workflows::{self, Params, WorkflowError};
-use crate::{database, ledger};
+use crate::replay::plan::{Header, PlanWriter, RowRef, SealedPlan, Trigger, WorkflowPlan};
+use crate::replay::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
+use crate::replay::workflows::{self, Params, WorkflowError};
+use crate::{store::database, store::ledger};
 
 /// Sample payloads shown in the summary.
 const SAMPLES: i64 = 3;
@@ -148,7 +148,7 @@ fn workflow_error(error: WorkflowError) -> anyhow::Error {
 }
 
 /// The selector the flags describe, or `None` when no selector flag was given.
-fn selector_from(args: &PlanArgs) -> Result<Option<Selector>, crate::selector::SelectorError> {
+fn selector_from(args: &PlanArgs) -> Result<Option<Selector>, crate::replay::selector::SelectorError> {
     let time = |flag, text: &Option<String>, bound| text.as_deref().map(|t| parse_time(flag, t, bound)).transpose();
     let selector = Selector {
         event_ids: args.event_ids.clone(),

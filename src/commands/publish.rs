@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 
 use crate::cli::PublishArgs;
 use crate::config::Endpoints;
-use crate::envelope::{EnvelopeLine, Event};
 use crate::exit::UsageError;
-use crate::publisher::Publisher;
-use crate::transport;
+use crate::wire::envelope::{EnvelopeLine, Event};
+use crate::wire::publisher::Publisher;
+use crate::wire::transport;
 
 pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let events = read_events(args)?;
@@ -63,9 +63,9 @@ async fn publish(
 }
 
 async fn keep(endpoints: &Endpoints, events: &[Event], error: &transport::TransportError) -> anyhow::Result<u64> {
-    let pool = crate::database::connect(&endpoints.database_url, 1).await?;
-    crate::database::check_migrated(&pool, &endpoints.database_url).await?;
-    Ok(crate::outbox::keep(&pool, events, &error.cause()).await?)
+    let pool = crate::store::database::connect(&endpoints.database_url, 1).await?;
+    crate::store::database::check_migrated(&pool, &endpoints.database_url).await?;
+    Ok(crate::store::outbox::keep(&pool, events, &error.cause()).await?)
 }
 
 fn read_events(args: PublishArgs) -> anyhow::Result<Vec<Event>> {

@@ -12,8 +12,8 @@ use sqlx::PgPool;
 
 use crate::cli::StatusArgs;
 use crate::config::Endpoints;
-use crate::plan::SealedPlan;
-use crate::{database, ledger, pause, runs, transport};
+use crate::replay::plan::SealedPlan;
+use crate::{store::database, store::ledger, store::pause, store::runs, wire::transport};
 
 pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 2).await?;
@@ -52,7 +52,7 @@ async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_
     let run = runs::find(pool, plan_id).await?;
     let by_status: BTreeMap<String, i64> = ledger::plan_progress(pool, plan_id).await?.into_iter().collect();
     let failures = ledger::plan_failures(pool, plan_id).await?;
-    let in_outbox = crate::outbox::count_for_plan(pool, &plan_id.to_string()).await?;
+    let in_outbox = crate::store::outbox::count_for_plan(pool, &plan_id.to_string()).await?;
     let events = plan.events() as i64;
     let done = by_status.get("processed").copied().unwrap_or(0) + by_status.get("skipped").copied().unwrap_or(0);
     let open: i64 = ["waiting", "pending", "processing"].iter().filter_map(|s| by_status.get(*s)).sum();

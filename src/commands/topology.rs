@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use crate::cli::{TopologyAction, TopologyArgs};
 use crate::config::Endpoints;
 use crate::exit::Refused;
-use crate::topology::{self, QueueState, TopologyError};
+use crate::wire::topology::{self, QueueState, TopologyError};
 
 pub async fn run(endpoints: &Endpoints, args: TopologyArgs) -> anyhow::Result<ExitCode> {
     match args.action {
@@ -41,8 +41,8 @@ async fn show(endpoints: &Endpoints, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn migrate(endpoints: &Endpoints, json: bool) -> anyhow::Result<ExitCode> {
-    let pool = crate::database::connect(&endpoints.database_url, 1).await?;
-    crate::database::check_migrated(&pool, &endpoints.database_url).await?;
+    let pool = crate::store::database::connect(&endpoints.database_url, 1).await?;
+    crate::store::database::check_migrated(&pool, &endpoints.database_url).await?;
     let migrated = match topology::migrate(endpoints, &pool).await {
         Ok(migrated) => migrated,
         Err(e @ (TopologyError::StillConsumed { .. } | TopologyError::NothingToMigrate { .. })) => {

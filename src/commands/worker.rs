@@ -9,7 +9,7 @@ use crate::cli::{HttpListen, WorkerArgs};
 use crate::config::Endpoints;
 use crate::handlers::Registry;
 use crate::worker::{self, Liveness, WorkerConfig};
-use crate::{database, health};
+use crate::{store::database, telemetry::health};
 
 pub async fn run(endpoints: &Endpoints, args: WorkerArgs, handlers: Registry) -> anyhow::Result<ExitCode> {
     let mut config = WorkerConfig::new(args.id.unwrap_or_else(worker::default_worker_id));
@@ -37,7 +37,7 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs, handlers: Registry) ->
             pool: pool.clone(),
             liveness: liveness.clone(),
             endpoints: endpoints.clone(),
-            metrics: crate::metrics::handle(),
+            metrics: crate::telemetry::metrics::handle(),
         };
         tokio::spawn(health::serve(listener, readiness, shutdown.clone()));
     }

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{each, Applied, Handler, HandlerError, OneByOne};
-use crate::envelope::Event;
+use crate::wire::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
     vec![each(Calculate), each(Calculated), each(Distributed)]

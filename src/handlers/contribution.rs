@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{payload, payload_period_key, period_key, Handler, HandlerError, Keys, Outcomes};
-use crate::envelope::Event;
+use crate::wire::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
     vec![

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 
-use crate::envelope::Event;
+use crate::wire::envelope::Event;
 
 /// Where a handler's effect lands, for the replay planner's warnings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{each, Applied, Effect, Handler, HandlerError, OneByOne};
-use crate::envelope::Event;
+use crate::wire::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
     vec![each(Initiated), each(Completed)]

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{allocation, each, payload_period_key, Applied, Handler, HandlerError, OneByOne};
-use crate::envelope::Event;
+use crate::wire::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
     vec![each(Opened), each(Close { event_type: "period.close" }), each(Close { event_type: "period.closed" })]

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use super::pipeline::is_connection_loss;
 use super::{pause, pausing, Lead};
 use crate::config::SecretUrl;
-use crate::ledger;
+use crate::store::ledger;
 
 /// Claims and applies due rows while this worker leads the partition, on
 /// the leader's session, between the intake's batches.

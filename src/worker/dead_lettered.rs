@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::pause;
 use crate::config::Endpoints;
-use crate::dead_letters::{self, DeadLetter};
-use crate::envelope::Received;
-use crate::transport::{self, TransportError};
+use crate::store::dead_letters::{self, DeadLetter};
+use crate::wire::envelope::Received;
+use crate::wire::transport::{self, TransportError};
 
 pub(super) async fn run(pool: PgPool, endpoints: Endpoints, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(500);
@@ -79,11 +79,11 @@ async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &CancellationToke
     result
 }
 
-async fn store(pool: &PgPool, letter: &DeadLetter) -> Result<(), crate::ledger::LedgerError> {
+async fn store(pool: &PgPool, letter: &DeadLetter) -> Result<(), crate::store::ledger::LedgerError> {
     let mut conn = pool
         .acquire()
         .await
-        .map_err(|source| crate::ledger::LedgerError::Query { op: "store dead letters", source })?;
+        .map_err(|source| crate::store::ledger::LedgerError::Query { op: "store dead letters", source })?;
     dead_letters::insert(&mut conn, std::slice::from_ref(letter)).await
 }
 

@@ -23,9 +23,9 @@ use lapin::{Channel, Consumer};
 
 use super::{pause, pausing, Lead};
 use crate::config::Endpoints;
-use crate::dead_letters::DeadLetter;
-use crate::envelope::{Event, Received};
-use crate::transport::{self, TransportError};
+use crate::store::dead_letters::DeadLetter;
+use crate::wire::envelope::{Event, Received};
+use crate::wire::transport::{self, TransportError};
 
 /// Longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
@@ -147,14 +147,14 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
     let queue = &lead.endpoints.queue;
     // Looking for a queue that does not exist closes the channel with an
     // error lapin logs loudly: look only after a recorded migration.
-    match crate::topology::migration_recorded(lead.pool, queue).await {
+    match crate::wire::topology::migration_recorded(lead.pool, queue).await {
         Ok(true) => {}
         Ok(false) => return Ok(true),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read whether a topology migration is to be drained; looking anyway");
         }
     }
-    for queue in crate::topology::drain_queues(&lead.endpoints.queue) {
+    for queue in crate::wire::topology::drain_queues(&lead.endpoints.queue) {
         // A look at a queue that does not exist closes its channel.
         let channel = transport::channel(connection).await?;
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
@@ -195,7 +195,7 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
         .await?;
         tracing::info!(queue, drained, "applied and removed a topology migration's queue");
     }
-    if let Err(e) = crate::topology::forget_migration(lead.pool, queue).await {
+    if let Err(e) = crate::wire::topology::forget_migration(lead.pool, queue).await {
         tracing::warn!(error = %e, "cannot record that the migration is drained; the next leader looks again");
     }
     Ok(true)
@@ -239,7 +239,7 @@ async fn commit_and_ack(lead: &Lead<'_>, channel: &Channel, batch: &[Delivery]) 
         return Ok(false);
     }
     transport::answer("ack a committed batch", channel.basic_ack(last_tag, BasicAckOptions { multiple: true })).await?;
-    metrics::counter!(crate::metrics::EVENTS_CONSUMED).increment(batch.len() as u64);
+    metrics::counter!(crate::telemetry::metrics::EVENTS_CONSUMED).increment(batch.len() as u64);
     Ok(true)
 }
 

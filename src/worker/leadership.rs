@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger;
+use crate::store::ledger;
 
 /// How often a standby tries the lock.
 const TRY_EVERY: Duration = Duration::from_millis(250);

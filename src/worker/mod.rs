@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Endpoints;
 use crate::handlers::{HandlerError, Registry};
-use crate::ledger::Settlement;
+use crate::store::ledger::Settlement;
 use pipeline::Pipeline;
 
 pub(crate) use intake::read_batch;
@@ -117,7 +117,7 @@ impl WorkerConfig {
             batch_size: 500,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
-            max_message_bytes: crate::envelope::DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: crate::wire::envelope::DEFAULT_MAX_MESSAGE_BYTES,
             batch_timeout: Duration::from_secs(30),
         }
     }

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Liveness;
-use crate::heartbeats::{self, WorkerState};
-use crate::pause;
+use crate::store::heartbeats::{self, WorkerState};
+use crate::store::pause;
 
 /// How often the pause is read without a notification.
 const POLL: Duration = Duration::from_millis(250);

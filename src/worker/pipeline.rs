@@ -23,10 +23,10 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Acquire, PgConnection};
 
-use crate::dead_letters::{self, DeadLetter};
-use crate::envelope::Event;
 use crate::handlers::{HandlerError, Outcomes, Registry};
-use crate::ledger::{self, Admission, Blocker, Claimed, LedgerError, Settled, Settlement};
+use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::ledger::{self, Admission, Blocker, Claimed, LedgerError, Settled, Settlement};
+use crate::wire::envelope::Event;
 use crate::worker::RetryPolicy;
 
 /// What became of a batch.
@@ -62,12 +62,12 @@ impl Tally {
     /// Records a committed batch in the metrics.
     fn record(&self, started: std::time::Instant, size: usize) {
         for ((event_type, outcome), n) in &self.by_type {
-            metrics::counter!(crate::metrics::EVENTS_PROCESSED, "event_type" => event_type.clone(), "outcome" => *outcome)
+            metrics::counter!(crate::telemetry::metrics::EVENTS_PROCESSED, "event_type" => event_type.clone(), "outcome" => *outcome)
                 .increment(*n);
         }
-        metrics::counter!(crate::metrics::RETRIES).increment(self.retrying);
-        metrics::histogram!(crate::metrics::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(size as f64);
+        metrics::counter!(crate::telemetry::metrics::RETRIES).increment(self.retrying);
+        metrics::histogram!(crate::telemetry::metrics::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::telemetry::metrics::BATCH_SIZE).record(size as f64);
     }
 }
 

@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{pause, Liveness};
 use crate::config::Endpoints;
-use crate::outbox;
-use crate::publisher::Publisher;
-use crate::transport;
+use crate::store::outbox;
+use crate::wire::publisher::Publisher;
+use crate::wire::transport;
 
 const BATCH: i64 = 500;
 const IDLE: Duration = Duration::from_secs(1);

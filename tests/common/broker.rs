@@ -69,7 +69,7 @@ impl PrivateBroker {
         let deadline = Instant::now() + Duration::from_secs(90);
         let url = replay::config::SecretUrl::new(self.url.clone());
         loop {
-            if let Ok(connection) = replay::transport::connect(&url, "test probe").await {
+            if let Ok(connection) = replay::wire::transport::connect(&url, "test probe").await {
                 let _ = connection.close(200, "up".into()).await;
                 return;
             }

@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 use replay::config::{Endpoints, SecretUrl};
-use replay::envelope::Event;
-use replay::publisher::Publisher;
-use replay::transport;
+use replay::wire::envelope::Event;
+use replay::wire::publisher::Publisher;
+use replay::wire::transport;
 use replay::worker::{self, WorkerConfig};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -549,7 +549,7 @@ pub fn stdout_of(output: &std::process::Output) -> String {
 pub const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
 
 /// A period, then `n` contributions, each approved: 2n + 1 events.
-pub fn workload(n: usize) -> (Vec<replay::envelope::Event>, Uuid) {
+pub fn workload(n: usize) -> (Vec<replay::wire::envelope::Event>, Uuid) {
     let period = Uuid::new_v4();
     let mut events = vec![period_opened(period)];
     let member = Uuid::new_v4();

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use replay::envelope::Event;
 use replay::handlers::{Effect, Handler, Keys, Outcomes, Registry};
+use replay::wire::envelope::Event;
 use sqlx::PgConnection;
 
 /// The table the probe writes to, and an index (not unique: a second

@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::audit::{self, AuditEntry, AuditError};
-use crate::heartbeats;
-use crate::pause::{self, Pause};
+use crate::store::audit::{self, AuditEntry, AuditError};
+use crate::store::heartbeats;
+use crate::store::pause::{self, Pause};
 
 /// A worker whose heartbeat is older than this is not waited for.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
@@ -43,7 +43,12 @@ pub struct Paused {
 
 /// Pauses (audited, unless a pause is already in force) and waits up to
 /// `wait` for every live worker to report paused.
-pub async fn pause(pool: &PgPool, operator: &str, reason: &str, wait: Duration) -> Result<Paused, ControlError> {
+pub async fn pause_workers(
+    pool: &PgPool,
+    operator: &str,
+    reason: &str,
+    wait: Duration,
+) -> Result<Paused, ControlError> {
     let started = Instant::now();
     let mut tx = pool.begin().await.map_err(query("pause"))?;
     let set = pause::set(&mut tx, operator, reason).await.map_err(query("pause"))?;
@@ -79,7 +84,7 @@ pub async fn pause(pool: &PgPool, operator: &str, reason: &str, wait: Duration) 
 }
 
 /// Lifts the pause (audited); returns the pause lifted, if there was one.
-pub async fn resume(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, ControlError> {
+pub async fn resume_workers(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, ControlError> {
     let mut tx = pool.begin().await.map_err(query("resume"))?;
     let lifted = pause::lift(&mut tx).await.map_err(query("resume"))?;
     if let Some(p) = &lifted {

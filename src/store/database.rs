@@ -73,9 +73,9 @@ pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// Which database this is: the cluster's system identifier (when the role
 /// may read it) and the database name.
-pub async fn identity(pool: &PgPool) -> Result<crate::plan::DatabaseIdentity, sqlx::Error> {
+pub async fn identity(pool: &PgPool) -> Result<crate::replay::plan::DatabaseIdentity, sqlx::Error> {
     let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await?;
     let system_identifier: Option<String> =
         sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()").fetch_one(pool).await.ok();
-    Ok(crate::plan::DatabaseIdentity { system_identifier, database })
+    Ok(crate::replay::plan::DatabaseIdentity { system_identifier, database })
 }

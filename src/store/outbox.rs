@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::envelope::Event;
+use crate::wire::envelope::Event;
 
 /// Keeps events, once each: an event id already kept is left as it is,
 /// except that a replay's label is added to it (so it is relayed as the

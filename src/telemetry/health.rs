@@ -57,14 +57,14 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
         }
     }
     if !readiness.liveness.is_consuming() {
-        if !readiness.liveness.is_leading() && matches!(crate::pause::current(&readiness.pool).await, Ok(None)) {
+        if !readiness.liveness.is_leading() && matches!(crate::store::pause::current(&readiness.pool).await, Ok(None)) {
             // A hot standby is healthy: it takes over when the leader goes.
             return (
                 StatusCode::OK,
                 "standby: another worker leads the partition; this one takes over if it goes\n".into(),
             );
         }
-        if let Ok(Some(pause)) = crate::pause::current(&readiness.pool).await {
+        if let Ok(Some(pause)) = crate::store::pause::current(&readiness.pool).await {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -94,12 +94,12 @@ async fn snapshot(readiness: &Readiness) -> serde_json::Value {
         }
     };
     let ledger: std::collections::BTreeMap<String, i64> =
-        crate::ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
-    let paused = crate::pause::current(pool).await.ok().flatten();
-    let workers = crate::heartbeats::live_and_stale(pool, crate::control::LIVE_WITHIN).await.ok();
-    let dlq = crate::ledger::count_unresolved_errors(pool).await.unwrap_or(0)
-        + crate::dead_letters::count_unresolved(pool).await.unwrap_or(0);
-    let activity = crate::ledger::activity(pool).await.ok();
+        crate::store::ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
+    let paused = crate::store::pause::current(pool).await.ok().flatten();
+    let workers = crate::store::heartbeats::live_and_stale(pool, crate::control::pause::LIVE_WITHIN).await.ok();
+    let dlq = crate::store::ledger::count_unresolved_errors(pool).await.unwrap_or(0)
+        + crate::store::dead_letters::count_unresolved(pool).await.unwrap_or(0);
+    let activity = crate::store::ledger::activity(pool).await.ok();
     let queue = queue_depth(&readiness.endpoints).await;
     json!({
         "database": database,
@@ -122,12 +122,12 @@ async fn snapshot(readiness: &Readiness) -> serde_json::Value {
     })
 }
 
-async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate::transport::TransportError> {
-    let connection = crate::transport::connect(&endpoints.amqp_url, "replay health").await?;
-    let channel = crate::transport::channel(&connection).await?;
-    let depth = crate::transport::queue_depth(&channel, &endpoints.queue).await;
-    let _ = crate::transport::answer("close a channel", channel.close(200, "read".into())).await;
-    crate::transport::close(&connection, "read").await;
+async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate::wire::transport::TransportError> {
+    let connection = crate::wire::transport::connect(&endpoints.amqp_url, "replay health").await?;
+    let channel = crate::wire::transport::channel(&connection).await?;
+    let depth = crate::wire::transport::queue_depth(&channel, &endpoints.queue).await;
+    let _ = crate::wire::transport::answer("close a channel", channel.close(200, "read".into())).await;
+    crate::wire::transport::close(&connection, "read").await;
     depth
 }
 
@@ -141,14 +141,15 @@ async fn prometheus(State(readiness): State<Readiness>) -> (StatusCode, String) 
     };
     let view = snapshot(&readiness).await;
     for (status, n) in view["ledger"].as_object().into_iter().flatten() {
-        metrics::gauge!(crate::metrics::LEDGER_ROWS, "status" => status.clone()).set(n.as_f64().unwrap_or(0.0));
+        metrics::gauge!(crate::telemetry::metrics::LEDGER_ROWS, "status" => status.clone())
+            .set(n.as_f64().unwrap_or(0.0));
     }
     if let Some(depth) = view["queue_depth"].as_f64() {
-        metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(depth);
+        metrics::gauge!(crate::telemetry::metrics::QUEUE_DEPTH).set(depth);
     }
-    metrics::gauge!(crate::metrics::DLQ_SIZE).set(view["dlq"].as_f64().unwrap_or(0.0));
-    metrics::gauge!(crate::metrics::REPLAY_WAITING).set(view["replay_rows_waiting"].as_f64().unwrap_or(0.0));
-    metrics::gauge!(crate::metrics::PAUSED).set(if view["paused"].is_null() { 0.0 } else { 1.0 });
-    metrics::gauge!(crate::metrics::CONSUMER_LAG).set(view["consumer_lag_seconds"].as_f64().unwrap_or(0.0));
+    metrics::gauge!(crate::telemetry::metrics::DLQ_SIZE).set(view["dlq"].as_f64().unwrap_or(0.0));
+    metrics::gauge!(crate::telemetry::metrics::REPLAY_WAITING).set(view["replay_rows_waiting"].as_f64().unwrap_or(0.0));
+    metrics::gauge!(crate::telemetry::metrics::PAUSED).set(if view["paused"].is_null() { 0.0 } else { 1.0 });
+    metrics::gauge!(crate::telemetry::metrics::CONSUMER_LAG).set(view["consumer_lag_seconds"].as_f64().unwrap_or(0.0));
     (StatusCode::OK, handle.render())
 }

@@ -9,8 +9,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Channel;
 use lapin::Confirmation;
 
-use crate::envelope::Event;
-use crate::transport::{self, TransportError};
+use crate::wire::envelope::Event;
+use crate::wire::transport::{self, TransportError};
 
 /// How many publishes may await their confirm at once.
 const IN_FLIGHT: usize = 1000;

@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 
-use crate::envelope::{Event, Rejection};
-use crate::selector::Selector;
+use crate::replay::selector::Selector;
+use crate::wire::envelope::{Event, Rejection};
 
 /// Failures of the ledger's own statements.
 #[derive(Debug, thiserror::Error)]

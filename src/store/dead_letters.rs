@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use crate::ledger::LedgerError;
+use crate::store::ledger::LedgerError;
 
 /// A message that is not an event.
 pub struct DeadLetter {

@@ -1,5 +1,9 @@
-//! Logging: human-readable lines on stderr, filtered by `RUST_LOG`
+//! What the system tells its operators: readiness and health over HTTP
+//! (`health`), Prometheus metrics (`metrics`) and, here, logging: human-readable lines on stderr, filtered by `RUST_LOG`
 //! (default `info`), so stdout stays for command output.
+
+pub mod health;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -25,7 +25,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use crate::config::Endpoints;
-use crate::transport::{self, TransportError};
+use crate::wire::transport::{self, TransportError};
 
 /// Where the old queue's messages wait during and after a migration.
 pub fn migration_old(queue: &str) -> String {
@@ -249,7 +249,8 @@ async fn move_all(channel: &Channel, from: &str, to: &str) -> Result<u64, Transp
             properties = properties.with_type(key.into());
         }
         if properties.message_id().is_none() {
-            properties = properties.with_message_id(crate::envelope::derived_event_id(key, &delivery.data).into());
+            properties =
+                properties.with_message_id(crate::wire::envelope::derived_event_id(key, &delivery.data).into());
         }
         let confirm = transport::answer(
             format!("move a message to '{to}'"),

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::handlers::Registry;
-use crate::selector::Selector;
+use crate::replay::selector::Selector;
 
 /// Plan files this version writes and reads.
 pub const FORMAT_VERSION: u32 = 2;

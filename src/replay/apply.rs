@@ -22,18 +22,18 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, AuditEntry, AuditError};
-use crate::backup::{self, BackupError};
 use crate::config::Endpoints;
-use crate::envelope::Event;
-use crate::ledger::{self, LedgerError};
-use crate::outbox;
-use crate::pause::{self, Pause};
-use crate::plan::{DatabaseIdentity, PlanError, SealedPlan};
-use crate::publisher::Publisher;
-use crate::runs::{self, ControlLock, NewRun, ReplayRun};
-use crate::transport::{self, TransportError};
-use crate::workflows::{self, WorkflowError};
+use crate::control::backup::{self, BackupError};
+use crate::replay::plan::{DatabaseIdentity, PlanError, SealedPlan};
+use crate::replay::workflows::{self, WorkflowError};
+use crate::store::audit::{self, AuditEntry, AuditError};
+use crate::store::ledger::{self, LedgerError};
+use crate::store::outbox;
+use crate::store::pause::{self, Pause};
+use crate::store::runs::{self, ControlLock, NewRun, ReplayRun};
+use crate::wire::envelope::Event;
+use crate::wire::publisher::Publisher;
+use crate::wire::transport::{self, TransportError};
 
 /// Rows checked and reset per statement.
 const RESET_CHUNK: usize = 10_000;
@@ -174,7 +174,7 @@ impl Checked {
 /// are allowed, and a given backup is young and readable.
 pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request) -> Result<Checked, ApplyError> {
     let plan = SealedPlan::open(plan_path)?;
-    let actual = crate::database::identity(pool).await.map_err(db("reading the database's identity"))?;
+    let actual = crate::store::database::identity(pool).await.map_err(db("reading the database's identity"))?;
     if plan.header.database != actual {
         return Err(Refusal::OtherDatabase { planned: plan.header.database.clone(), actual }.into());
     }
@@ -244,7 +244,7 @@ async fn check_backup(pool: &PgPool, path: &std::path::Path, max_age: Duration) 
         .into());
     }
     backup::check(path).await.map_err(|e| unusable(e.to_string()))?;
-    let version = crate::database::schema_version(pool).await.map_err(db("reading the schema version"))?;
+    let version = crate::store::database::schema_version(pool).await.map_err(db("reading the schema version"))?;
     backup::check_schema(path, version).await.map_err(|e| unusable(e.to_string()))?;
     Ok(path.to_path_buf())
 }
@@ -600,7 +600,7 @@ fn fallback_time(events: usize, rate: Option<u32>) -> chrono::DateTime<Utc> {
 /// The event ids to publish, in plan order: the rows, then the triggers.
 struct EventIds<'a> {
     plan: &'a SealedPlan,
-    rows: crate::plan::RowChunks,
+    rows: crate::replay::plan::RowChunks,
     buffered: std::collections::VecDeque<String>,
     triggers_from: Option<usize>,
     batch: usize,

@@ -26,9 +26,9 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::{Endpoints, SecretUrl};
-use crate::envelope::Event;
-use crate::publisher::Publisher;
-use crate::{database, transport};
+use crate::wire::envelope::Event;
+use crate::wire::publisher::Publisher;
+use crate::{store::database, wire::transport};
 
 /// One measured drain.
 #[derive(Debug, Clone, Copy)]
@@ -295,7 +295,7 @@ async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyho
         let events: Vec<Event> = batch
             .iter()
             .map(|d| {
-                crate::envelope::Received {
+                crate::wire::envelope::Received {
                     routing_key: d.routing_key.as_str(),
                     properties: &d.properties,
                     body: &d.data,

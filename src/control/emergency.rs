@@ -24,11 +24,11 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::audit::{self, AuditEntry};
 use crate::config::Endpoints;
-use crate::control::{self, Paused};
-use crate::envelope::{Event, REPLAY_PLAN_HEADER};
-use crate::{backup, dead_letters, ledger, outbox, runs, transport};
+use crate::control::pause::{self, Paused};
+use crate::store::audit::{self, AuditEntry};
+use crate::wire::envelope::{Event, REPLAY_PLAN_HEADER};
+use crate::{control::backup, store::dead_letters, store::ledger, store::outbox, store::runs, wire::transport};
 
 /// How far before the backup's snapshot time (known to the second) events
 /// are saved: a row that the backup does hold is skipped when put back, so an
@@ -120,7 +120,7 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
 
     // 1. Pause, and wait for the workers and for a running apply.
     let step = Instant::now();
-    match control::pause(pool, &request.operator, &request.reason, request.wait).await {
+    match pause::pause_workers(pool, &request.operator, &request.reason, request.wait).await {
         Ok(paused) => {
             let ok = paused.workers_still_running.is_empty();
             let detail = if ok {
@@ -377,7 +377,7 @@ async fn restore_keeping(
         Some(created) => created - margin(SAVE_MARGIN),
         None => DateTime::<Utc>::from(modified) - margin(FILE_TIME_MARGIN),
     };
-    let version = crate::database::schema_version(pool).await.map_err(|e| e.to_string())?;
+    let version = crate::store::database::schema_version(pool).await.map_err(|e| e.to_string())?;
     backup::check_schema(path, version).await.map_err(|e| e.to_string())?;
     let saved = ledger::first_seen_since(pool, since, plan_id).await.map_err(|e| e.to_string())?;
     backup::restore(&endpoints.database_url, path).await.map_err(|e| e.to_string())?;
