@@ -94,7 +94,7 @@ async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<s
     };
     let held = ledger::held(pool, 10).await?;
     let held_count = ledger::count_held(pool).await?;
-    let leaders = crate::worker::leadership::leaders(pool).await?;
+    let leaders = crate::store::leaders::all(pool).await?;
     Ok(json!({
         "ledger": by_type,
         "paused": paused,

@@ -9,24 +9,13 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::store::audit::{self, AuditEntry, AuditError};
-use crate::store::heartbeats;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::heartbeats::{self, WorkerState};
 use crate::store::pause::{self, Pause};
+use crate::store::{failed, StoreError};
 
 /// A worker whose heartbeat is older than this is not waited for.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("control plane query failed ({op}): {source}")]
-    Query { op: &'static str, source: sqlx::Error },
-    #[error(transparent)]
-    Audit(#[from] AuditError),
-}
-
-fn query(op: &'static str) -> impl FnOnce(sqlx::Error) -> ControlError {
-    move |source| ControlError::Query { op, source }
-}
 
 /// What a pause found.
 #[derive(Debug, Clone, Serialize)]
@@ -43,15 +32,10 @@ pub struct Paused {
 
 /// Pauses (audited, unless a pause is already in force) and waits up to
 /// `wait` for every live worker to report paused.
-pub async fn pause_workers(
-    pool: &PgPool,
-    operator: &str,
-    reason: &str,
-    wait: Duration,
-) -> Result<Paused, ControlError> {
+pub async fn pause_workers(pool: &PgPool, operator: &str, reason: &str, wait: Duration) -> Result<Paused, StoreError> {
     let started = Instant::now();
-    let mut tx = pool.begin().await.map_err(query("pause"))?;
-    let set = pause::set(&mut tx, operator, reason).await.map_err(query("pause"))?;
+    let mut tx = pool.begin().await.map_err(failed("pause"))?;
+    let set = pause::set(&mut tx, operator, reason).await?;
     if set.is_some() {
         let entry = AuditEntry {
             operator: operator.to_string(),
@@ -60,16 +44,16 @@ pub async fn pause_workers(
         };
         audit::append(&mut tx, &entry).await?;
     }
-    tx.commit().await.map_err(query("pause"))?;
-    let current = pause::current(pool).await.map_err(query("read the pause"))?;
+    tx.commit().await.map_err(failed("pause"))?;
+    let current = pause::current(pool).await?;
     let (live, stale) = loop {
-        let (live, stale) = heartbeats::live_and_stale(pool, LIVE_WITHIN).await.map_err(query("read heartbeats"))?;
-        if live.iter().all(|h| h.state == "paused") || started.elapsed() >= wait {
+        let (live, stale) = heartbeats::live_and_stale(pool, LIVE_WITHIN).await?;
+        if live.iter().all(|h| h.state == WorkerState::Paused) || started.elapsed() >= wait {
             break (live, stale);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let (paused, running): (Vec<_>, Vec<_>) = live.into_iter().partition(|h| h.state == "paused");
+    let (paused, running): (Vec<_>, Vec<_>) = live.into_iter().partition(|h| h.state == WorkerState::Paused);
     Ok(Paused {
         pause: current,
         already_paused: set.is_none(),
@@ -84,9 +68,9 @@ pub async fn pause_workers(
 }
 
 /// Lifts the pause (audited); returns the pause lifted, if there was one.
-pub async fn resume_workers(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, ControlError> {
-    let mut tx = pool.begin().await.map_err(query("resume"))?;
-    let lifted = pause::lift(&mut tx).await.map_err(query("resume"))?;
+pub async fn resume_workers(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, StoreError> {
+    let mut tx = pool.begin().await.map_err(failed("resume"))?;
+    let lifted = pause::lift(&mut tx).await?;
     if let Some(p) = &lifted {
         let entry = AuditEntry {
             operator: operator.to_string(),
@@ -95,6 +79,6 @@ pub async fn resume_workers(pool: &PgPool, operator: &str, reason: &str) -> Resu
         };
         audit::append(&mut tx, &entry).await?;
     }
-    tx.commit().await.map_err(query("resume"))?;
+    tx.commit().await.map_err(failed("resume"))?;
     Ok(lifted)
 }

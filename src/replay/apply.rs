@@ -26,11 +26,12 @@ use crate::config::Endpoints;
 use crate::control::backup::{self, BackupError};
 use crate::replay::plan::{DatabaseIdentity, PlanError, SealedPlan};
 use crate::replay::workflows::{self, WorkflowError};
-use crate::store::audit::{self, AuditEntry, AuditError};
-use crate::store::ledger::{self, LedgerError};
+use crate::store::audit::{self, AuditEntry};
+use crate::store::ledger;
 use crate::store::outbox;
 use crate::store::pause::{self, Pause};
 use crate::store::runs::{self, ControlLock, NewRun, ReplayRun};
+use crate::store::{failed, StoreError};
 use crate::wire::envelope::Event;
 use crate::wire::publisher::Publisher;
 use crate::wire::transport::{self, TransportError};
@@ -112,13 +113,9 @@ pub enum ApplyError {
     #[error(transparent)]
     Backup(#[from] BackupError),
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("database error while {op}: {source}")]
-    Database { op: &'static str, source: sqlx::Error },
     #[error("workflow: {0}")]
     Workflow(WorkflowError),
 }
@@ -147,10 +144,6 @@ impl From<WorkflowError> for ApplyError {
     }
 }
 
-fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> ApplyError {
-    move |source| ApplyError::Database { op, source }
-}
-
 /// A plan that passed every check, with the control lock held.
 pub struct Checked {
     pub plan: SealedPlan,
@@ -174,23 +167,23 @@ impl Checked {
 /// are allowed, and a given backup is young and readable.
 pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request) -> Result<Checked, ApplyError> {
     let plan = SealedPlan::open(plan_path)?;
-    let actual = crate::store::database::identity(pool).await.map_err(db("reading the database's identity"))?;
+    let actual = crate::store::database::identity(pool).await.map_err(failed("reading the database's identity"))?;
     if plan.header.database != actual {
         return Err(Refusal::OtherDatabase { planned: plan.header.database.clone(), actual }.into());
     }
     if !plan.summary.external_effects.is_empty() && !request.allow_external_effects {
         return Err(Refusal::ExternalEffects(plan.summary.external_effects.clone()).into());
     }
-    let lock = runs::try_lock(pool).await.map_err(db("taking the apply lock"))?.ok_or(Refusal::Locked)?;
-    if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+    let lock = runs::try_lock(pool).await?.ok_or(Refusal::Locked)?;
+    if let Some(pause) = pause::current(pool).await? {
         return Err(Refusal::Paused(pause).into());
     }
-    let run = runs::find(pool, plan.header.plan_id).await.map_err(db("reading the plan's run"))?;
+    let run = runs::find(pool, plan.header.plan_id).await?;
     if run.as_ref().is_some_and(|r| r.state == "stopped") {
         return Err(Refusal::StoppedRun.into());
     }
     if run.is_none() {
-        let mut conn = pool.acquire().await.map_err(db("checking the planned rows"))?;
+        let mut conn = pool.acquire().await.map_err(failed("checking the planned rows"))?;
         check_current(&mut conn, &plan).await?;
     }
     let existing_backup = match (&request.backup, &run) {
@@ -244,7 +237,7 @@ async fn check_backup(pool: &PgPool, path: &std::path::Path, max_age: Duration) 
         .into());
     }
     backup::check(path).await.map_err(|e| unusable(e.to_string()))?;
-    let version = crate::store::database::schema_version(pool).await.map_err(db("reading the schema version"))?;
+    let version = crate::store::database::schema_version(pool).await.map_err(failed("reading the schema version"))?;
     backup::check_schema(path, version).await.map_err(|e| unusable(e.to_string()))?;
     Ok(path.to_path_buf())
 }
@@ -333,11 +326,11 @@ pub async fn execute(
     // resumable, with nothing handed off.
     let kept_in_outbox = match &broker_failure {
         Some(error) => {
-            runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
+            runs::advance(pool, plan_id, published as i64).await?;
             if shutdown.is_cancelled() {
                 return Err(ApplyError::Interrupted { published, total });
             }
-            if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+            if let Some(pause) = pause::current(pool).await? {
                 return Err(ApplyError::Paused { pause, published, total });
             }
             if !error.is_outage() {
@@ -348,8 +341,8 @@ pub async fn execute(
         }
         None => 0,
     };
-    runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))?;
-    runs::finish(pool, plan_id).await.map_err(db("recording the end of the run"))?;
+    runs::advance(pool, plan_id, published as i64).await?;
+    runs::finish(pool, plan_id).await?;
     Ok(Outcome {
         plan_id,
         events: total,
@@ -392,15 +385,13 @@ async fn republish(
     };
     // Each round publishes one batch while it reads the next and records
     // the progress of the one before.
-    let record = |published: u64| async move {
-        runs::advance(pool, plan_id, published as i64).await.map_err(db("recording progress"))
-    };
+    let record = |published: u64| async move { runs::advance(pool, plan_id, published as i64).await };
     while let Some((ids, events)) = ready.take() {
         if shutdown.is_cancelled() {
             record(published).await?;
             return Err(ApplyError::Interrupted { published, total });
         }
-        if let Some(pause) = pause::current(pool).await.map_err(db("reading the pause"))? {
+        if let Some(pause) = pause::current(pool).await? {
             record(published).await?;
             return Err(ApplyError::Paused { pause, published, total });
         }
@@ -441,7 +432,7 @@ async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, label: &str, reas
     let mut kept = 0;
     while let Some(ids) = batches.next_batch()? {
         let (_, events) = prepare(pool, ids, label).await?;
-        outbox::keep(pool, &events, reason).await.map_err(db("keeping the unconfirmed events in the outbox"))?;
+        outbox::keep(pool, &events, reason).await?;
         kept += events.len() as u64;
     }
     Ok(kept)
@@ -469,15 +460,15 @@ async fn back_up_and_reset(
     let (backup_path, mut snapshot) = match (&checked.existing_backup, &request.backup) {
         (Some(path), _) | (None, BackupSource::Existing { path, .. }) => (path.clone(), None),
         (None, BackupSource::Fresh { dir }) => {
-            let mut tx = pool.begin().await.map_err(db("exporting a snapshot for the backup"))?;
+            let mut tx = pool.begin().await.map_err(failed("exporting a snapshot for the backup"))?;
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
                 .await
-                .map_err(db("exporting a snapshot for the backup"))?;
+                .map_err(failed("exporting a snapshot for the backup"))?;
             let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(db("exporting a snapshot for the backup"))?;
+                .map_err(failed("exporting a snapshot for the backup"))?;
             (backup::path_in(dir), Some((tx, id)))
         }
     };
@@ -498,7 +489,7 @@ async fn back_up_and_reset(
     }
     let backup_time = backup?;
     let ((tx, run), reset_time) = reset?;
-    tx.commit().await.map_err(db("committing the reset"))?;
+    tx.commit().await.map_err(failed("committing the reset"))?;
     tracing::info!(rows = plan.summary.rows, seconds = reset_time.as_secs_f64(), "rows reset, audit entry written");
     Ok((run, StepTimes { backup: backup_time.as_secs_f64(), reset: reset_time.as_secs_f64(), publish: 0.0 }))
 }
@@ -513,7 +504,7 @@ async fn reset<'p>(
     backup_path: &str,
 ) -> Result<(sqlx::Transaction<'p, sqlx::Postgres>, ReplayRun), ApplyError> {
     let header = &plan.header;
-    let mut tx = pool.begin().await.map_err(db("starting the reset"))?;
+    let mut tx = pool.begin().await.map_err(failed("starting the reset"))?;
     if let Some(planned) = &header.workflow {
         let now = workflows::find(&planned.name)?.inspect(&mut tx, &planned.params).await?;
         if now.fingerprint != planned.fingerprint {
@@ -548,7 +539,7 @@ async fn reset<'p>(
         audit_id: record.id,
         events: plan.events() as i64,
     };
-    runs::start(&mut tx, &new_run).await.map_err(db("recording the run"))?;
+    runs::start(&mut tx, &new_run).await?;
     let fallback = fallback_time(plan.events(), request.rate);
     for chunk in plan.rows(RESET_CHUNK)? {
         let rows: Vec<(i64, String)> = chunk?.into_iter().map(|r| (r.id, r.version)).collect();
@@ -557,7 +548,7 @@ async fn reset<'p>(
         if reset < rows.len() as u64 {
             // A row changed between the check and now: roll back, and name it.
             drop(tx);
-            let mut conn = pool.acquire().await.map_err(db("checking the planned rows"))?;
+            let mut conn = pool.acquire().await.map_err(failed("checking the planned rows"))?;
             check_current(&mut conn, plan).await?;
             let count = rows.len() - reset as usize;
             return Err(Refusal::Stale { count, total: plan.summary.rows, examples: vec![] }.into());

@@ -3,6 +3,7 @@
 //! chained to the previous one, so tampering by someone who can bypass the
 //! triggers is still detectable. All SQL on that table lives here.
 
+use super::{failed, StoreError};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -10,16 +11,6 @@ use sqlx::{PgConnection, PgPool};
 
 /// The hash the first entry chains to.
 pub const GENESIS: &str = "genesis";
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("audit log query failed ({op}): {source}")]
-    Query { op: &'static str, source: sqlx::Error },
-}
-
-fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> AuditError {
-    move |source| AuditError::Query { op, source }
-}
 
 /// An action to record.
 #[derive(Debug, Clone)]
@@ -57,16 +48,16 @@ pub fn entry_hash(prev_hash: &str, at: DateTime<Utc>, operator: &str, action: &s
 /// Appends an entry inside the caller's transaction, so it commits or rolls
 /// back with the change it records. Appends are serialized by a transaction
 /// lock, so the chain never forks.
-pub async fn append(conn: &mut PgConnection, entry: &AuditEntry) -> Result<AuditRecord, AuditError> {
+pub async fn append(conn: &mut PgConnection, entry: &AuditEntry) -> Result<AuditRecord, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('replay_control.audit_log'))")
         .execute(&mut *conn)
         .await
-        .map_err(query_error("lock the audit chain"))?;
+        .map_err(failed("lock the audit chain"))?;
     let prev: Option<String> =
         sqlx::query_scalar("SELECT entry_hash FROM replay_control.audit_log ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *conn)
             .await
-            .map_err(query_error("read the last audit entry"))?;
+            .map_err(failed("read the last audit entry"))?;
     let prev_hash = prev.unwrap_or_else(|| GENESIS.to_string());
     // Postgres keeps microseconds: hash what will be stored.
     let at = Utc::now().trunc_subsecs(6);
@@ -84,7 +75,7 @@ pub async fn append(conn: &mut PgConnection, entry: &AuditEntry) -> Result<Audit
     .bind(&hash)
     .fetch_one(&mut *conn)
     .await
-    .map_err(query_error("append an audit entry"))
+    .map_err(failed("append an audit entry"))
 }
 
 /// What `replay audit verify` found.
@@ -101,13 +92,13 @@ pub enum Verdict {
 }
 
 /// Walks the whole chain in order.
-pub async fn verify(pool: &PgPool) -> Result<Verdict, AuditError> {
+pub async fn verify(pool: &PgPool) -> Result<Verdict, StoreError> {
     let records: Vec<AuditRecord> = sqlx::query_as(
         "SELECT id, at, operator, action, details, prev_hash, entry_hash FROM replay_control.audit_log ORDER BY id",
     )
     .fetch_all(pool)
     .await
-    .map_err(query_error("read the audit log"))?;
+    .map_err(failed("read the audit log"))?;
     let mut expected_prev = GENESIS.to_string();
     for record in &records {
         if record.prev_hash != expected_prev {

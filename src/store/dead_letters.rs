@@ -3,11 +3,10 @@
 //! reason, so nothing the broker handed over is thrown away. All SQL on that
 //! table lives here.
 
+use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
-
-use crate::store::ledger::LedgerError;
 
 /// A message that is not an event.
 pub struct DeadLetter {
@@ -20,7 +19,7 @@ pub struct DeadLetter {
 }
 
 /// Stores the letters in one statement.
-pub async fn insert(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), LedgerError> {
+pub async fn insert(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), StoreError> {
     if letters.is_empty() {
         return Ok(());
     }
@@ -43,12 +42,8 @@ pub async fn insert(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(
     .bind(&reasons)
     .execute(conn)
     .await
-    .map_err(|source| LedgerError::Query { op: "store dead letters", source })?;
+    .map_err(|source| StoreError { op: "store dead letters", source })?;
     Ok(())
-}
-
-fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
-    move |source| LedgerError::Query { op, source }
 }
 
 /// A stored dead letter.
@@ -71,31 +66,31 @@ const COLUMNS: &str =
     "id, received_at, exchange, routing_key, message_id, headers, body, reason, resolved_at, resolved_note";
 
 /// Unresolved dead letters, most recent first.
-pub async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<StoredLetter>, LedgerError> {
+pub async fn unresolved(pool: &PgPool, limit: i64) -> Result<Vec<StoredLetter>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM dead_letters WHERE resolved_at IS NULL ORDER BY received_at DESC, id DESC LIMIT $1"
     )))
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(query_error("list dead letters"))
+    .map_err(failed("list dead letters"))
 }
 
 /// How many dead letters are not resolved.
-pub async fn count_unresolved(pool: &PgPool) -> Result<i64, LedgerError> {
+pub async fn count_unresolved(pool: &PgPool) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL")
         .fetch_one(pool)
         .await
-        .map_err(query_error("count dead letters"))
+        .map_err(failed("count dead letters"))
 }
 
 /// One dead letter.
-pub async fn find(pool: &PgPool, id: i64) -> Result<Option<StoredLetter>, LedgerError> {
+pub async fn find(pool: &PgPool, id: i64) -> Result<Option<StoredLetter>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1")))
         .bind(id)
         .fetch_optional(pool)
         .await
-        .map_err(query_error("read a dead letter"))
+        .map_err(failed("read a dead letter"))
 }
 
 /// Unresolved dead letters since `since`, grouped by routing key and reason:
@@ -103,7 +98,7 @@ pub async fn find(pool: &PgPool, id: i64) -> Result<Option<StoredLetter>, Ledger
 pub async fn report(
     pool: &PgPool,
     since: DateTime<Utc>,
-) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, LedgerError> {
+) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, StoreError> {
     sqlx::query_as(
         "SELECT routing_key, reason, count(*), min(received_at), max(received_at) FROM dead_letters
           WHERE resolved_at IS NULL AND received_at >= $1 GROUP BY 1, 2 ORDER BY 3 DESC, 1",
@@ -111,12 +106,12 @@ pub async fn report(
     .bind(since)
     .fetch_all(pool)
     .await
-    .map_err(query_error("report dead letters"))
+    .map_err(failed("report dead letters"))
 }
 
 /// Marks a dead letter resolved, inside the caller's transaction; false if
 /// no unresolved letter has that id.
-pub async fn resolve(conn: &mut PgConnection, id: i64, note: &str) -> Result<bool, LedgerError> {
+pub async fn resolve(conn: &mut PgConnection, id: i64, note: &str) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE dead_letters SET resolved_at = now(), resolved_note = $2 WHERE id = $1 AND resolved_at IS NULL",
     )
@@ -124,6 +119,6 @@ pub async fn resolve(conn: &mut PgConnection, id: i64, note: &str) -> Result<boo
     .bind(note)
     .execute(conn)
     .await
-    .map_err(query_error("resolve a dead letter"))?;
+    .map_err(failed("resolve a dead letter"))?;
     Ok(done.rows_affected() == 1)
 }

@@ -3,11 +3,14 @@
 //! can wait for every live worker to stop and name the ones that went quiet.
 //! All SQL on that table lives here.
 
+use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-/// A worker's state as it last reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A worker's state as it last reported it, stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum WorkerState {
     /// Taking work: leading its partition.
     Running,
@@ -21,7 +24,7 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Standby => "standby",
@@ -37,13 +40,13 @@ pub struct Heartbeat {
     pub worker_id: String,
     pub host: String,
     pub pid: i32,
-    pub state: String,
+    pub state: WorkerState,
     pub started_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
 }
 
 /// Records that `worker` is alive and in `state`.
-pub async fn beat(pool: &PgPool, worker: &str, host: &str, state: WorkerState) -> Result<(), sqlx::Error> {
+pub async fn beat(pool: &PgPool, worker: &str, host: &str, state: WorkerState) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO replay_control.worker_heartbeats (worker_id, host, pid, state)
          VALUES ($1, $2, $3, $4)
@@ -57,7 +60,8 @@ pub async fn beat(pool: &PgPool, worker: &str, host: &str, state: WorkerState) -
     .bind(std::process::id() as i32)
     .bind(state.as_str())
     .execute(pool)
-    .await?;
+    .await
+    .map_err(failed("record a heartbeat"))?;
     Ok(())
 }
 
@@ -66,13 +70,14 @@ pub async fn beat(pool: &PgPool, worker: &str, host: &str, state: WorkerState) -
 pub async fn live_and_stale(
     pool: &PgPool,
     live_within: std::time::Duration,
-) -> Result<(Vec<Heartbeat>, Vec<Heartbeat>), sqlx::Error> {
+) -> Result<(Vec<Heartbeat>, Vec<Heartbeat>), StoreError> {
     let all: Vec<Heartbeat> = sqlx::query_as(
         "SELECT worker_id, host, pid, state, started_at, last_seen FROM replay_control.worker_heartbeats
           WHERE state <> 'stopped' ORDER BY worker_id",
     )
     .fetch_all(pool)
-    .await?;
+    .await
+    .map_err(failed("read heartbeats"))?;
     let cutoff = Utc::now() - chrono::Duration::from_std(live_within).unwrap_or_default();
     Ok(all.into_iter().partition(|h| h.last_seen >= cutoff))
 }

@@ -6,6 +6,7 @@
 //! expires), `processed`, `error` (attempts exhausted or payload unusable: the
 //! dead-letter state), `skipped` (no handler for its type).
 
+use super::{failed, StoreError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,17 +16,6 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::replay::selector::Selector;
 use crate::wire::envelope::{Event, Rejection};
-
-/// Failures of the ledger's own statements.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("ledger query failed ({op}): {source}")]
-    Query { op: &'static str, source: sqlx::Error },
-}
-
-fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
-    move |source| LedgerError::Query { op, source }
-}
 
 /// A new event as it enters the ledger, with the status it starts in.
 pub struct Admission<'a> {
@@ -120,7 +110,7 @@ fn never() -> DateTime<Utc> {
 /// the ones it inserted; events already present are left untouched. Rows get
 /// their ids in the order given (delivery order): the ledger id is the
 /// partition's apply order.
-pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<(i64, String)>, LedgerError> {
+pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<(i64, String)>, StoreError> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
     let mut payloads = Vec::with_capacity(rows.len());
@@ -153,7 +143,7 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
     .bind(&notes)
     .fetch_all(conn)
     .await
-    .map_err(query_error("insert new events"))
+    .map_err(failed("insert new events"))
 }
 
 /// Takes, inside the caller's transaction, the rows of `events` that are due
@@ -161,7 +151,7 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
 /// for the replay plan the message belongs to (its republished message).
 /// Rows processed, failed, or held by another worker are not returned: their
 /// message is a duplicate.
-pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) -> Result<Vec<Claimed>, LedgerError> {
+pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) -> Result<Vec<Claimed>, StoreError> {
     let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let plans: Vec<Option<&str>> = events.iter().map(|e| e.replay_plan.as_deref()).collect();
     let rows: Vec<ClaimedRow> = sqlx::query_as(
@@ -177,7 +167,7 @@ pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) 
     .bind(worker)
     .fetch_all(conn)
     .await
-    .map_err(query_error("take due rows"))?;
+    .map_err(failed("take due rows"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
 }
 
@@ -192,7 +182,7 @@ pub async fn claim_due(
     worker: &str,
     limit: i64,
     lease: Duration,
-) -> Result<Vec<Claimed>, LedgerError> {
+) -> Result<Vec<Claimed>, StoreError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "UPDATE processed_events p
             SET status = 'processing',
@@ -216,14 +206,14 @@ pub async fn claim_due(
     .bind(lease.as_secs_f64())
     .fetch_all(conn)
     .await
-    .map_err(query_error("claim due rows"))?;
+    .map_err(failed("claim due rows"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
 }
 
 /// Locks, inside the caller's transaction, the claimed rows still held by
 /// `worker` and returns their ids; a row whose lease another worker took over
 /// is left to that worker.
-pub async fn lock_claimed(conn: &mut PgConnection, ids: &[i64], worker: &str) -> Result<Vec<i64>, LedgerError> {
+pub async fn lock_claimed(conn: &mut PgConnection, ids: &[i64], worker: &str) -> Result<Vec<i64>, StoreError> {
     sqlx::query_scalar(
         "SELECT id FROM processed_events
           WHERE id = ANY($1) AND status = 'processing' AND locked_by = $2
@@ -233,13 +223,13 @@ pub async fn lock_claimed(conn: &mut PgConnection, ids: &[i64], worker: &str) ->
     .bind(worker)
     .fetch_all(conn)
     .await
-    .map_err(query_error("lock claimed rows"))
+    .map_err(failed("lock claimed rows"))
 }
 
 /// Writes back how each attempt ended. `retry_count` counts failed
 /// attempts. A row settled for good (processed, skipped) releases the rows
 /// held behind it: they become due, still blocking their key until applied.
-pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), LedgerError> {
+pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), StoreError> {
     if settled.is_empty() {
         return Ok(());
     }
@@ -247,7 +237,7 @@ pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), 
     let mut statuses = Vec::with_capacity(settled.len());
     let mut errors: Vec<Option<&str>> = Vec::with_capacity(settled.len());
     let mut retry_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(settled.len());
-    let mut failed = Vec::with_capacity(settled.len());
+    let mut failures = Vec::with_capacity(settled.len());
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(settled.len());
     let mut states: Vec<Option<&str>> = Vec::with_capacity(settled.len());
     let mut behind: Vec<Option<i64>> = Vec::with_capacity(settled.len());
@@ -278,7 +268,7 @@ pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), 
         statuses.push(status);
         errors.push(error);
         retry_at.push(at);
-        failed.push(is_failure);
+        failures.push(is_failure);
         keys.push(sequence_key.as_deref());
         states.push(state.map(SequenceState::as_str));
         behind.push(held_behind);
@@ -308,20 +298,20 @@ pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), 
     .bind(&statuses)
     .bind(&errors)
     .bind(&retry_at)
-    .bind(&failed)
+    .bind(&failures)
     .bind(&keys)
     .bind(&states)
     .bind(&behind)
     .execute(&mut *conn)
     .await
-    .map_err(query_error("settle attempts"))?;
+    .map_err(failed("settle attempts"))?;
     release_held_behind(conn, &applied).await
 }
 
 /// Makes the rows held behind `ids` due now. They stay `blocking`, so an
 /// event of their key that arrives before they are applied lines up behind
 /// them instead of overtaking.
-pub async fn release_held_behind(conn: &mut PgConnection, ids: &[i64]) -> Result<(), LedgerError> {
+pub async fn release_held_behind(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -334,7 +324,7 @@ pub async fn release_held_behind(conn: &mut PgConnection, ids: &[i64]) -> Result
     .bind(ids)
     .execute(conn)
     .await
-    .map_err(query_error("release held rows"))?;
+    .map_err(failed("release held rows"))?;
     Ok(())
 }
 
@@ -345,7 +335,7 @@ pub async fn earliest_blockers(
     conn: &mut PgConnection,
     keys: &[&str],
     batch: &[i64],
-) -> Result<std::collections::HashMap<String, Blocker>, LedgerError> {
+) -> Result<std::collections::HashMap<String, Blocker>, StoreError> {
     if keys.is_empty() {
         return Ok(std::collections::HashMap::new());
     }
@@ -358,7 +348,7 @@ pub async fn earliest_blockers(
     .bind(batch)
     .fetch_all(conn)
     .await
-    .map_err(query_error("find blocking rows"))?;
+    .map_err(failed("find blocking rows"))?;
     Ok(rows.into_iter().map(|(key, row_id, event_id)| (key, Blocker { row_id, event_id })).collect())
 }
 
@@ -372,7 +362,7 @@ pub struct Blocker {
 /// Locks, inside the caller's transaction, up to `limit` rows that wait for
 /// a dependency (`waiting`), oldest first, so the batch can try them before
 /// anything published after them.
-pub async fn lock_waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<Claimed>, LedgerError> {
+pub async fn lock_waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<Claimed>, StoreError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, retry_count, replay_forced_by FROM processed_events
           WHERE sequence_state = 'waiting' AND status = 'pending'
@@ -383,7 +373,7 @@ pub async fn lock_waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<Cla
     .bind(limit)
     .fetch_all(conn)
     .await
-    .map_err(query_error("lock waiting rows"))?;
+    .map_err(failed("lock waiting rows"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
 }
 
@@ -391,14 +381,14 @@ pub async fn lock_waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<Cla
 /// only the active worker applies a partition's rows, so a `processing`
 /// row can only be a dead or fenced-off leader's, and waiting out its
 /// lease would only delay failover. Returns how many were taken back.
-pub async fn expire_leases(conn: &mut PgConnection) -> Result<u64, LedgerError> {
+pub async fn expire_leases(conn: &mut PgConnection) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "UPDATE processed_events SET next_attempt_at = now()
           WHERE status = 'processing' AND next_attempt_at > now()",
     )
     .execute(conn)
     .await
-    .map_err(query_error("expire the previous leader's leases"))?;
+    .map_err(failed("expire the previous leader's leases"))?;
     Ok(done.rows_affected())
 }
 
@@ -420,14 +410,14 @@ pub struct LedgerRow {
 /// The rows a selector picks, in `order`. Only the conditions the selector
 /// uses are written into the query, so the planner sees each one and picks
 /// its index; every value is a bind parameter.
-pub async fn select(pool: &PgPool, selector: &Selector, order: Order) -> Result<Vec<LedgerRow>, LedgerError> {
+pub async fn select(pool: &PgPool, selector: &Selector, order: Order) -> Result<Vec<LedgerRow>, StoreError> {
     let mut query = selection(
         "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
          processed_at, updated_at FROM processed_events",
         selector,
         order,
     );
-    query.build_query_as().fetch_all(pool).await.map_err(query_error("select rows"))
+    query.build_query_as().fetch_all(pool).await.map_err(failed("select rows"))
 }
 
 /// How selected rows are ordered.
@@ -495,7 +485,7 @@ pub struct SelectedRow<'r> {
 /// Streams the rows a selector picks to `each`, in event-time order, without
 /// holding them in memory. Every value is a bind parameter. Columns are read
 /// by position and borrowed: a million rows cost no allocation each.
-pub async fn for_each_selected<E: From<LedgerError>>(
+pub async fn for_each_selected<E: From<StoreError>>(
     pool: &PgPool,
     selector: &Selector,
     mut each: impl FnMut(SelectedRow<'_>) -> Result<(), E>,
@@ -506,8 +496,8 @@ pub async fn for_each_selected<E: From<LedgerError>>(
         Order::EventTime,
     );
     let mut rows = query.build().fetch(pool);
-    let decode = |source| LedgerError::Query { op: "read selected rows", source };
-    while let Some(row) = rows.try_next().await.map_err(query_error("select rows"))? {
+    let decode = |source| StoreError { op: "read selected rows", source };
+    while let Some(row) = rows.try_next().await.map_err(failed("select rows"))? {
         let selected = SelectedRow {
             id: row.try_get_unchecked(0).map_err(decode)?,
             event_id: row.try_get_unchecked(1).map_err(decode)?,
@@ -522,12 +512,12 @@ pub async fn for_each_selected<E: From<LedgerError>>(
 }
 
 /// The current version of each row among `ids` that still exists, as `(id, version)`.
-pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<(i64, String)>, LedgerError> {
+pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError> {
     sqlx::query_as("SELECT id, xmin::text FROM processed_events WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(conn)
         .await
-        .map_err(query_error("read row versions"))
+        .map_err(failed("read row versions"))
 }
 
 /// Resets rows for a replay plan, inside the caller's transaction, each only
@@ -548,7 +538,7 @@ pub async fn reset_for_plan(
     operator: &str,
     fallback: DateTime<Utc>,
     forced: bool,
-) -> Result<u64, LedgerError> {
+) -> Result<u64, StoreError> {
     let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|(id, v)| (*id, v.as_str())).unzip();
     let reset: i64 = sqlx::query_scalar(
         "WITH reset AS (
@@ -576,7 +566,7 @@ pub async fn reset_for_plan(
     .bind(forced)
     .fetch_one(conn)
     .await
-    .map_err(query_error("reset rows for a replay"))?;
+    .map_err(failed("reset rows for a replay"))?;
     Ok(reset as u64)
 }
 
@@ -589,7 +579,7 @@ pub async fn insert_triggers(
     plan_id: uuid::Uuid,
     operator: &str,
     fallback: DateTime<Utc>,
-) -> Result<(), LedgerError> {
+) -> Result<(), StoreError> {
     for event in events {
         sqlx::query(
             "WITH added AS (
@@ -610,7 +600,7 @@ pub async fn insert_triggers(
         .bind(fallback)
         .execute(&mut *conn)
         .await
-        .map_err(query_error("add workflow trigger events"))?;
+        .map_err(failed("add workflow trigger events"))?;
     }
     Ok(())
 }
@@ -622,7 +612,7 @@ pub async fn first_seen_since(
     pool: &PgPool,
     since: DateTime<Utc>,
     except_plan: Option<uuid::Uuid>,
-) -> Result<Vec<Event>, LedgerError> {
+) -> Result<Vec<Event>, StoreError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events p
           WHERE received_at >= $1
@@ -633,13 +623,13 @@ pub async fn first_seen_since(
     .bind(except_plan)
     .fetch_all(pool)
     .await
-    .map_err(query_error("read events first seen since the backup"))?;
+    .map_err(failed("read events first seen since the backup"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| c.event).collect())
 }
 
 /// Adds events as `pending` rows, due now; ids already in the ledger are
 /// left as they are. Returns how many were added.
-pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result<u64, LedgerError> {
+pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result<u64, StoreError> {
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
@@ -657,12 +647,12 @@ pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result
     .bind(&times)
     .execute(conn)
     .await
-    .map_err(query_error("add pending events"))?;
+    .map_err(failed("add pending events"))?;
     Ok(done.rows_affected())
 }
 
 /// The events stored for `event_ids`, as they are republished, in the order asked.
-pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, LedgerError> {
+pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, StoreError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events
           WHERE event_id = ANY($1)",
@@ -670,14 +660,14 @@ pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, L
     .bind(event_ids)
     .fetch_all(pool)
     .await
-    .map_err(query_error("read events to republish"))?;
+    .map_err(failed("read events to republish"))?;
     let mut by_id: std::collections::HashMap<String, Event> =
         rows.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| (c.event.event_id.clone(), c.event)).collect();
     Ok(event_ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
 /// One ledger row by event id.
-pub async fn find(pool: &PgPool, event_id: &str) -> Result<Option<LedgerRow>, LedgerError> {
+pub async fn find(pool: &PgPool, event_id: &str) -> Result<Option<LedgerRow>, StoreError> {
     sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
          processed_at, updated_at FROM processed_events WHERE event_id = $1",
@@ -685,7 +675,7 @@ pub async fn find(pool: &PgPool, event_id: &str) -> Result<Option<LedgerRow>, Le
     .bind(event_id)
     .fetch_optional(pool)
     .await
-    .map_err(query_error("find an event"))
+    .map_err(failed("find an event"))
 }
 
 /// One reset of a row by a replay plan, and the state it erased.
@@ -702,7 +692,7 @@ pub struct ReplayHistory {
 }
 
 /// An event's replay history, oldest first.
-pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>, LedgerError> {
+pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>, StoreError> {
     sqlx::query_as(
         "SELECT plan_id, operator, reset_at, prior_status, prior_error, prior_retry_count, prior_processed_at
            FROM replay_history
@@ -711,12 +701,12 @@ pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>
     .bind(event_id)
     .fetch_all(pool)
     .await
-    .map_err(query_error("read replay history"))
+    .map_err(failed("read replay history"))
 }
 
 /// Where a plan's rows stand now: counts by status, `waiting` for rows still
 /// parked for the plan (their message not yet consumed).
-pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, i64)>, LedgerError> {
+pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, i64)>, StoreError> {
     sqlx::query_as(
         "SELECT CASE WHEN p.status = 'pending' AND p.replay_plan = $1 THEN 'waiting' ELSE p.status END,
                 count(*)
@@ -727,12 +717,12 @@ pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(St
     .bind(plan_id)
     .fetch_all(pool)
     .await
-    .map_err(query_error("count a plan's rows by status"))
+    .map_err(failed("count a plan's rows by status"))
 }
 
 /// Errors among a plan's rows since its reset (failed again, or retrying),
 /// grouped by message, most frequent first.
-pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, String, i64)>, LedgerError> {
+pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, String, i64)>, StoreError> {
     sqlx::query_as(
         "SELECT p.status, p.error_message, count(*)
            FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
@@ -742,15 +732,15 @@ pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(St
     .bind(plan_id)
     .fetch_all(pool)
     .await
-    .map_err(query_error("group a plan's failures"))
+    .map_err(failed("group a plan's failures"))
 }
 
 /// Counts rows by type and status, for `replay status`.
-pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, LedgerError> {
+pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, StoreError> {
     sqlx::query_as("SELECT event_type, status, count(*) FROM processed_events GROUP BY 1, 2 ORDER BY 1, 2")
         .fetch_all(pool)
         .await
-        .map_err(query_error("count rows by type and status"))
+        .map_err(failed("count rows by type and status"))
 }
 
 /// A failed event as the DLQ shows it.
@@ -764,7 +754,7 @@ pub struct FailedEvent {
 }
 
 /// Rows in `error` not marked resolved, most recent first.
-pub async fn unresolved_errors(pool: &PgPool, limit: i64) -> Result<Vec<FailedEvent>, LedgerError> {
+pub async fn unresolved_errors(pool: &PgPool, limit: i64) -> Result<Vec<FailedEvent>, StoreError> {
     sqlx::query_as(
         "SELECT event_id, event_type, error_message, retry_count, processed_at AS failed_at FROM processed_events
           WHERE status = 'error' AND resolved_at IS NULL ORDER BY processed_at DESC NULLS LAST, id DESC LIMIT $1",
@@ -772,15 +762,15 @@ pub async fn unresolved_errors(pool: &PgPool, limit: i64) -> Result<Vec<FailedEv
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(query_error("list failed events"))
+    .map_err(failed("list failed events"))
 }
 
 /// How many rows are in `error` and not resolved.
-pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, LedgerError> {
+pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'error' AND resolved_at IS NULL")
         .fetch_one(pool)
         .await
-        .map_err(query_error("count failed events"))
+        .map_err(failed("count failed events"))
 }
 
 /// Unresolved failures since `since`, grouped by type and error:
@@ -788,7 +778,7 @@ pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, LedgerError> 
 pub async fn error_report(
     pool: &PgPool,
     since: DateTime<Utc>,
-) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, LedgerError> {
+) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, StoreError> {
     sqlx::query_as(
         "SELECT event_type, coalesce(error_message, ''), count(*), min(processed_at), max(processed_at)
            FROM processed_events
@@ -798,12 +788,12 @@ pub async fn error_report(
     .bind(since)
     .fetch_all(pool)
     .await
-    .map_err(query_error("report failed events"))
+    .map_err(failed("report failed events"))
 }
 
 /// Marks a failed event resolved, inside the caller's transaction; false if
 /// no unresolved failed event has that id.
-pub async fn resolve_error(conn: &mut PgConnection, event_id: &str, note: &str) -> Result<bool, LedgerError> {
+pub async fn resolve_error(conn: &mut PgConnection, event_id: &str, note: &str) -> Result<bool, StoreError> {
     // A resolved failure no longer holds its key: the events held behind it
     // are released (applied without it, as the operator decided).
     let resolved: Option<i64> = sqlx::query_scalar(
@@ -815,7 +805,7 @@ pub async fn resolve_error(conn: &mut PgConnection, event_id: &str, note: &str) 
     .bind(note)
     .fetch_optional(&mut *conn)
     .await
-    .map_err(query_error("resolve a failed event"))?;
+    .map_err(failed("resolve a failed event"))?;
     match resolved {
         Some(id) => {
             release_held_behind(conn, &[id]).await?;
@@ -837,7 +827,7 @@ pub struct HeldEvent {
 }
 
 /// Rows held behind an earlier event, oldest first.
-pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<HeldEvent>, LedgerError> {
+pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<HeldEvent>, StoreError> {
     sqlx::query_as(
         "SELECT p.event_id, p.event_type, p.sequence_key, b.event_id AS held_behind, p.updated_at AS since
            FROM processed_events p JOIN processed_events b ON b.id = p.held_behind
@@ -846,30 +836,30 @@ pub async fn held(pool: &PgPool, limit: i64) -> Result<Vec<HeldEvent>, LedgerErr
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(query_error("list held events"))
+    .map_err(failed("list held events"))
 }
 
 /// How many rows are held behind an earlier event.
-pub async fn count_held(pool: &PgPool) -> Result<i64, LedgerError> {
+pub async fn count_held(pool: &PgPool) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE sequence_state = 'held'")
         .fetch_one(pool)
         .await
-        .map_err(query_error("count held events"))
+        .map_err(failed("count held events"))
 }
 
 /// Processed rows processed before `before`: what a prune would delete.
-pub async fn count_prunable(pool: &PgPool, before: DateTime<Utc>) -> Result<i64, LedgerError> {
+pub async fn count_prunable(pool: &PgPool, before: DateTime<Utc>) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'processed' AND processed_at < $1")
         .bind(before)
         .fetch_one(pool)
         .await
-        .map_err(query_error("count prunable rows"))
+        .map_err(failed("count prunable rows"))
 }
 
 /// Deletes up to `batch` processed rows processed before `before` (never a
 /// row in another status) and returns how many it deleted. Rows locked by
 /// someone else are skipped, not waited for.
-pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Result<u64, LedgerError> {
+pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM processed_events WHERE id IN (
              SELECT id FROM processed_events
@@ -881,13 +871,13 @@ pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Re
     .bind(batch)
     .execute(pool)
     .await
-    .map_err(query_error("prune processed rows"))?;
+    .map_err(failed("prune processed rows"))?;
     Ok(done.rows_affected())
 }
 
 /// `(last processed at, consumer lag in seconds, rows waiting for a replay)`:
 /// lag is how long the oldest due pending row has waited.
-pub async fn activity(pool: &PgPool) -> Result<(Option<DateTime<Utc>>, Option<f64>, i64), LedgerError> {
+pub async fn activity(pool: &PgPool) -> Result<(Option<DateTime<Utc>>, Option<f64>, i64), StoreError> {
     sqlx::query_as(
         "SELECT (SELECT max(processed_at) FROM processed_events WHERE processed_at IS NOT NULL),
                 (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8 FROM processed_events
@@ -896,20 +886,20 @@ pub async fn activity(pool: &PgPool) -> Result<(Option<DateTime<Utc>>, Option<f6
     )
     .fetch_one(pool)
     .await
-    .map_err(query_error("read ledger activity"))
+    .map_err(failed("read ledger activity"))
 }
 
 /// Counts rows by status, for tests, the benchmark and health.
-pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, LedgerError> {
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
     sqlx::query_as("SELECT status, count(*) FROM processed_events GROUP BY status ORDER BY status")
         .fetch_all(pool)
         .await
-        .map_err(query_error("count rows by status"))
+        .map_err(failed("count rows by status"))
 }
 
 /// The number of rows in the ledger.
-pub async fn count(pool: &PgPool) -> Result<i64, LedgerError> {
-    sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(pool).await.map_err(query_error("count rows"))
+pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(pool).await.map_err(failed("count rows"))
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,12 +1,47 @@
 //! The store: the Postgres pool and migrations, and one module per table
-//! (the ledger, the audit log, dead letters, heartbeats, the outbox, replay
-//! runs, the pause). All SQL on a table lives in its module.
+//! (the ledger, the audit log, dead letters, heartbeats, partition leaders,
+//! the outbox, replay runs, the pause). All SQL on a table lives in its module.
 
 pub mod audit;
 pub mod database;
 pub mod dead_letters;
 pub mod heartbeats;
+pub mod leaders;
 pub mod ledger;
 pub mod outbox;
 pub mod pause;
 pub mod runs;
+
+/// A statement of the store failed: the operation it was part of, named for
+/// the operator, and the driver's error. Every module of the store returns
+/// this one type, so callers match one shape (connection lost or not).
+#[derive(Debug, thiserror::Error)]
+#[error("database query failed ({op}): {source}")]
+pub struct StoreError {
+    pub op: &'static str,
+    #[source]
+    pub source: sqlx::Error,
+}
+
+/// An error after which a session cannot be used again.
+pub fn is_connection_loss(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // The server ended the session (terminated, shut down, or an idle
+        // transaction timed out): class 57P and 08.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+impl StoreError {
+    /// Whether the statement failed because its connection went away.
+    pub fn is_connection_loss(&self) -> bool {
+        is_connection_loss(&self.source)
+    }
+}
+
+/// Names a failed statement: `.map_err(failed("settle events"))`.
+pub(crate) fn failed(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError { op, source }
+}

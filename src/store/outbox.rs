@@ -4,6 +4,7 @@
 //! keep their plan, so they are relayed with its `x-replay-plan` header. An event relayed twice (a crash between the confirm
 //! and the delete) is recognised by the ledger. All SQL on that table lives here.
 
+use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
@@ -13,7 +14,7 @@ use crate::wire::envelope::Event;
 /// except that a replay's label is added to it (so it is relayed as the
 /// replay's and an emergency stop can drop it). Returns how many rows were
 /// added or labelled.
-pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, sqlx::Error> {
+pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, StoreError> {
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
@@ -34,7 +35,8 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
     .bind(&plans)
     .bind(reason)
     .execute(pool)
-    .await?;
+    .await
+    .map_err(failed("keep events in the outbox"))?;
     Ok(done.rows_affected())
 }
 
@@ -50,14 +52,15 @@ struct KeptRow {
 
 /// Takes up to `limit` kept events, oldest first, locked for the caller's
 /// transaction (another relay skips them): `(id, event)`.
-pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event)>, sqlx::Error> {
+pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event)>, StoreError> {
     let rows: Vec<KeptRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, replay_plan FROM replay_control.outbox
           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(conn)
-    .await?;
+    .await
+    .map_err(failed("take events from the outbox"))?;
     Ok(rows
         .into_iter()
         .filter_map(|row| {
@@ -68,32 +71,41 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event
 }
 
 /// Forgets relayed events, inside the caller's transaction.
-pub async fn forget(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM replay_control.outbox WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+pub async fn forget(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM replay_control.outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await
+        .map_err(failed("forget relayed events"))?;
     Ok(())
 }
 
 /// Drops a replay's events (`plan`, or every replay's when `None`) for an
 /// emergency stop: they must never reach the workers after the restore.
-pub async fn drop_replay(pool: &PgPool, plan: Option<&str>) -> Result<u64, sqlx::Error> {
+pub async fn drop_replay(pool: &PgPool, plan: Option<&str>) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM replay_control.outbox WHERE replay_plan IS NOT NULL AND ($1::text IS NULL OR replay_plan = $1)",
     )
     .bind(plan)
     .execute(pool)
-    .await?;
+    .await
+    .map_err(failed("drop a replay's outbox events"))?;
     Ok(done.rows_affected())
 }
 
 /// How many of a replay plan's events wait in the outbox.
-pub async fn count_for_plan(pool: &PgPool, plan: &str) -> Result<i64, sqlx::Error> {
+pub async fn count_for_plan(pool: &PgPool, plan: &str) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox WHERE replay_plan = $1")
         .bind(plan)
         .fetch_one(pool)
         .await
+        .map_err(failed("count a plan's outbox events"))
 }
 
 /// How many events wait in the outbox.
-pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox").fetch_one(pool).await
+pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox")
+        .fetch_one(pool)
+        .await
+        .map_err(failed("count outbox events"))
 }

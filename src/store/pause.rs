@@ -4,6 +4,7 @@
 //! `replay apply` refuses to start or stops publishing. All SQL on that
 //! table lives here.
 
+use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
@@ -19,13 +20,16 @@ pub struct Pause {
 }
 
 /// The pause in force, if any.
-pub async fn current(pool: &PgPool) -> Result<Option<Pause>, sqlx::Error> {
-    sqlx::query_as("SELECT paused_at, operator, reason FROM replay_control.pause").fetch_optional(pool).await
+pub async fn current(pool: &PgPool) -> Result<Option<Pause>, StoreError> {
+    sqlx::query_as("SELECT paused_at, operator, reason FROM replay_control.pause")
+        .fetch_optional(pool)
+        .await
+        .map_err(failed("read the pause"))
 }
 
 /// Pauses, inside the caller's transaction; returns the new pause, or `None`
 /// if one was already in force (it is left as it was).
-pub async fn set(conn: &mut PgConnection, operator: &str, reason: &str) -> Result<Option<Pause>, sqlx::Error> {
+pub async fn set(conn: &mut PgConnection, operator: &str, reason: &str) -> Result<Option<Pause>, StoreError> {
     sqlx::query_as(
         "INSERT INTO replay_control.pause (operator, reason) VALUES ($1, $2)
          ON CONFLICT (singleton) DO NOTHING
@@ -35,10 +39,14 @@ pub async fn set(conn: &mut PgConnection, operator: &str, reason: &str) -> Resul
     .bind(reason)
     .fetch_optional(conn)
     .await
+    .map_err(failed("set the pause"))
 }
 
 /// Lifts the pause, inside the caller's transaction; returns the pause it
 /// lifted, or `None` if there was none.
-pub async fn lift(conn: &mut PgConnection) -> Result<Option<Pause>, sqlx::Error> {
-    sqlx::query_as("DELETE FROM replay_control.pause RETURNING paused_at, operator, reason").fetch_optional(conn).await
+pub async fn lift(conn: &mut PgConnection) -> Result<Option<Pause>, StoreError> {
+    sqlx::query_as("DELETE FROM replay_control.pause RETURNING paused_at, operator, reason")
+        .fetch_optional(conn)
+        .await
+        .map_err(failed("lift the pause"))
 }

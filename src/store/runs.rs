@@ -4,6 +4,7 @@
 //! Also the lock that lets one apply or emergency stop run at a time. All SQL
 //! on that table lives here.
 
+use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -47,12 +48,13 @@ pub struct ControlLock {
 
 /// Takes the control lock, or returns `None` if another apply or emergency
 /// stop holds it.
-pub async fn try_lock(pool: &PgPool) -> Result<Option<ControlLock>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
+pub async fn try_lock(pool: &PgPool) -> Result<Option<ControlLock>, StoreError> {
+    let mut conn = pool.acquire().await.map_err(failed("take the control lock"))?;
     let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
         .bind(CONTROL_LOCK)
         .fetch_one(&mut *conn)
-        .await?;
+        .await
+        .map_err(failed("take the control lock"))?;
     if taken {
         // Never hand a connection holding the lock back to the pool.
         conn.close_on_drop();
@@ -62,15 +64,16 @@ pub async fn try_lock(pool: &PgPool) -> Result<Option<ControlLock>, sqlx::Error>
     }
 }
 
-pub async fn find(pool: &PgPool, plan_id: Uuid) -> Result<Option<ReplayRun>, sqlx::Error> {
+pub async fn find(pool: &PgPool, plan_id: Uuid) -> Result<Option<ReplayRun>, StoreError> {
     sqlx::query_as("SELECT * FROM replay_control.replay_runs WHERE plan_id = $1")
         .bind(plan_id)
         .fetch_optional(pool)
         .await
+        .map_err(failed("read a replay run"))
 }
 
 /// Records a run inside the apply transaction.
-pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), sqlx::Error> {
+pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO replay_control.replay_runs (plan_id, digest, operator, backup_path, audit_id, events)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -82,34 +85,38 @@ pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), sqlx
     .bind(run.audit_id)
     .bind(run.events)
     .execute(conn)
-    .await?;
+    .await
+    .map_err(failed("record a replay run"))?;
     Ok(())
 }
 
 /// Records that the first `published` events are confirmed by the broker.
-pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(), sqlx::Error> {
+pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE replay_control.replay_runs SET published = $2 WHERE plan_id = $1")
         .bind(plan_id)
         .bind(published)
         .execute(pool)
-        .await?;
+        .await
+        .map_err(failed("record republish progress"))?;
     Ok(())
 }
 
 /// Marks a run stopped by an emergency stop: it is never resumed.
-pub async fn stop(pool: &PgPool, plan_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn stop(pool: &PgPool, plan_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("UPDATE replay_control.replay_runs SET state = 'stopped', finished_at = now() WHERE plan_id = $1")
         .bind(plan_id)
         .execute(pool)
-        .await?;
+        .await
+        .map_err(failed("mark a replay run stopped"))?;
     Ok(())
 }
 
 /// Marks the run done.
-pub async fn finish(pool: &PgPool, plan_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn finish(pool: &PgPool, plan_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("UPDATE replay_control.replay_runs SET state = 'done', finished_at = now() WHERE plan_id = $1")
         .bind(plan_id)
         .execute(pool)
-        .await?;
+        .await
+        .map_err(failed("mark a replay run done"))?;
     Ok(())
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use super::pipeline::is_connection_loss;
 use super::{pause, pausing, Lead};
 use crate::config::SecretUrl;
 use crate::store::ledger;
@@ -78,8 +77,8 @@ async fn claim_and_apply(lead: &Lead<'_>) -> Claimed {
     // A database that stopped answering fails the claim instead of holding the claimer.
     let claimed = match tokio::time::timeout(config.batch_timeout, claim).await {
         Ok(Ok(claimed)) => claimed,
-        Ok(Err(ledger::LedgerError::Query { source, .. })) if is_connection_loss(&source) => {
-            lead.lose(&source);
+        Ok(Err(e)) if e.is_connection_loss() => {
+            lead.lose(&e.source);
             return Claimed::Lost;
         }
         Ok(Err(e)) => {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::pause;
 use crate::config::Endpoints;
 use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::{failed, StoreError};
 use crate::wire::envelope::Received;
 use crate::wire::transport::{self, TransportError};
 
@@ -79,11 +80,8 @@ async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &CancellationToke
     result
 }
 
-async fn store(pool: &PgPool, letter: &DeadLetter) -> Result<(), crate::store::ledger::LedgerError> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|source| crate::store::ledger::LedgerError::Query { op: "store dead letters", source })?;
+async fn store(pool: &PgPool, letter: &DeadLetter) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await.map_err(failed("store dead letters"))?;
     dead_letters::insert(&mut conn, std::slice::from_ref(letter)).await
 }
 

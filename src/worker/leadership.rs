@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::ledger;
+use crate::store::{failed, leaders, ledger, StoreError};
 
 /// How often a standby tries the lock.
 const TRY_EVERY: Duration = Duration::from_millis(250);
@@ -38,14 +38,8 @@ pub struct Leadership {
 /// Failures of the leadership session.
 #[derive(Debug, thiserror::Error)]
 pub enum LeadershipError {
-    #[error("partition leadership query failed ({op}): {source}")]
-    Query { op: &'static str, source: sqlx::Error },
     #[error(transparent)]
-    Ledger(#[from] ledger::LedgerError),
-}
-
-fn query_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> LeadershipError {
-    move |source| LeadershipError::Query { op, source }
+    Store(#[from] StoreError),
 }
 
 /// Waits as a hot standby until this worker leads `partition`, or shutdown
@@ -81,7 +75,7 @@ async fn try_acquire(
     shutdown: &CancellationToken,
 ) -> Result<Option<Leadership>, LeadershipError> {
     let mut session =
-        PgConnection::connect_with(&pool.connect_options()).await.map_err(query_error("open the leader session"))?;
+        PgConnection::connect_with(&pool.connect_options()).await.map_err(failed("open the leader session"))?;
     // A transaction left open by a leader that stopped talking (frozen,
     // partitioned away) is ended by the server, which frees the lock; the
     // keepalives find a peer that vanished without closing its socket.
@@ -95,10 +89,10 @@ async fn try_acquire(
         sqlx::query(sqlx::AssertSqlSafe(setting))
             .execute(&mut session)
             .await
-            .map_err(query_error("configure the leader session"))?;
+            .map_err(failed("configure the leader session"))?;
     }
     let backend_pid: i32 =
-        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut session).await.map_err(query_error("read pid"))?;
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut session).await.map_err(failed("read pid"))?;
     let mut announced = false;
     loop {
         let took: bool =
@@ -106,7 +100,7 @@ async fn try_acquire(
                 .bind(partition)
                 .fetch_one(&mut session)
                 .await
-                .map_err(query_error("try the partition lock"))?;
+                .map_err(failed("try the partition lock"))?;
         if took {
             break;
         }
@@ -122,17 +116,7 @@ async fn try_acquire(
             () = tokio::time::sleep(TRY_EVERY) => {}
         }
     }
-    let epoch: i64 = sqlx::query_scalar(
-        "INSERT INTO replay_control.partition_leaders (partition, worker_id, epoch) VALUES ($1, $2, 1)
-         ON CONFLICT (partition) DO UPDATE
-            SET worker_id = EXCLUDED.worker_id, epoch = partition_leaders.epoch + 1, since = now()
-         RETURNING epoch",
-    )
-    .bind(partition)
-    .bind(worker)
-    .fetch_one(&mut session)
-    .await
-    .map_err(query_error("record the partition leader"))?;
+    let epoch = leaders::record(&mut session, partition, worker).await?;
     let expired = ledger::expire_leases(&mut session).await?;
     tracing::info!(partition, epoch, leases_taken_back = expired, "leading the partition");
     let session = tokio::sync::Mutex::new(session);
@@ -159,20 +143,4 @@ impl Leadership {
             tracing::info!(partition, "gave up the partition");
         }
     }
-}
-
-/// Who leads a partition, as operators read it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
-pub struct PartitionLeader {
-    pub partition: String,
-    pub worker_id: String,
-    pub epoch: i64,
-    pub since: chrono::DateTime<chrono::Utc>,
-}
-
-/// The last recorded leader of every partition.
-pub async fn leaders(pool: &PgPool) -> Result<Vec<PartitionLeader>, sqlx::Error> {
-    sqlx::query_as("SELECT partition, worker_id, epoch, since FROM replay_control.partition_leaders ORDER BY partition")
-        .fetch_all(pool)
-        .await
 }

@@ -25,7 +25,8 @@ use sqlx::{Acquire, PgConnection};
 
 use crate::handlers::{HandlerError, Outcomes, Registry};
 use crate::store::dead_letters::{self, DeadLetter};
-use crate::store::ledger::{self, Admission, Blocker, Claimed, LedgerError, Settled, Settlement};
+use crate::store::ledger::{self, Admission, Blocker, Claimed, Settled, Settlement};
+use crate::store::{is_connection_loss, StoreError};
 use crate::wire::envelope::Event;
 use crate::worker::RetryPolicy;
 
@@ -75,7 +76,7 @@ impl Tally {
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Store(#[from] StoreError),
     #[error("database transaction failed: {0}")]
     Transaction(#[from] sqlx::Error),
     /// A handler statement failed with no savepoint to return to; the batch
@@ -97,22 +98,10 @@ impl BatchError {
     pub fn lost_connection(&self) -> bool {
         match self {
             Self::TimedOut(_) => true,
-            Self::Transaction(e) | Self::Unisolated(e) | Self::Ledger(LedgerError::Query { source: e, .. }) => {
-                is_connection_loss(e)
-            }
+            Self::Transaction(e) | Self::Unisolated(e) => is_connection_loss(e),
+            Self::Store(e) => e.is_connection_loss(),
             Self::Resequence(_) => false,
         }
-    }
-}
-
-/// An error after which a session cannot be used again.
-pub fn is_connection_loss(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
-        // The server ended the session (terminated, shut down, or an idle
-        // transaction timed out): class 57P and 08.
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
-        _ => false,
     }
 }
 
