@@ -11,22 +11,9 @@ use serde_json::json;
 
 use crate::cli::DlqCommand;
 use crate::config::Endpoints;
+use crate::control::resolve::{self, Entry};
 use crate::exit::UsageError;
-use crate::store::audit::{self, AuditEntry};
 use crate::{store::database, store::dead_letters, store::ledger};
-
-/// An entry's id: a dead letter's `dl-N`, or an event id.
-enum Entry {
-    Letter(i64),
-    Event(String),
-}
-
-fn entry(id: &str) -> Entry {
-    match id.strip_prefix("dl-").and_then(|n| n.parse().ok()) {
-        Some(n) => Entry::Letter(n),
-        None => Entry::Event(id.to_string()),
-    }
-}
 
 fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -84,7 +71,7 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
                 println!("next: fix the cause, then `replay plan --status error --reason ...` to reprocess them");
             }
         }
-        DlqCommand::Show { id, json } => match entry(&id) {
+        DlqCommand::Show { id, json } => match Entry::parse(&id) {
             Entry::Letter(n) => {
                 let letter = dead_letters::find(&pool, n)
                     .await?
@@ -114,8 +101,8 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
                 .iter()
                 .map(|r| ("failed event", r))
                 .chain(letters.iter().map(|r| ("unreadable message", r)))
-                .map(|(kind, (what, why, count, first, last))| {
-                    json!({"kind": kind, "type": what, "error": why, "count": count, "first_seen": first, "last_seen": last})
+                .map(|(kind, g)| {
+                    json!({"kind": kind, "type": g.what, "error": g.why, "count": g.count, "first_seen": g.first_seen, "last_seen": g.last_seen})
                 })
                 .collect();
             if json {
@@ -124,16 +111,16 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
             }
             let mut table = Table::new();
             table.set_header(["kind", "type / routing key", "error / reason", "count", "first seen", "last seen"]);
-            for (kind, (what, why, count, first, last)) in
+            for (kind, g) in
                 failed.iter().map(|r| ("failed event", r)).chain(letters.iter().map(|r| ("unreadable message", r)))
             {
                 table.add_row([
                     kind.to_string(),
-                    what.clone(),
-                    why.clone(),
-                    count.to_string(),
-                    time(*first),
-                    time(*last),
+                    g.what.clone(),
+                    g.why.clone(),
+                    g.count.to_string(),
+                    time(g.first_seen),
+                    time(g.last_seen),
                 ]);
             }
             println!("{table}");
@@ -143,23 +130,12 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> anyhow::Result<E
             if note.trim().is_empty() {
                 return Err(UsageError("--note is empty: say what was done about it".into()).into());
             }
-            let mut tx = pool.begin().await?;
-            let resolved = match entry(&id) {
-                Entry::Letter(n) => dead_letters::resolve(&mut tx, n, &note).await?,
-                Entry::Event(event_id) => ledger::resolve_error(&mut tx, &event_id, &note).await?,
-            };
-            if !resolved {
+            let operator = operator.unwrap_or_else(super::os_user);
+            if !resolve::resolve(&pool, &Entry::parse(&id), &id, &note, &operator).await? {
                 return Err(
                     UsageError(format!("{id} is not an unresolved DLQ entry: `replay dlq list` shows them")).into()
                 );
             }
-            let entry = AuditEntry {
-                operator: operator.unwrap_or_else(super::os_user),
-                action: "dlq.resolve".into(),
-                details: json!({"id": id, "note": note}),
-            };
-            audit::append(&mut tx, &entry).await?;
-            tx.commit().await?;
             if json {
                 println!("{}", json!({"id": id, "resolved": true, "note": note}));
             } else {

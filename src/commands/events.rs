@@ -8,7 +8,7 @@ use comfy_table::Table;
 use crate::cli::{EventsCommand, EventsListArgs};
 use crate::config::Endpoints;
 use crate::exit::UsageError;
-use crate::replay::selector::{PayloadField, Selector};
+use crate::replay::selector::{parse_statuses, PayloadField, Selector};
 use crate::{store::database, store::ledger};
 
 pub async fn run(endpoints: &Endpoints, command: EventsCommand) -> anyhow::Result<ExitCode> {
@@ -30,7 +30,7 @@ async fn list(endpoints: &Endpoints, args: EventsListArgs) -> anyhow::Result<Exi
     };
     let selector = Selector {
         event_types: args.event_types.clone(),
-        statuses: args.statuses.clone(),
+        statuses: parse_statuses(&args.statuses).map_err(usage)?,
         payload: args.payload.iter().map(|p| PayloadField::parse(p)).collect::<Result<_, _>>().map_err(usage)?,
         limit: Some(args.limit),
         received_from,
@@ -50,7 +50,7 @@ async fn list(endpoints: &Endpoints, args: EventsListArgs) -> anyhow::Result<Exi
         table.add_row([
             row.event_id.clone(),
             row.event_type.clone(),
-            row.status.clone(),
+            row.status.to_string(),
             row.retry_count.to_string(),
             row.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             row.processed_at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::cli::{LedgerCommand, PruneArgs};
 use crate::config::Endpoints;
-use crate::store::audit::{self, AuditEntry};
+use crate::control::prune::{self, Prune};
 use crate::{store::database, store::ledger};
 
 pub async fn run(endpoints: &Endpoints, command: LedgerCommand) -> anyhow::Result<ExitCode> {
@@ -36,24 +36,10 @@ async fn prune(endpoints: &Endpoints, args: PruneArgs) -> anyhow::Result<ExitCod
             "pass --yes to prune",
         )?;
     }
-    let mut deleted = 0u64;
-    loop {
-        // One short transaction per batch: no lock is held for long.
-        let n = ledger::prune_batch(&pool, before, args.batch).await?;
-        deleted += n;
-        if n < args.batch as u64 {
-            break;
-        }
-    }
     let operator = args.operator.clone().unwrap_or_else(super::os_user);
-    let mut tx = pool.begin().await?;
-    let entry = AuditEntry {
-        operator,
-        action: "ledger.prune".into(),
-        details: json!({"deleted": deleted, "processed_before": before, "older_than": humantime::format_duration(args.older_than).to_string()}),
-    };
-    audit::append(&mut tx, &entry).await?;
-    tx.commit().await?;
+    let older_than = humantime::format_duration(args.older_than).to_string();
+    let deleted =
+        prune::run(&pool, &Prune { operator: &operator, before, older_than: &older_than, batch: args.batch }).await?;
     if args.json {
         println!("{}", json!({"deleted": deleted, "before": before}));
     } else {

@@ -11,7 +11,7 @@ use crate::config::Endpoints;
 use crate::exit::{Refused, UsageError};
 use crate::handlers::Registry;
 use crate::replay::plan::{Header, PlanWriter, RowRef, SealedPlan, Trigger, WorkflowPlan};
-use crate::replay::selector::{parse_time, Bound, PayloadField, Selector, TimeRange};
+use crate::replay::selector::{parse_statuses, parse_time, Bound, PayloadField, Selector, TimeRange};
 use crate::replay::workflows::{self, Params, WorkflowError};
 use crate::{store::database, store::ledger};
 
@@ -158,7 +158,7 @@ fn selector_from(args: &PlanArgs) -> Result<Option<Selector>, crate::replay::sel
             from: time("--processed-from", &args.processed_from, Bound::From)?,
             to: time("--processed-to", &args.processed_to, Bound::To)?,
         },
-        statuses: args.statuses.clone(),
+        statuses: parse_statuses(&args.statuses)?,
         payload: args.payload.iter().map(|p| PayloadField::parse(p)).collect::<Result<_, _>>()?,
         limit: args.limit,
         received_from: None,

@@ -13,7 +13,8 @@ use sqlx::PgPool;
 use crate::cli::StatusArgs;
 use crate::config::Endpoints;
 use crate::replay::plan::SealedPlan;
-use crate::{store::database, store::ledger, store::pause, store::runs, wire::transport};
+use crate::store::ledger::{self, Status};
+use crate::{store::database, store::pause, store::runs, wire::transport};
 
 pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 2).await?;
@@ -50,12 +51,15 @@ pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<Exit
 async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_json::Value, bool)> {
     let plan_id = plan.header.plan_id;
     let run = runs::find(pool, plan_id).await?;
-    let by_status: BTreeMap<String, i64> = ledger::plan_progress(pool, plan_id).await?.into_iter().collect();
+    let progress = ledger::plan_progress(pool, plan_id).await?;
     let failures = ledger::plan_failures(pool, plan_id).await?;
     let in_outbox = crate::store::outbox::count_for_plan(pool, &plan_id.to_string()).await?;
     let events = plan.events() as i64;
-    let done = by_status.get("processed").copied().unwrap_or(0) + by_status.get("skipped").copied().unwrap_or(0);
-    let open: i64 = ["waiting", "pending", "processing"].iter().filter_map(|s| by_status.get(*s)).sum();
+    let (done, open) = (progress.done(), progress.open());
+    let mut by_status: BTreeMap<&str, i64> = progress.by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    if progress.waiting > 0 {
+        by_status.insert("waiting", progress.waiting);
+    }
     let (rate, eta) = match &run {
         Some(run) => {
             let elapsed =
@@ -77,15 +81,16 @@ async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_
         "by_status": by_status,
         "rate_per_second": rate,
         "eta_seconds": eta,
-        "failures": failures.iter().map(|(status, error, count)| json!({"status": status, "error": error, "count": count})).collect::<Vec<_>>(),
+        "failures": failures,
     });
-    Ok((report, run.is_some() && open == 0 && state != "publishing"))
+    let republished = run.as_ref().is_some_and(|r| r.state != runs::RunState::Publishing);
+    Ok((report, republished && open == 0))
 }
 
 async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<serde_json::Value> {
-    let mut by_type: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (event_type, status, count) in ledger::count_by_type_and_status(pool).await? {
-        by_type.entry(event_type).or_default().insert(status, count);
+    let mut by_type: BTreeMap<String, BTreeMap<Status, i64>> = BTreeMap::new();
+    for row in ledger::count_by_type_and_status(pool).await? {
+        by_type.entry(row.event_type).or_default().insert(row.status, row.count);
     }
     let paused = pause::current(pool).await?;
     let queue = match queue_depth(endpoints).await {
@@ -156,11 +161,11 @@ fn human(report: &serde_json::Value) -> String {
         return out;
     }
     let mut table = Table::new();
-    table.set_header(["event type", "pending", "processing", "processed", "error", "skipped"]);
+    table.set_header(std::iter::once("event type").chain(Status::ALL.map(Status::as_str)));
     for (event_type, statuses) in report["ledger"].as_object().into_iter().flatten() {
         let mut row = vec![event_type.clone()];
-        for status in ["pending", "processing", "processed", "error", "skipped"] {
-            row.push(statuses.get(status).map_or("0".to_string(), |c| c.to_string()));
+        for status in Status::ALL {
+            row.push(statuses.get(status.as_str()).map_or("0".to_string(), |c| c.to_string()));
         }
         table.add_row(row);
     }

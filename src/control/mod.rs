@@ -1,7 +1,12 @@
-//! The operator's brakes and safety net: pausing and resuming every worker
-//! (`pause`), the emergency stop (`emergency`) and the backups both apply and
-//! the emergency stop rely on (`backup`).
+//! What operators do to a running system, each action audited in the
+//! transaction of the change it describes: pausing and resuming every
+//! worker (`pause`), the emergency stop (`emergency`) and the backups both
+//! apply and the emergency stop rely on (`backup`), pruning the ledger
+//! (`prune`) and resolving DLQ entries (`resolve`). Commands call these;
+//! they open no transaction of their own.
 
 pub mod backup;
 pub mod emergency;
 pub mod pause;
+pub mod prune;
+pub mod resolve;

@@ -9,8 +9,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Ledger statuses an operator may select on.
-pub const STATUSES: [&str; 5] = ["pending", "processing", "processed", "error", "skipped"];
+use crate::store::ledger::Status;
 
 /// Why a selector is not usable; nothing was read or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +72,7 @@ pub struct Selector {
     pub occurred: TimeRange,
     /// When it was processed (`processed_at`), as the runbook's queries select.
     pub processed: TimeRange,
-    pub statuses: Vec<String>,
+    pub statuses: Vec<Status>,
     pub payload: Vec<PayloadField>,
     pub limit: Option<i64>,
     /// Rows the ledger received at or after this time (`events list --since`).
@@ -82,8 +81,8 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// Checks what a parser cannot: ranges the right way round, known
-    /// statuses, a positive limit.
+    /// Checks what a parser cannot: ranges the right way round, a positive
+    /// limit. (Statuses are checked as they are read: [`parse_statuses`].)
     pub fn validate(&self) -> Result<(), SelectorError> {
         for (range, from_flag, to_flag) in
             [(&self.occurred, "--from", "--to"), (&self.processed, "--processed-from", "--processed-to")]
@@ -94,14 +93,16 @@ impl Selector {
                 }
             }
         }
-        if let Some(bad) = self.statuses.iter().find(|s| !STATUSES.contains(&s.as_str())) {
-            return Err(SelectorError::BadStatus(bad.clone()));
-        }
         if self.limit.is_some_and(|l| l < 1) {
             return Err(SelectorError::BadLimit);
         }
         Ok(())
     }
+}
+
+/// Reads `--status` values by name.
+pub fn parse_statuses(names: &[String]) -> Result<Vec<Status>, SelectorError> {
+    names.iter().map(|name| Status::parse(name).ok_or_else(|| SelectorError::BadStatus(name.clone()))).collect()
 }
 
 /// Which end of a range a time bounds: a plain date means the start of that
@@ -154,8 +155,8 @@ mod tests {
             ..Selector::default()
         };
         assert!(matches!(inverted.validate(), Err(SelectorError::Inverted { from_flag: "--from", .. })));
-        let status = Selector { statuses: vec!["failed".into()], ..Selector::default() };
-        assert_eq!(status.validate(), Err(SelectorError::BadStatus("failed".into())));
+        assert_eq!(parse_statuses(&["failed".into()]), Err(SelectorError::BadStatus("failed".into())));
+        assert_eq!(parse_statuses(&["error".into(), "pending".into()]), Ok(vec![Status::Error, Status::Pending]));
         assert_eq!(Selector { limit: Some(0), ..Selector::default() }.validate(), Err(SelectorError::BadLimit));
         assert!(Selector::default().validate().is_ok());
     }

@@ -93,14 +93,11 @@ pub async fn find(pool: &PgPool, id: i64) -> Result<Option<StoredLetter>, StoreE
         .map_err(failed("read a dead letter"))
 }
 
-/// Unresolved dead letters since `since`, grouped by routing key and reason:
-/// `(routing key, reason, count, first, last)`.
-pub async fn report(
-    pool: &PgPool,
-    since: DateTime<Utc>,
-) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, StoreError> {
+/// Unresolved dead letters since `since`, grouped by routing key and reason.
+pub async fn report(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<super::ReportGroup>, StoreError> {
     sqlx::query_as(
-        "SELECT routing_key, reason, count(*), min(received_at), max(received_at) FROM dead_letters
+        "SELECT routing_key AS what, reason AS why, count(*) AS count,
+                min(received_at) AS first_seen, max(received_at) AS last_seen FROM dead_letters
           WHERE resolved_at IS NULL AND received_at >= $1 GROUP BY 1, 2 ORDER BY 3 DESC, 1",
     )
     .bind(since)

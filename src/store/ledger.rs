@@ -17,12 +17,53 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use crate::replay::selector::Selector;
 use crate::wire::envelope::{Event, Rejection};
 
+/// A ledger row's status, stored as its lowercase name (the table's CHECK
+/// constraint lists the same five).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, serde::Serialize, serde::Deserialize,
+)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Processing,
+    Processed,
+    Error,
+    Skipped,
+}
+
+impl Status {
+    /// Every status, in the order a row moves through them.
+    pub const ALL: [Status; 5] = [Self::Pending, Self::Processing, Self::Processed, Self::Error, Self::Skipped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Processed => "processed",
+            Self::Error => "error",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Reads a status by its name, as an operator types it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A new event as it enters the ledger, with the status it starts in.
 pub struct Admission<'a> {
     pub event: &'a Event,
     /// `processed` when a handler will apply it in the same transaction (a
     /// failure rewrites it before commit), `skipped` when none exists.
-    pub status: &'static str,
+    pub status: Status,
     pub note: Option<String>,
 }
 
@@ -122,7 +163,7 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
         types.push(row.event.event_type.as_str());
         payloads.push(row.event.payload_json.as_str());
         times.push(row.event.occurred_at);
-        statuses.push(row.status);
+        statuses.push(row.status.as_str());
         notes.push(row.note.as_deref());
     }
     sqlx::query_as(
@@ -245,27 +286,29 @@ pub async fn settle(conn: &mut PgConnection, settled: &[Settled]) -> Result<(), 
     for Settled { row_id, settlement, sequence_key } in settled {
         ids.push(*row_id);
         let (status, error, at, is_failure, state, held_behind) = match settlement {
-            Settlement::Processed => ("processed", None, None, false, None, None),
-            Settlement::Skipped { reason } => ("skipped", Some(reason.as_str()), None, false, None, None),
+            Settlement::Processed => (Status::Processed, None, None, false, None, None),
+            Settlement::Skipped { reason } => (Status::Skipped, Some(reason.as_str()), None, false, None, None),
             Settlement::Retry { error, retry_at, waiting } => {
                 let state = if *waiting { SequenceState::Waiting } else { SequenceState::Blocking };
-                ("pending", Some(error.as_str()), Some(*retry_at), true, Some(state), None)
+                (Status::Pending, Some(error.as_str()), Some(*retry_at), true, Some(state), None)
             }
             Settlement::Held { reason, until } => {
-                ("pending", Some(reason.as_str()), Some(*until), false, Some(SequenceState::Waiting), None)
+                (Status::Pending, Some(reason.as_str()), Some(*until), false, Some(SequenceState::Waiting), None)
             }
             Settlement::HeldBehind { behind, reason } => {
-                ("pending", Some(reason.as_str()), Some(never()), false, Some(SequenceState::Held), Some(*behind))
+                (Status::Pending, Some(reason.as_str()), Some(never()), false, Some(SequenceState::Held), Some(*behind))
             }
-            Settlement::Failed { error, waiting: true } => ("error", Some(error.as_str()), None, true, None, None),
+            Settlement::Failed { error, waiting: true } => {
+                (Status::Error, Some(error.as_str()), None, true, None, None)
+            }
             Settlement::Failed { error, waiting: false } => {
-                ("error", Some(error.as_str()), None, true, Some(SequenceState::Blocking), None)
+                (Status::Error, Some(error.as_str()), None, true, Some(SequenceState::Blocking), None)
             }
         };
         if state.is_none() {
             applied.push(*row_id);
         }
-        statuses.push(status);
+        statuses.push(status.as_str());
         errors.push(error);
         retry_at.push(at);
         failures.push(is_failure);
@@ -400,7 +443,7 @@ pub struct LedgerRow {
     pub event_type: String,
     pub payload: Value,
     pub occurred_at: DateTime<Utc>,
-    pub status: String,
+    pub status: Status,
     pub retry_count: i32,
     pub error_message: Option<String>,
     pub processed_at: Option<DateTime<Utc>>,
@@ -448,7 +491,8 @@ fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryB
         }
     }
     if !selector.statuses.is_empty() {
-        query.push(" AND status = ANY(").push_bind(&selector.statuses).push(")");
+        let statuses: Vec<&str> = selector.statuses.iter().map(|s| s.as_str()).collect();
+        query.push(" AND status = ANY(").push_bind(statuses).push(")");
     }
     if let Some(from) = selector.received_from {
         query.push(" AND received_at >= ").push_bind(from);
@@ -704,27 +748,62 @@ pub async fn history(pool: &PgPool, event_id: &str) -> Result<Vec<ReplayHistory>
     .map_err(failed("read replay history"))
 }
 
-/// Where a plan's rows stand now: counts by status, `waiting` for rows still
-/// parked for the plan (their message not yet consumed).
-pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, i64)>, StoreError> {
-    sqlx::query_as(
-        "SELECT CASE WHEN p.status = 'pending' AND p.replay_plan = $1 THEN 'waiting' ELSE p.status END,
-                count(*)
+/// Where a plan's rows stand now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanProgress {
+    /// Rows still parked for the plan: pending, their message not yet consumed.
+    pub waiting: i64,
+    /// Every other row of the plan, by status.
+    pub by_status: std::collections::BTreeMap<Status, i64>,
+}
+
+impl PlanProgress {
+    /// Rows settled for good: processed or skipped.
+    pub fn done(&self) -> i64 {
+        [Status::Processed, Status::Skipped].iter().filter_map(|s| self.by_status.get(s)).sum()
+    }
+
+    /// Rows still to be applied: waiting, pending or processing.
+    pub fn open(&self) -> i64 {
+        self.waiting + [Status::Pending, Status::Processing].iter().filter_map(|s| self.by_status.get(s)).sum::<i64>()
+    }
+}
+
+pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<PlanProgress, StoreError> {
+    let rows: Vec<(Status, bool, i64)> = sqlx::query_as(
+        "SELECT p.status, p.status = 'pending' AND p.replay_plan IS NOT DISTINCT FROM $1, count(*)
            FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
           WHERE h.plan_id = $1
-          GROUP BY 1 ORDER BY 1",
+          GROUP BY 1, 2",
     )
     .bind(plan_id)
     .fetch_all(pool)
     .await
-    .map_err(failed("count a plan's rows by status"))
+    .map_err(failed("count a plan's rows by status"))?;
+    let mut progress = PlanProgress::default();
+    for (status, waiting, count) in rows {
+        if waiting {
+            progress.waiting += count;
+        } else {
+            *progress.by_status.entry(status).or_default() += count;
+        }
+    }
+    Ok(progress)
+}
+
+/// Rows of a plan that failed again (or are retrying) with one message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct FailureGroup {
+    pub status: Status,
+    pub error: String,
+    pub count: i64,
 }
 
 /// Errors among a plan's rows since its reset (failed again, or retrying),
 /// grouped by message, most frequent first.
-pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(String, String, i64)>, StoreError> {
+pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<FailureGroup>, StoreError> {
     sqlx::query_as(
-        "SELECT p.status, p.error_message, count(*)
+        "SELECT p.status, p.error_message AS error, count(*) AS count
            FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
           WHERE h.plan_id = $1 AND p.error_message IS NOT NULL AND p.status IN ('error', 'pending')
           GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
@@ -735,9 +814,17 @@ pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<(St
     .map_err(failed("group a plan's failures"))
 }
 
+/// How many rows of one type are in one status.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TypeCount {
+    pub event_type: String,
+    pub status: Status,
+    pub count: i64,
+}
+
 /// Counts rows by type and status, for `replay status`.
-pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<(String, String, i64)>, StoreError> {
-    sqlx::query_as("SELECT event_type, status, count(*) FROM processed_events GROUP BY 1, 2 ORDER BY 1, 2")
+pub async fn count_by_type_and_status(pool: &PgPool) -> Result<Vec<TypeCount>, StoreError> {
+    sqlx::query_as("SELECT event_type, status, count(*) AS count FROM processed_events GROUP BY 1, 2 ORDER BY 1, 2")
         .fetch_all(pool)
         .await
         .map_err(failed("count rows by type and status"))
@@ -773,14 +860,11 @@ pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(failed("count failed events"))
 }
 
-/// Unresolved failures since `since`, grouped by type and error:
-/// `(type, error, count, first, last)`.
-pub async fn error_report(
-    pool: &PgPool,
-    since: DateTime<Utc>,
-) -> Result<Vec<(String, String, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)>, StoreError> {
+/// Unresolved failures since `since`, grouped by type and error.
+pub async fn error_report(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<super::ReportGroup>, StoreError> {
     sqlx::query_as(
-        "SELECT event_type, coalesce(error_message, ''), count(*), min(processed_at), max(processed_at)
+        "SELECT event_type AS what, coalesce(error_message, '') AS why, count(*) AS count,
+                min(processed_at) AS first_seen, max(processed_at) AS last_seen
            FROM processed_events
           WHERE status = 'error' AND resolved_at IS NULL AND processed_at >= $1
           GROUP BY 1, 2 ORDER BY 3 DESC, 1",
@@ -858,8 +942,9 @@ pub async fn count_prunable(pool: &PgPool, before: DateTime<Utc>) -> Result<i64,
 
 /// Deletes up to `batch` processed rows processed before `before` (never a
 /// row in another status) and returns how many it deleted. Rows locked by
-/// someone else are skipped, not waited for.
-pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Result<u64, StoreError> {
+/// someone else are skipped, not waited for. Runs in the caller's transaction,
+/// so the audit entry describing the batch commits with it.
+pub async fn prune_batch(conn: &mut PgConnection, before: DateTime<Utc>, batch: i64) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM processed_events WHERE id IN (
              SELECT id FROM processed_events
@@ -869,20 +954,30 @@ pub async fn prune_batch(pool: &PgPool, before: DateTime<Utc>, batch: i64) -> Re
     )
     .bind(before)
     .bind(batch)
-    .execute(pool)
+    .execute(conn)
     .await
     .map_err(failed("prune processed rows"))?;
     Ok(done.rows_affected())
 }
 
-/// `(last processed at, consumer lag in seconds, rows waiting for a replay)`:
-/// lag is how long the oldest due pending row has waited.
-pub async fn activity(pool: &PgPool) -> Result<(Option<DateTime<Utc>>, Option<f64>, i64), StoreError> {
+/// How the ledger is moving, for health and metrics.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Activity {
+    /// When a row was last processed (`None` on an empty ledger).
+    pub last_processed_at: Option<DateTime<Utc>>,
+    /// How long the oldest due pending row has waited (`None` when none is due).
+    pub consumer_lag_seconds: Option<f64>,
+    /// Rows a replay reset that still wait for their message.
+    pub replay_rows_waiting: i64,
+}
+
+pub async fn activity(pool: &PgPool) -> Result<Activity, StoreError> {
     sqlx::query_as(
-        "SELECT (SELECT max(processed_at) FROM processed_events WHERE processed_at IS NOT NULL),
+        "SELECT (SELECT max(processed_at) FROM processed_events WHERE processed_at IS NOT NULL) AS last_processed_at,
                 (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8 FROM processed_events
-                  WHERE status = 'pending' AND next_attempt_at <= now()),
-                (SELECT count(*) FROM processed_events WHERE status = 'pending' AND replay_plan IS NOT NULL)",
+                  WHERE status = 'pending' AND next_attempt_at <= now()) AS consumer_lag_seconds,
+                (SELECT count(*) FROM processed_events WHERE status = 'pending' AND replay_plan IS NOT NULL)
+                  AS replay_rows_waiting",
     )
     .fetch_one(pool)
     .await

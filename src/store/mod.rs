@@ -12,6 +12,20 @@ pub mod outbox;
 pub mod pause;
 pub mod runs;
 
+/// Unresolved DLQ entries of one kind and cause over a time window, as
+/// `replay dlq report` shows them: failed events by type and error, dead
+/// letters by routing key and reason.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct ReportGroup {
+    /// The event type, or the dead letter's routing key.
+    pub what: String,
+    /// The error, or the broker's reason.
+    pub why: String,
+    pub count: i64,
+    pub first_seen: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A statement of the store failed: the operation it was part of, named for
 /// the operator, and the driver's error. Every module of the store returns
 /// this one type, so callers match one shape (connection lost or not).

@@ -108,14 +108,13 @@ async fn inspect_on(connection: &Connection, queue: &str) -> Result<Inspection, 
         Some((messages, consumers)) => {
             let channel = transport::channel(connection).await?;
             let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-            match channel.queue_declare(queue.into(), durable, transport::partition_arguments(queue)).await {
+            let declare = channel.queue_declare(queue.into(), durable, transport::partition_arguments(queue));
+            match transport::answer(format!("compare queue '{queue}'"), declare).await {
                 Ok(_) => QueueState::AsWanted { messages, consumers },
-                Err(e) if transport::protocol_code(&e) == Some(406) => {
-                    QueueState::Different { messages, consumers, broker_says: e.to_string() }
+                Err(TransportError::Broker { source, .. }) if transport::protocol_code(&source) == Some(406) => {
+                    QueueState::Different { messages, consumers, broker_says: source.to_string() }
                 }
-                Err(source) => {
-                    return Err(TransportError::Broker { action: format!("compare queue '{queue}'"), source }.into())
-                }
+                Err(e) => return Err(e.into()),
             }
         }
     };

@@ -25,7 +25,7 @@ use sqlx::{Acquire, PgConnection};
 
 use crate::handlers::{HandlerError, Outcomes, Registry};
 use crate::store::dead_letters::{self, DeadLetter};
-use crate::store::ledger::{self, Admission, Blocker, Claimed, Settled, Settlement};
+use crate::store::ledger::{self, Admission, Blocker, Claimed, Settled, Settlement, Status};
 use crate::store::{is_connection_loss, StoreError};
 use crate::wire::envelope::Event;
 use crate::worker::RetryPolicy;
@@ -206,8 +206,8 @@ impl Pipeline {
         let admissions: Vec<Admission<'_>> = events
             .iter()
             .map(|event| match self.registry.get(&event.event_type) {
-                Some(_) => Admission { event, status: "processed", note: None },
-                None => Admission { event, status: "skipped", note: Some(no_handler(&event.event_type)) },
+                Some(_) => Admission { event, status: Status::Processed, note: None },
+                None => Admission { event, status: Status::Skipped, note: Some(no_handler(&event.event_type)) },
             })
             .collect();
         let inserted = ledger::insert_new(&mut tx, &admissions).await?;
