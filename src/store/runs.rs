@@ -13,6 +13,30 @@ use uuid::Uuid;
 /// Key of the session lock held by a running apply or emergency stop.
 const CONTROL_LOCK: &str = "replay_control.apply";
 
+/// Where a plan's run stands, stored as its lowercase name (the column's
+/// CHECK constraint allows exactly these three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Reset done, republish under way or interrupted: running apply again resumes.
+    Publishing,
+    /// Every event confirmed by the broker or kept in the outbox.
+    Done,
+    /// Stopped by an emergency stop, its backup restored: never resumed.
+    Stopped,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publishing => "publishing",
+            Self::Done => "done",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// A plan's run.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct ReplayRun {
@@ -23,8 +47,7 @@ pub struct ReplayRun {
     pub audit_id: i64,
     pub events: i64,
     pub published: i64,
-    /// `publishing`, `done`, or `stopped` (by an emergency stop).
-    pub state: String,
+    pub state: RunState,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -103,20 +126,21 @@ pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(),
 
 /// Marks a run stopped by an emergency stop: it is never resumed.
 pub async fn stop(pool: &PgPool, plan_id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE replay_control.replay_runs SET state = 'stopped', finished_at = now() WHERE plan_id = $1")
-        .bind(plan_id)
-        .execute(pool)
-        .await
-        .map_err(failed("mark a replay run stopped"))?;
-    Ok(())
+    settle(pool, plan_id, RunState::Stopped, "mark a replay run stopped").await
 }
 
 /// Marks the run done.
 pub async fn finish(pool: &PgPool, plan_id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE replay_control.replay_runs SET state = 'done', finished_at = now() WHERE plan_id = $1")
+    settle(pool, plan_id, RunState::Done, "mark a replay run done").await
+}
+
+/// Ends a run in `state`, stamping when.
+async fn settle(pool: &PgPool, plan_id: Uuid, state: RunState, op: &'static str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE replay_control.replay_runs SET state = $2, finished_at = now() WHERE plan_id = $1")
         .bind(plan_id)
+        .bind(state)
         .execute(pool)
         .await
-        .map_err(failed("mark a replay run done"))?;
+        .map_err(failed(op))?;
     Ok(())
 }

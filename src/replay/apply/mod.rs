@@ -30,7 +30,7 @@ use crate::store::audit::{self, AuditEntry};
 use crate::store::ledger;
 use crate::store::outbox;
 use crate::store::pause::{self, Pause};
-use crate::store::runs::{self, ControlLock, NewRun, ReplayRun};
+use crate::store::runs::{self, ControlLock, NewRun, ReplayRun, RunState};
 use crate::store::{failed, StoreError};
 use crate::wire::envelope::Event;
 use crate::wire::publisher::Publisher;
@@ -157,7 +157,7 @@ pub struct Checked {
 
 impl Checked {
     pub fn is_done(&self) -> bool {
-        self.run.as_ref().is_some_and(|r| r.state == "done")
+        self.run.as_ref().is_some_and(|r| r.state == RunState::Done)
     }
 }
 
@@ -179,7 +179,7 @@ pub async fn check(pool: &PgPool, plan_path: &std::path::Path, request: &Request
         return Err(Refusal::Paused(pause).into());
     }
     let run = runs::find(pool, plan.header.plan_id).await?;
-    if run.as_ref().is_some_and(|r| r.state == "stopped") {
+    if run.as_ref().is_some_and(|r| r.state == RunState::Stopped) {
         return Err(Refusal::StoppedRun.into());
     }
     if run.is_none() {
@@ -572,7 +572,7 @@ async fn reset<'p>(
         audit_id: record.id,
         events: plan.events() as i64,
         published: 0,
-        state: "publishing".into(),
+        state: RunState::Publishing,
         started_at: Utc::now(),
         finished_at: None,
     };
