@@ -1,17 +1,11 @@
-//! Builds a fresh world per test: the database `#[sqlx::test]` made, an
-//! exchange and queue with a unique suffix on the shared RabbitMQ, workers in
-//! process or as spawned binaries, and waits on real outcomes.
-#![allow(dead_code)]
+//! The world one test acts on: the database `#[sqlx::test]` made (with the
+//! effect probe's table), an exchange and queue with a unique suffix on the
+//! shared RabbitMQ, workers in process or as spawned binaries, the `replay`
+//! binary run against it, and waits and assertions on its rows.
 
-pub mod broker;
-pub mod probe;
-
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 use replay::config::{Endpoints, SecretUrl};
@@ -19,11 +13,15 @@ use replay::wire::envelope::Event;
 use replay::wire::publisher::Publisher;
 use replay::wire::transport;
 use replay::worker::{self, WorkerConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use super::events::{approved, event, period_opened, submitted};
+use super::probe;
+use super::process::probed_replay;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -404,52 +402,6 @@ pub struct EffectCheck {
     pub unrecorded: i64,
 }
 
-/// A spawned process's stderr, read as it comes (so a chatty process never
-/// blocks on a full pipe), for a test to wait on what it says.
-pub struct LogTap {
-    text: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl LogTap {
-    /// Takes `child`'s piped stderr.
-    pub fn of(child: &mut tokio::process::Child) -> Self {
-        use tokio::io::AsyncReadExt;
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let into = text.clone();
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buffer).await {
-                if n == 0 {
-                    break;
-                }
-                into.lock().expect("log lock").push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        Self { text }
-    }
-
-    pub fn text(&self) -> String {
-        self.text.lock().expect("log lock").clone()
-    }
-
-    /// Waits up to `limit` for `needle` in the log.
-    pub async fn wait_for(&self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.text().contains(needle) {
-            assert!(Instant::now() < deadline, "waited {limit:?} for {needle:?} in the log:\n{}", self.text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// `url` with its port replaced: the way through a [`TcpProxy`].
-pub fn through(url: &str, port: u16) -> String {
-    let mut url = url::Url::parse(url).expect("a URL");
-    url.set_port(Some(port)).expect("a URL with a host");
-    url.to_string()
-}
-
 /// `url` with `application_name` set, so a test can find the sessions of
 /// one process in `pg_stat_activity`.
 pub fn named_session(url: &str, name: &str) -> String {
@@ -469,34 +421,6 @@ pub struct Applications {
     pub more: Vec<(String, i64)>,
 }
 
-/// The `replay` binary with the effect probe (`examples/probed_replay.rs`):
-/// what the tests run as a worker. `cargo test` builds it with the tests;
-/// the build here makes a run of one test target (`--test`) use a fresh one.
-pub fn probed_replay() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("a test binary lives in <profile>/deps");
-        let mut build = std::process::Command::new(env!("CARGO"));
-        build.args(["build", "--quiet", "--example", "probed_replay", "--manifest-path"]);
-        build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-        match profile_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") => {}
-            Some("release") => {
-                build.arg("--release");
-            }
-            Some(profile) => {
-                build.args(["--profile", profile]);
-            }
-            None => panic!("no profile directory above {}", exe.display()),
-        }
-        let status = build.status().expect("run cargo build --example probed_replay");
-        assert!(status.success(), "cargo build --example probed_replay failed");
-        profile_dir.join("examples").join("probed_replay")
-    })
-}
-
 pub struct RunningWorker {
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
@@ -513,59 +437,8 @@ impl RunningWorker {
     }
 }
 
-/// Builders for the cooperative's events.
-pub fn event(event_type: &str, payload: Value) -> Event {
-    event_at(event_type, payload, Utc::now())
-}
-
-pub fn event_at(event_type: &str, payload: Value, at: DateTime<Utc>) -> Event {
-    Event::new(Uuid::new_v4().to_string(), event_type.to_string(), at, payload).expect("storable payload")
-}
-
-pub fn period_opened(period: Uuid) -> Event {
-    event("period.opened", json!({"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}))
-}
-
-pub fn submitted(contribution: Uuid, member: Uuid, period: Uuid, amount: u32) -> Event {
-    event(
-        "contribution.submitted",
-        json!({"contribution_id": contribution, "member_id": member, "period_id": period, "type": "labor", "amount": amount}),
-    )
-}
-
-pub fn approved(contribution: Uuid) -> Event {
-    event("contribution.approved", json!({"contribution_id": contribution}))
-}
-
-pub fn stderr_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-pub fn stdout_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// Ledger rows processed.
 pub const PROCESSED: &str = "SELECT count(*) FROM processed_events WHERE status = 'processed'";
-
-/// A period, then `n` contributions, each approved: 2n + 1 events.
-pub fn workload(n: usize) -> (Vec<replay::wire::envelope::Event>, Uuid) {
-    let period = Uuid::new_v4();
-    let mut events = vec![period_opened(period)];
-    let member = Uuid::new_v4();
-    for _ in 0..n {
-        let contribution = Uuid::new_v4();
-        events.push(submitted(contribution, member, period, 3));
-        events.push(approved(contribution));
-    }
-    (events, period)
-}
-
-pub fn signal(child: &tokio::process::Child, name: &str) {
-    let pid = child.id().expect("worker is running").to_string();
-    let status = std::process::Command::new("kill").args([name, &pid]).status().expect("kill");
-    assert!(status.success());
-}
 
 /// Waits until the worker processed something beyond `before`.
 pub async fn wait_until_more_processed(world: &World, before: i64) -> i64 {
@@ -587,251 +460,4 @@ pub async fn assert_all_applied_once(world: &World, events: usize, contributions
     assert_eq!(world.scalar("SELECT count(*) FROM contributions WHERE status = 'approved'").await, contributions);
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, contributions);
     assert_eq!(world.queue_depth().await, 0);
-}
-
-/// A plain HTTP/1.0 GET: (status code, body), or `None` if nothing answers.
-pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    Some((code, body))
-}
-
-/// A port free right now on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Waits up to 20 s for `path` to answer `expected`; returns the body.
-pub async fn wait_for_status(port: u16, path: &str, expected: u16) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some((code, body)) = http_get(port, path).await {
-            if code == expected {
-                return body;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "{path} never answered {expected}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A scratch directory holding the plans and the backups of one test.
-pub struct Desk {
-    pub dir: tempfile::TempDir,
-}
-
-impl Desk {
-    pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
-    }
-
-    pub fn plans(&self) -> String {
-        self.dir.path().join("plans").display().to_string()
-    }
-
-    pub fn backups(&self) -> PathBuf {
-        self.dir.path().join("backups")
-    }
-
-    pub fn backup_files(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(self.backups()) {
-            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-            Err(_) => vec![],
-        }
-    }
-
-    /// Runs `replay plan ... --json` and returns its answer.
-    pub async fn plan(&self, world: &World, args: &[&str]) -> Value {
-        let plans = self.plans();
-        let mut full = vec!["plan", "--out-dir", plans.as_str(), "--operator", "alice", "--json"];
-        full.extend(args);
-        let out = world.replay(&full).await;
-        assert_eq!(out.status.code(), Some(0), "{full:?}: {}", stderr_of(&out));
-        serde_json::from_str(&stdout_of(&out)).unwrap()
-    }
-
-    /// Starts `replay apply PLAN --yes --operator bob --rate RATE` with some
-    /// of the world's settings replaced, its output piped.
-    pub fn spawn_apply(
-        &self,
-        world: &World,
-        plan: &str,
-        rate: &str,
-        overrides: &[(&str, &str)],
-    ) -> tokio::process::Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-            .args(["apply", plan, "--yes", "--operator", "bob", "--rate", rate])
-            .arg("--backup-dir")
-            .arg(self.backups())
-            .envs(world.env())
-            .envs(overrides.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn replay apply")
-    }
-
-    /// Runs `replay apply PLAN --operator bob` with `args`.
-    pub async fn apply(&self, world: &World, plan: &str, args: &[&str]) -> std::process::Output {
-        let backups = self.backups().display().to_string();
-        let mut full = vec!["apply", plan, "--operator", "bob", "--backup-dir", backups.as_str()];
-        full.extend(args);
-        world.replay(&full).await
-    }
-}
-
-/// A TCP proxy the test controls, in front of a shared service: `cut()`
-/// drops every open connection and refuses new ones, as an outage would,
-/// `restore()` ends the outage, `set_latency()` delays every chunk each way;
-/// the service itself is never touched.
-pub struct TcpProxy {
-    pub port: u16,
-    state: std::sync::Arc<ProxyState>,
-}
-
-struct ProxyState {
-    /// What went through, to prove a fault landed on live traffic.
-    counts: ProxyCounters,
-    down: std::sync::atomic::AtomicBool,
-    /// Connections open when `freeze` was called stop forwarding, forever.
-    frozen: std::sync::Mutex<CancellationToken>,
-    latency_ms: std::sync::atomic::AtomicU64,
-    cut: std::sync::Mutex<CancellationToken>,
-}
-
-impl TcpProxy {
-    pub async fn start(target: &'static str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let state = std::sync::Arc::new(ProxyState {
-            counts: ProxyCounters::default(),
-            down: std::sync::atomic::AtomicBool::new(false),
-            frozen: std::sync::Mutex::new(CancellationToken::new()),
-            latency_ms: std::sync::atomic::AtomicU64::new(0),
-            cut: std::sync::Mutex::new(CancellationToken::new()),
-        });
-        let accepting = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else { return };
-                if accepting.down.load(std::sync::atomic::Ordering::SeqCst) {
-                    accepting.counts.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    continue; // dropped at once: the service looks down
-                }
-                accepting.counts.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let cut = accepting.cut.lock().expect("proxy lock").clone();
-                let frozen = accepting.frozen.lock().expect("proxy lock").clone();
-                let state = accepting.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::select! {
-                        () = pump(client_read, server_write, state.clone(), frozen.clone()) => {}
-                        () = pump(server_read, client_write, state.clone(), frozen) => {}
-                        () = cut.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Self { port, state }
-    }
-
-    /// The outage: open connections drop, new ones are closed at once.
-    pub fn cut(&self) {
-        self.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.state.cut.lock().expect("proxy lock").cancel();
-    }
-
-    /// The outage ends: new connections go through again.
-    pub fn restore(&self) {
-        *self.state.cut.lock().expect("proxy lock") = CancellationToken::new();
-        self.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// A hung peer, as `kill -STOP` makes one: every connection open now
-    /// stays open and silent for good; new connections work.
-    pub fn freeze(&self) {
-        let mut frozen = self.state.frozen.lock().expect("proxy lock");
-        frozen.cancel();
-        *frozen = CancellationToken::new();
-    }
-
-    /// Added delay for every chunk, each way.
-    pub fn set_latency(&self, latency: Duration) {
-        self.state.latency_ms.store(latency.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// What the proxy has seen so far.
-    pub fn counts(&self) -> ProxyCounts {
-        let c = &self.state.counts;
-        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::SeqCst);
-        ProxyCounts {
-            connections: load(&c.connections),
-            refused: load(&c.refused),
-            bytes: load(&c.bytes),
-            delayed: load(&c.delayed),
-            stalled: load(&c.stalled),
-        }
-    }
-}
-
-#[derive(Default)]
-struct ProxyCounters {
-    connections: std::sync::atomic::AtomicU64,
-    refused: std::sync::atomic::AtomicU64,
-    bytes: std::sync::atomic::AtomicU64,
-    delayed: std::sync::atomic::AtomicU64,
-    stalled: std::sync::atomic::AtomicU64,
-}
-
-/// A snapshot of a proxy's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProxyCounts {
-    /// Connections accepted and forwarded.
-    pub connections: u64,
-    /// Connections dropped at once during an outage.
-    pub refused: u64,
-    /// Bytes forwarded, both ways.
-    pub bytes: u64,
-    /// Chunks held back by the added latency.
-    pub delayed: u64,
-    /// Chunks a frozen connection had to forward and never did: proof that
-    /// a peer was using a connection when it froze.
-    pub stalled: u64,
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    state: std::sync::Arc<ProxyState>,
-    frozen: CancellationToken,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let latency = state.latency_ms.load(std::sync::atomic::Ordering::SeqCst);
-        if latency > 0 {
-            state.counts.delayed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(latency)).await;
-        }
-        if frozen.is_cancelled() {
-            state.counts.stalled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
-        }
-        state.counts.bytes.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-    }
 }

@@ -5,14 +5,12 @@
 //! mid-stream, a broker failing under `publish` and under `apply`. Each case
 //! checks every published event: none lost, none applied twice, the worker
 //! still alive. The load test (four workers, a kill and a broker restart) is
-//! in `faults_load.rs`.
+//! in `load.rs`.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -5,12 +5,10 @@
 //! Prints the figures (events, faults, lost, duplicated, time).
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::broker::PrivateBroker;
-use common::*;
+use crate::broker::PrivateBroker;
+use crate::common::*;
 use sqlx::PgPool;
 use uuid::Uuid;
 

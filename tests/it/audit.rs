@@ -1,9 +1,7 @@
 //! The audit log: append-only in the database, tamper-evident by its chain.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use replay::store::audit::{self, AuditEntry, Verdict};
 use serde_json::json;
 use sqlx::PgPool;

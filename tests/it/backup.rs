@@ -1,9 +1,7 @@
 //! `replay backup` with the real pg_dump and pg_restore.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use sqlx::PgPool;
 

@@ -1,9 +1,7 @@
 //! Operating commands: `events list`, `ledger prune`, `completions`, `man`.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use sqlx::PgPool;
 

@@ -3,11 +3,9 @@
 //! holding the later events of its sequence key.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use replay::wire::envelope::Event;
 use serde_json::json;

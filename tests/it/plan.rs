@@ -2,9 +2,7 @@
 //! plan file out, nothing changed in the database.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use replay::replay::plan::SealedPlan;
 use serde_json::Value;
 use sqlx::PgPool;

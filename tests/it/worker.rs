@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -1,0 +1,44 @@
+//! Builders for the cooperative's events, one per event type the tests
+//! publish most, and a workload of many.
+
+use chrono::{DateTime, Utc};
+use replay::wire::envelope::Event;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Builders for the cooperative's events.
+pub fn event(event_type: &str, payload: Value) -> Event {
+    event_at(event_type, payload, Utc::now())
+}
+
+pub fn event_at(event_type: &str, payload: Value, at: DateTime<Utc>) -> Event {
+    Event::new(Uuid::new_v4().to_string(), event_type.to_string(), at, payload).expect("storable payload")
+}
+
+pub fn period_opened(period: Uuid) -> Event {
+    event("period.opened", json!({"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}))
+}
+
+pub fn submitted(contribution: Uuid, member: Uuid, period: Uuid, amount: u32) -> Event {
+    event(
+        "contribution.submitted",
+        json!({"contribution_id": contribution, "member_id": member, "period_id": period, "type": "labor", "amount": amount}),
+    )
+}
+
+pub fn approved(contribution: Uuid) -> Event {
+    event("contribution.approved", json!({"contribution_id": contribution}))
+}
+
+/// A period, then `n` contributions, each approved: 2n + 1 events.
+pub fn workload(n: usize) -> (Vec<replay::wire::envelope::Event>, Uuid) {
+    let period = Uuid::new_v4();
+    let mut events = vec![period_opened(period)];
+    let member = Uuid::new_v4();
+    for _ in 0..n {
+        let contribution = Uuid::new_v4();
+        events.push(submitted(contribution, member, period, 3));
+        events.push(approved(contribution));
+    }
+    (events, period)
+}

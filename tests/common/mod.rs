@@ -1,0 +1,26 @@
+//! Builds a fresh world per test: the database `#[sqlx::test]` made, an
+//! exchange and queue with a unique suffix on the shared RabbitMQ, workers in
+//! process or as spawned binaries, and waits on real outcomes.
+//!
+//! One file per concern: `world` (the [`World`], its set-up, the binaries run
+//! against it, its waits and assertions), `events` (event builders),
+//! `process` (the probed binary, spawned processes' output and signals),
+//! `http` (health endpoints, free ports), `desk` (one test's plans and
+//! backups), `proxy` (a TCP proxy for injected faults) and `probe` (the
+//! effect probe, also compiled into `examples/probed_replay.rs`). Everything
+//! is re-exported here, so a test reads `use crate::common::*`.
+
+mod desk;
+mod events;
+mod http;
+mod probe;
+mod process;
+mod proxy;
+mod world;
+
+pub use desk::*;
+pub use events::*;
+pub use http::*;
+pub use process::*;
+pub use proxy::*;
+pub use world::*;

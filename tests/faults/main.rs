@@ -1,0 +1,16 @@
+//! The fault suite, a binary of its own because it is slow: faults injected
+//! through TCP proxies the tests control (`faults`) and the load test with a
+//! private RabbitMQ node (`load`). `cargo test` runs it with the rest;
+//! `cargo test --test faults` runs it alone.
+
+// The fault suite uses a subset of the shared helpers. The `it` binary
+// compiles them with no dead-code allowance, which proves none is dead.
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod broker;
+mod proxy;
+
+mod faults;
+mod load;

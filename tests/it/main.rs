@@ -1,0 +1,19 @@
+//! The integration tests, one binary: a module per area, each test against
+//! the real `replay` binary or library, a fresh database and its own broker
+//! names (see `common`). One binary compiles and links once; the slow fault
+//! suite is the `faults` binary, so `cargo test --test it` runs these alone.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod apply;
+mod audit;
+mod backup;
+mod emergency;
+mod ledger;
+mod operate;
+mod ordering;
+mod pause;
+mod plan;
+mod process;
+mod worker;
