@@ -245,9 +245,9 @@ async fn raw_publish(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Dr
     let connection = transport::connect(&names.amqp_url, "replay bench raw publisher").await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let plan = uuid::Uuid::new_v4().to_string();
+    let plan = crate::replay::plan::PlanId::random();
     let properties: Vec<BasicProperties> =
-        messages.iter().map(|e| Event { replay_plan: Some(plan.clone()), ..e.clone() }.properties()).collect();
+        messages.iter().map(|e| Event { replay_plan: Some(plan), ..e.clone() }.properties()).collect();
     let started = Instant::now();
     for (window, properties) in messages.chunks(1000).zip(properties.chunks(1000)) {
         let mut confirms = Vec::with_capacity(window.len());

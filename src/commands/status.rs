@@ -51,9 +51,9 @@ pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<Exit
 async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_json::Value, bool)> {
     let plan_id = plan.header.plan_id;
     let run = runs::find(pool, plan_id).await?;
-    let progress = ledger::plan_progress(pool, plan_id).await?;
-    let failures = ledger::plan_failures(pool, plan_id).await?;
-    let in_outbox = crate::store::outbox::count_for_plan(pool, &plan_id.to_string()).await?;
+    let progress = ledger::plan_progress(pool, plan_id.as_uuid()).await?;
+    let failures = ledger::plan_failures(pool, plan_id.as_uuid()).await?;
+    let in_outbox = crate::store::outbox::count_for_plan(pool, plan_id).await?;
     let events = plan.events() as i64;
     let (done, open) = (progress.done(), progress.open());
     let mut by_status: BTreeMap<&str, i64> = progress.by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();

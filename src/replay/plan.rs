@@ -18,7 +18,8 @@
 //! gives it a new one, which is how `apply` knows a plan is stale.
 //!
 //! Architecture invariant: this module reads and writes plan files and knows
-//! nothing of the database; the commands bring the rows.
+//! nothing of the database; the commands bring the rows. (Its `id` submodule
+//! only says how a [`PlanId`] maps to a uuid column: a type, no I/O.)
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -33,6 +34,9 @@ use uuid::Uuid;
 
 use crate::handlers::Registry;
 use crate::replay::selector::Selector;
+
+mod id;
+pub use id::PlanId;
 
 /// Plan files this version writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -136,7 +140,7 @@ pub struct WorkflowPlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
     pub version: u32,
-    pub plan_id: Uuid,
+    pub plan_id: PlanId,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
     pub reason: String,
@@ -159,7 +163,7 @@ impl Header {
     ) -> Self {
         Self {
             version: FORMAT_VERSION,
-            plan_id: Uuid::new_v4(),
+            plan_id: PlanId::random(),
             created_at: Utc::now(),
             created_by,
             reason,
@@ -174,7 +178,7 @@ impl Header {
     /// Id of a workflow's `n`th trigger event: derived from the plan, so a
     /// resumed apply publishes the same event, and the ledger dedupes it.
     pub fn trigger_id(&self, n: usize, event_type: &str) -> String {
-        Uuid::new_v5(&self.plan_id, format!("{n}:{event_type}").as_bytes()).to_string()
+        Uuid::new_v5(&self.plan_id.as_uuid(), format!("{n}:{event_type}").as_bytes()).to_string()
     }
 
     /// Where the plan is written: `DIR/<created>-<plan id>.jsonl`.

@@ -194,7 +194,7 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
 /// message is a duplicate.
 pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) -> Result<Vec<Claimed>, StoreError> {
     let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    let plans: Vec<Option<&str>> = events.iter().map(|e| e.replay_plan.as_deref()).collect();
+    let plans: Vec<Option<String>> = events.iter().map(|e| e.replay_plan.map(|p| p.to_string())).collect();
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "UPDATE processed_events p
             SET status = 'processing', locked_by = $3, updated_at = now()

@@ -8,6 +8,7 @@ use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use crate::replay::plan::PlanId;
 use crate::wire::envelope::Event;
 
 /// Keeps events, once each: an event id already kept is left as it is,
@@ -19,7 +20,8 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
-    let plans: Vec<Option<&str>> = events.iter().map(|e| e.replay_plan.as_deref()).collect();
+    // The label column is text (migration 0008): the plan id as its text.
+    let plans: Vec<Option<String>> = events.iter().map(|e| e.replay_plan.map(|p| p.to_string())).collect();
     let done = sqlx::query(
         "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, replay_plan, reason)
          SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6
@@ -65,7 +67,10 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event
         .into_iter()
         .filter_map(|row| {
             let event = Event::new(row.event_id, row.event_type, row.occurred_at, row.payload).ok()?;
-            Some((row.id, Event { replay_plan: row.replay_plan, ..event }))
+            // Only `keep` writes labels, each a plan id's text; one that is
+            // not would be relayed as a plain event.
+            let replay_plan = row.replay_plan.and_then(|label| label.parse::<PlanId>().ok());
+            Some((row.id, Event { replay_plan, ..event }))
         })
         .collect())
 }
@@ -82,11 +87,11 @@ pub async fn forget(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreErr
 
 /// Drops a replay's events (`plan`, or every replay's when `None`) for an
 /// emergency stop: they must never reach the workers after the restore.
-pub async fn drop_replay(pool: &PgPool, plan: Option<&str>) -> Result<u64, StoreError> {
+pub async fn drop_replay(pool: &PgPool, plan: Option<PlanId>) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM replay_control.outbox WHERE replay_plan IS NOT NULL AND ($1::text IS NULL OR replay_plan = $1)",
     )
-    .bind(plan)
+    .bind(plan.map(|p| p.to_string()))
     .execute(pool)
     .await
     .map_err(failed("drop a replay's outbox events"))?;
@@ -94,9 +99,9 @@ pub async fn drop_replay(pool: &PgPool, plan: Option<&str>) -> Result<u64, Store
 }
 
 /// How many of a replay plan's events wait in the outbox.
-pub async fn count_for_plan(pool: &PgPool, plan: &str) -> Result<i64, StoreError> {
+pub async fn count_for_plan(pool: &PgPool, plan: PlanId) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox WHERE replay_plan = $1")
-        .bind(plan)
+        .bind(plan.to_string())
         .fetch_one(pool)
         .await
         .map_err(failed("count a plan's outbox events"))

@@ -8,7 +8,8 @@ use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
-use uuid::Uuid;
+
+use crate::replay::plan::PlanId;
 
 /// Key of the session lock held by a running apply or emergency stop.
 const CONTROL_LOCK: &str = "replay_control.apply";
@@ -40,7 +41,7 @@ impl RunState {
 /// A plan's run.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct ReplayRun {
-    pub plan_id: Uuid,
+    pub plan_id: PlanId,
     pub digest: String,
     pub operator: String,
     pub backup_path: String,
@@ -54,7 +55,7 @@ pub struct ReplayRun {
 
 /// What a new run starts from.
 pub struct NewRun<'a> {
-    pub plan_id: Uuid,
+    pub plan_id: PlanId,
     pub digest: &'a str,
     pub operator: &'a str,
     pub backup_path: &'a str,
@@ -87,7 +88,7 @@ pub async fn try_lock(pool: &PgPool) -> Result<Option<ControlLock>, StoreError> 
     }
 }
 
-pub async fn find(pool: &PgPool, plan_id: Uuid) -> Result<Option<ReplayRun>, StoreError> {
+pub async fn find(pool: &PgPool, plan_id: PlanId) -> Result<Option<ReplayRun>, StoreError> {
     sqlx::query_as("SELECT * FROM replay_control.replay_runs WHERE plan_id = $1")
         .bind(plan_id)
         .fetch_optional(pool)
@@ -114,7 +115,7 @@ pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), Stor
 }
 
 /// Records that the first `published` events are confirmed by the broker.
-pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(), StoreError> {
+pub async fn advance(pool: &PgPool, plan_id: PlanId, published: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE replay_control.replay_runs SET published = $2 WHERE plan_id = $1")
         .bind(plan_id)
         .bind(published)
@@ -125,17 +126,17 @@ pub async fn advance(pool: &PgPool, plan_id: Uuid, published: i64) -> Result<(),
 }
 
 /// Marks a run stopped by an emergency stop: it is never resumed.
-pub async fn stop(pool: &PgPool, plan_id: Uuid) -> Result<(), StoreError> {
+pub async fn stop(pool: &PgPool, plan_id: PlanId) -> Result<(), StoreError> {
     settle(pool, plan_id, RunState::Stopped, "mark a replay run stopped").await
 }
 
 /// Marks the run done.
-pub async fn finish(pool: &PgPool, plan_id: Uuid) -> Result<(), StoreError> {
+pub async fn finish(pool: &PgPool, plan_id: PlanId) -> Result<(), StoreError> {
     settle(pool, plan_id, RunState::Done, "mark a replay run done").await
 }
 
 /// Ends a run in `state`, stamping when.
-async fn settle(pool: &PgPool, plan_id: Uuid, state: RunState, op: &'static str) -> Result<(), StoreError> {
+async fn settle(pool: &PgPool, plan_id: PlanId, state: RunState, op: &'static str) -> Result<(), StoreError> {
     sqlx::query("UPDATE replay_control.replay_runs SET state = $2, finished_at = now() WHERE plan_id = $1")
         .bind(plan_id)
         .bind(state)

@@ -5,7 +5,9 @@
 //! payload='{...}'`) and one published by `replay` read the same. The event's
 //! identity rides in AMQP properties: `message_id` is the event id, `type` the
 //! event type, `timestamp` and the `occurred_at` header its time. A replayed
-//! message also carries the `x-replay-plan` header naming its plan.
+//! message also carries the `x-replay-plan` header naming its plan, as the
+//! plan id's text (hyphenated, lowercase); this module alone writes and reads
+//! it ([`Event::properties`], [`replay_plan`]).
 //!
 //! A message without a `message_id` gets an id derived from its routing key and
 //! body, so a redelivered copy of it is recognised as the same event.
@@ -16,10 +18,12 @@ use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::replay::plan::PlanId;
+
 /// Header with the event's time at full precision (the AMQP timestamp has seconds).
 pub const OCCURRED_AT_HEADER: &str = "occurred_at";
 /// Header naming the replay plan a republished event belongs to.
-pub const REPLAY_PLAN_HEADER: &str = "x-replay-plan";
+const REPLAY_PLAN_HEADER: &str = "x-replay-plan";
 /// Default largest message body a worker accepts as an event.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -37,7 +41,7 @@ pub struct Event {
     pub payload_json: String,
     /// The replay plan a republished message belongs to (its `x-replay-plan`
     /// header): such a message may take its parked ledger row.
-    pub replay_plan: Option<String>,
+    pub replay_plan: Option<PlanId>,
     /// Set on an event taken from a ledger row that a `--force` plan reset:
     /// its handler skips its idempotency guards (an external effect runs again).
     pub forced_by: Option<uuid::Uuid>,
@@ -60,8 +64,8 @@ impl Event {
     pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(OCCURRED_AT_HEADER.into(), AMQPValue::LongString(self.occurred_at.to_rfc3339().into()));
-        if let Some(plan) = &self.replay_plan {
-            headers.insert(REPLAY_PLAN_HEADER.into(), AMQPValue::LongString(plan.as_str().into()));
+        if let Some(plan) = self.replay_plan {
+            headers.insert(REPLAY_PLAN_HEADER.into(), AMQPValue::LongString(plan.to_string().into()));
         }
         BasicProperties::default()
             .with_message_id(ShortString::from(self.event_id.as_str()))
@@ -142,7 +146,7 @@ impl Received<'_> {
             _ => derived_event_id(self.routing_key, self.body),
         };
         let occurred_at = self.occurred_at().unwrap_or_else(Utc::now);
-        let replay_plan = self.header_text(REPLAY_PLAN_HEADER);
+        let replay_plan = replay_plan(self.properties).plan();
         Ok(Event {
             event_id,
             event_type,
@@ -188,6 +192,45 @@ impl Received<'_> {
             map.insert("type".into(), Value::String(kind.to_string()));
         }
         Value::Object(map)
+    }
+}
+
+/// What a message's `x-replay-plan` header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayHeader {
+    /// No such header: not a replayed message.
+    Absent,
+    /// The header as `replay` writes it: this plan's id.
+    Plan(PlanId),
+    /// A header of that name that is not a plan id as `replay` writes it
+    /// (another type, or text in another form): a replay's message, of no
+    /// plan that can be named.
+    Unreadable,
+}
+
+impl ReplayHeader {
+    /// The plan named, if one is.
+    pub fn plan(self) -> Option<PlanId> {
+        match self {
+            Self::Plan(plan) => Some(plan),
+            Self::Absent | Self::Unreadable => None,
+        }
+    }
+}
+
+/// Reads a message's replay plan from its `x-replay-plan` header. Only the
+/// exact text [`Event::properties`] writes names a plan, as before the id had
+/// a type: a parked row was matched by that text, so a uuid written any other
+/// way (upper case, braces) never took a row and names no plan here either.
+pub fn replay_plan(properties: &BasicProperties) -> ReplayHeader {
+    let Some(value) = properties.headers().as_ref().and_then(|h| h.inner().get(REPLAY_PLAN_HEADER)) else {
+        return ReplayHeader::Absent;
+    };
+    let AMQPValue::LongString(text) = value else { return ReplayHeader::Unreadable };
+    let text = text.to_string();
+    match text.parse::<PlanId>() {
+        Ok(plan) if plan.to_string() == text => ReplayHeader::Plan(plan),
+        _ => ReplayHeader::Unreadable,
     }
 }
 
@@ -268,11 +311,44 @@ mod tests {
             serde_json::json!({"period_id": "p"}),
         )
         .unwrap();
-        let event = Event { replay_plan: Some("plan-9".into()), ..event };
+        let event = Event { replay_plan: Some(PlanId::random()), ..event };
         let props = event.properties();
         let body = event.payload_json.clone();
         let parsed = received("ignored", &props, body.as_bytes()).parse(1024).unwrap();
         assert_eq!(parsed, event);
+    }
+
+    fn with_header(value: AMQPValue) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(REPLAY_PLAN_HEADER.into(), value);
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn the_replay_header_is_the_plan_ids_text_and_reads_back() {
+        let plan: PlanId = "0b6c7f7e-3d0a-4a53-9a43-2f5a1f0e9c11".parse().unwrap();
+        let event = Event::new("e-1".into(), "period.opened".into(), Utc::now(), serde_json::json!({})).unwrap();
+        let props = Event { replay_plan: Some(plan), ..event.clone() }.properties();
+        let written = props.headers().as_ref().and_then(|h| h.inner().get("x-replay-plan").cloned());
+        assert_eq!(written, Some(AMQPValue::LongString("0b6c7f7e-3d0a-4a53-9a43-2f5a1f0e9c11".into())));
+        assert_eq!(replay_plan(&props), ReplayHeader::Plan(plan));
+        // An event that is not a replay's carries no such header.
+        let plain = event.properties();
+        assert!(plain.headers().as_ref().is_some_and(|h| !h.inner().contains_key("x-replay-plan")));
+        assert_eq!(replay_plan(&plain), ReplayHeader::Absent);
+        assert_eq!(replay_plan(&BasicProperties::default()), ReplayHeader::Absent);
+    }
+
+    #[test]
+    fn a_replay_header_not_written_by_replay_names_no_plan() {
+        let upper = with_header(AMQPValue::LongString("0B6C7F7E-3D0A-4A53-9A43-2F5A1F0E9C11".into()));
+        assert_eq!(replay_plan(&upper), ReplayHeader::Unreadable);
+        assert_eq!(replay_plan(&with_header(AMQPValue::LongString("plan-9".into()))), ReplayHeader::Unreadable);
+        assert_eq!(replay_plan(&with_header(AMQPValue::ShortString("x".into()))), ReplayHeader::Unreadable);
+        assert_eq!(replay_plan(&with_header(AMQPValue::Boolean(true))).plan(), None);
+        // Such a message is still parsed as an event, with no plan to take a parked row for.
+        let parsed = received("period.opened", &upper, b"{}").parse(1024).unwrap();
+        assert_eq!(parsed.replay_plan, None);
     }
 
     #[test]

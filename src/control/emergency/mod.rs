@@ -26,8 +26,9 @@ use sqlx::PgPool;
 
 use crate::config::Endpoints;
 use crate::control::pause::{self, Paused};
+use crate::replay::plan::PlanId;
 use crate::store::audit::{self, AuditEntry};
-use crate::wire::envelope::{Event, REPLAY_PLAN_HEADER};
+use crate::wire::envelope::{self, Event, ReplayHeader};
 use crate::{control::backup, store::dead_letters, store::ledger, store::outbox, store::runs, wire::transport};
 
 /// How far before the backup's snapshot time (known to the second) events
@@ -46,7 +47,7 @@ const DEFAULT_REPORT_DIR: &str = "backups";
 #[derive(Debug, Clone)]
 pub enum Restore {
     /// The pre-replay backup of this plan's run.
-    Plan { plan_id: uuid::Uuid, backup: PathBuf },
+    Plan { plan_id: PlanId, backup: PathBuf },
     /// This dump; any replay's messages are purged.
     Backup(PathBuf),
     /// Pause and purge only.
@@ -78,7 +79,7 @@ pub struct Report {
     pub started_at: DateTime<Utc>,
     pub operator: String,
     pub reason: String,
-    pub plan_id: Option<uuid::Uuid>,
+    pub plan_id: Option<PlanId>,
     pub pause: Option<Paused>,
     pub purged_replay_messages: usize,
     pub kept_messages: usize,
@@ -186,9 +187,8 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     // paused workers relay nothing): drop them too, broker or not, but only
     // under the apply lock, since a running apply may still be adding some.
     let step = Instant::now();
-    let label = plan_id.map(|p| p.to_string());
     let dropped = match &lock {
-        Some(_) => outbox::drop_replay(pool, label.as_deref()).await.map_err(|e| e.to_string()),
+        Some(_) => outbox::drop_replay(pool, plan_id).await.map_err(|e| e.to_string()),
         None => Err("an apply still holds the lock".to_string()),
     };
     match dropped {
@@ -328,12 +328,12 @@ async fn wait_for_lock(pool: &PgPool) -> Option<runs::ControlLock> {
 
 /// A message is the replay's when it carries the plan's header (any plan's,
 /// when no plan is named).
-fn is_replay_message(properties: &lapin::BasicProperties, plan_id: Option<uuid::Uuid>) -> bool {
-    let header = properties.headers().as_ref().and_then(|h| h.inner().get(REPLAY_PLAN_HEADER).cloned());
-    match (header, plan_id) {
-        (Some(lapin::types::AMQPValue::LongString(value)), Some(plan)) => value.to_string() == plan.to_string(),
-        (Some(_), None) => true,
-        _ => false,
+fn is_replay_message(properties: &lapin::BasicProperties, plan_id: Option<PlanId>) -> bool {
+    match (envelope::replay_plan(properties), plan_id) {
+        (ReplayHeader::Absent, _) => false,
+        (_, None) => true,
+        (ReplayHeader::Plan(plan), Some(wanted)) => plan == wanted,
+        (ReplayHeader::Unreadable, Some(_)) => false,
     }
 }
 
@@ -367,7 +367,7 @@ async fn restore_keeping(
     pool: &PgPool,
     endpoints: &Endpoints,
     path: &Path,
-    plan_id: Option<uuid::Uuid>,
+    plan_id: Option<PlanId>,
 ) -> Result<Vec<Event>, String> {
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| {
         format!("the backup {} cannot be read ({e}): pass --backup FILE with a dump that exists", path.display())
@@ -379,7 +379,7 @@ async fn restore_keeping(
     };
     let version = crate::store::database::schema_version(pool).await.map_err(|e| e.to_string())?;
     backup::check_schema(path, version).await.map_err(|e| e.to_string())?;
-    let saved = ledger::first_seen_since(pool, since, plan_id).await.map_err(|e| e.to_string())?;
+    let saved = ledger::first_seen_since(pool, since, plan_id.map(PlanId::as_uuid)).await.map_err(|e| e.to_string())?;
     backup::restore(&endpoints.database_url, path).await.map_err(|e| e.to_string())?;
     Ok(saved)
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Endpoints;
 use crate::control::backup::{self, BackupError};
-use crate::replay::plan::{DatabaseIdentity, PlanError, SealedPlan};
+use crate::replay::plan::{DatabaseIdentity, PlanError, PlanId, SealedPlan};
 use crate::replay::workflows::{self, WorkflowError};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::ledger;
@@ -252,7 +252,7 @@ pub struct Progress {
 /// What an apply did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    pub plan_id: uuid::Uuid,
+    pub plan_id: PlanId,
     pub events: u64,
     /// Published by this invocation (less than `events` when resuming).
     pub published_now: u64,
@@ -309,7 +309,6 @@ pub async fn execute(
     let step = Instant::now();
     let already = u64::try_from(run.published).unwrap_or(0);
     progress(Progress { published: already, total });
-    let plan_label = plan_id.to_string();
     let (published, broker_failure) = match broker {
         Ok((connection, publisher)) => {
             let sent = republish(pool, plan, request, shutdown, &publisher, already, &mut progress).await?;
@@ -337,7 +336,7 @@ pub async fn execute(
                 return Err(ApplyError::BrokerRefused { published, total, cause: error.cause() });
             }
             tracing::warn!(error = %error, published, "RabbitMQ failed during the republish; keeping the rest in the outbox");
-            hand_off(pool, plan, published, &plan_label, &error.cause()).await?
+            hand_off(pool, plan, published, &error.cause()).await?
         }
         None => 0,
     };
@@ -375,12 +374,11 @@ async fn republish(
     let batch = request.rate.map_or(MAX_BATCH, |r| (r as usize / 4).clamp(1, MAX_BATCH));
     let mut published = already;
     let paced_from = Instant::now();
-    let plan_label = plan_id.to_string();
     let mut batches = EventIds::new(plan, batch)?;
     batches.skip_events(already)?;
     // While the broker confirms one batch, the next is released and read.
     let mut ready = match batches.next_batch()? {
-        Some(ids) => Some(prepare(pool, ids, &plan_label).await?),
+        Some(ids) => Some(prepare(pool, ids, plan_id).await?),
         None => None,
     };
     // Each round publishes one batch while it reads the next and records
@@ -400,7 +398,7 @@ async fn republish(
             publisher.publish_all(&events, |_| {}),
             async {
                 match following {
-                    Some(ids) => prepare(pool, ids, &plan_label).await.map(Some),
+                    Some(ids) => prepare(pool, ids, plan_id).await.map(Some),
                     None => Ok(None),
                 }
             },
@@ -426,12 +424,12 @@ async fn republish(
 
 /// Keeps the plan's events from `from` on in the outbox, with the plan's
 /// label, and returns how many: the workers' relay publishes them.
-async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, label: &str, reason: &str) -> Result<u64, ApplyError> {
+async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, reason: &str) -> Result<u64, ApplyError> {
     let mut batches = EventIds::new(plan, HAND_OFF_BATCH)?;
     batches.skip_events(from)?;
     let mut kept = 0;
     while let Some(ids) = batches.next_batch()? {
-        let (_, events) = prepare(pool, ids, label).await?;
+        let (_, events) = prepare(pool, ids, plan.header.plan_id).await?;
         outbox::keep(pool, &events, reason).await?;
         kept += events.len() as u64;
     }
@@ -439,9 +437,9 @@ async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, label: &str, reas
 }
 
 /// Reads a batch's events to publish, labelled with their plan.
-async fn prepare(pool: &PgPool, ids: Vec<String>, plan: &str) -> Result<(Vec<String>, Vec<Event>), ApplyError> {
+async fn prepare(pool: &PgPool, ids: Vec<String>, plan: PlanId) -> Result<(Vec<String>, Vec<Event>), ApplyError> {
     let events = ledger::events(pool, &ids).await?;
-    let labelled = events.into_iter().map(|e| Event { replay_plan: Some(plan.to_string()), ..e }).collect();
+    let labelled = events.into_iter().map(|e| Event { replay_plan: Some(plan), ..e }).collect();
     Ok((ids, labelled))
 }
 
@@ -544,7 +542,8 @@ async fn reset<'p>(
     for chunk in plan.rows(RESET_CHUNK)? {
         let rows: Vec<(i64, String)> = chunk?.into_iter().map(|r| (r.id, r.version)).collect();
         let reset =
-            ledger::reset_for_plan(&mut tx, &rows, header.plan_id, &request.operator, fallback, header.force).await?;
+            ledger::reset_for_plan(&mut tx, &rows, header.plan_id.as_uuid(), &request.operator, fallback, header.force)
+                .await?;
         if reset < rows.len() as u64 {
             // A row changed between the check and now: roll back, and name it.
             drop(tx);
@@ -562,7 +561,7 @@ async fn reset<'p>(
             .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
-        ledger::insert_triggers(&mut tx, &events, header.plan_id, &request.operator, fallback).await?;
+        ledger::insert_triggers(&mut tx, &events, header.plan_id.as_uuid(), &request.operator, fallback).await?;
     }
     let run = ReplayRun {
         plan_id: header.plan_id,
