@@ -41,6 +41,6 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs, handlers: Registry) ->
         };
         tokio::spawn(health::serve(listener, readiness, shutdown.clone()));
     }
-    worker::run(config, endpoints.clone(), pool, handlers, liveness, shutdown).await?;
+    worker::run(config, endpoints.clone(), pool, handlers, liveness, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

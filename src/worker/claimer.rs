@@ -10,24 +10,25 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
-use super::{pause, pausing, Lead};
+use super::signals::PauseSignal;
+use super::Lead;
 use crate::config::SecretUrl;
 use crate::store::ledger;
 
 /// Claims and applies due rows while this worker leads the partition, on
 /// the leader's session, between the intake's batches.
-pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn run(lead: &Lead<'_>, mut paused: PauseSignal) {
     let (config, liveness, stop) = (lead.config, lead.liveness, &lead.stop);
     let mut listener = None;
-    while !stop.is_cancelled() {
+    while !stop.is_triggered() {
         liveness.set_claiming(false);
-        if !pausing::wait_while_paused(&mut paused, stop).await {
+        if !paused.wait_until_lifted(stop).await {
             break;
         }
         // Say "claiming" before the last look at the pause: the heartbeat
         // reports paused only if it saw neither, so no claim follows it.
         liveness.set_claiming(true);
-        if *paused.borrow() {
+        if paused.is_paused() {
             continue;
         }
         if listener.is_none() {
@@ -39,12 +40,12 @@ pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receive
                 liveness.set_claiming(false);
                 let woke = match listener.as_mut() {
                     Some(l) => tokio::select! {
-                        _ = paused.wait_for(|p| *p) => true,
-                        () = stop.cancelled() => break,
+                        _ = paused.paused() => true,
+                        () = stop.triggered() => break,
                         () = tokio::time::sleep(config.poll_interval) => true,
                         notified = l.recv() => notified.is_ok(),
                     },
-                    None => pause(config.poll_interval, stop).await,
+                    None => stop.sleep(config.poll_interval).await,
                 };
                 if !woke {
                     listener = None;
@@ -52,7 +53,7 @@ pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receive
             }
             Claimed::Failed => {
                 listener = None;
-                if !pause(config.poll_interval.max(Duration::from_millis(500)), stop).await {
+                if !stop.sleep(config.poll_interval.max(Duration::from_millis(500))).await {
                     break;
                 }
             }

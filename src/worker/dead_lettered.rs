@@ -11,23 +11,24 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use super::pause;
+use super::signals::Shutdown;
+use super::Context;
 use crate::config::Endpoints;
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::{failed, StoreError};
 use crate::wire::envelope::Received;
 use crate::wire::transport::{self, TransportError};
 
-pub(super) async fn run(pool: PgPool, endpoints: Endpoints, shutdown: CancellationToken) {
+pub(super) async fn run(context: Context) {
+    let Context { pool, endpoints, shutdown, .. } = &context;
     let mut delay = Duration::from_millis(500);
-    while !shutdown.is_cancelled() {
-        match drain(&pool, &endpoints, &shutdown).await {
+    while !shutdown.is_triggered() {
+        match drain(pool, endpoints, shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot drain the dead-letter queue; retrying");
-                if !pause(delay, &shutdown).await {
+                if !shutdown.sleep(delay).await {
                     return;
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -36,7 +37,7 @@ pub(super) async fn run(pool: PgPool, endpoints: Endpoints, shutdown: Cancellati
     }
 }
 
-async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &CancellationToken) -> Result<(), TransportError> {
+async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &Shutdown) -> Result<(), TransportError> {
     let queue = transport::dead_letter_queue(&endpoints.queue);
     let connection = transport::connect(&endpoints.amqp_url, "replay worker dead-letters").await?;
     let channel = transport::channel(&connection).await?;
@@ -54,7 +55,7 @@ async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &CancellationToke
     .await?;
     let result = loop {
         let next = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
+            () = shutdown.triggered() => break Ok(()),
             next = consumer.next() => next,
         };
         let delivery = match next {

@@ -21,7 +21,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 
-use super::{pause, pausing, Lead};
+use super::signals::PauseSignal;
+use super::Lead;
 use crate::config::Endpoints;
 use crate::store::dead_letters::DeadLetter;
 use crate::wire::envelope::{Event, Received};
@@ -31,10 +32,10 @@ use crate::wire::transport::{self, TransportError};
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 
 /// Consumes the partition queue while this worker leads it.
-pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receiver<bool>) {
+pub(super) async fn run(lead: &Lead<'_>, mut paused: PauseSignal) {
     let mut delay = Duration::from_millis(200);
-    while !lead.stop.is_cancelled() {
-        if !pausing::wait_while_paused(&mut paused, &lead.stop).await {
+    while !lead.stop.is_triggered() {
+        if !paused.wait_until_lifted(&lead.stop).await {
             break;
         }
         let consumed = consume(lead, &mut paused).await;
@@ -47,7 +48,7 @@ pub(super) async fn run(lead: &Lead<'_>, mut paused: tokio::sync::watch::Receive
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "consuming stopped; reconnecting");
-                if !pause(delay, &lead.stop).await {
+                if !lead.stop.sleep(delay).await {
                     break;
                 }
                 delay = (delay * 2).min(MAX_RECONNECT_DELAY);
@@ -65,7 +66,7 @@ enum Ended {
 
 /// One connection's life: consume until shutdown, a pause or a lost session
 /// (Ok) or a broker fault (Err).
-async fn consume(lead: &Lead<'_>, paused: &mut tokio::sync::watch::Receiver<bool>) -> Result<Ended, TransportError> {
+async fn consume(lead: &Lead<'_>, paused: &mut PauseSignal) -> Result<Ended, TransportError> {
     let (endpoints, config) = (lead.endpoints, lead.config);
     let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {}", config.id)).await?;
     let channel = transport::channel(&connection).await?;
@@ -106,18 +107,15 @@ async fn consume(lead: &Lead<'_>, paused: &mut tokio::sync::watch::Receiver<bool
 
 async fn consume_batches(
     lead: &Lead<'_>,
-    paused: &mut tokio::sync::watch::Receiver<bool>,
+    paused: &mut PauseSignal,
     channel: &Channel,
     consumer: &mut Consumer,
 ) -> Result<Ended, TransportError> {
     loop {
         // Between batches only: a batch in flight always finishes first.
         let first = tokio::select! {
-            () = lead.stop.cancelled() => return Ok(Ended::Stopped),
-            // The watcher drops its end at shutdown: that is a stop, not a pause.
-            paused_now = paused.wait_for(|p| *p) => {
-                return Ok(if paused_now.is_ok() { Ended::Paused } else { Ended::Stopped })
-            }
+            () = lead.stop.triggered() => return Ok(Ended::Stopped),
+            paused_now = paused.paused() => return Ok(if paused_now { Ended::Paused } else { Ended::Stopped }),
             next = consumer.next() => next,
         };
         let mut batch = vec![next_delivery(first)?];
@@ -131,7 +129,7 @@ async fn consume_batches(
         if !commit_and_ack(lead, channel, &batch).await? {
             return Ok(Ended::Stopped);
         }
-        if lead.stop.is_cancelled() {
+        if lead.stop.is_triggered() {
             // What an operator reads to know a stop lost nothing in flight.
             tracing::info!(events = batch.len(), "stopping: the batch in hand is committed and acked");
             return Ok(Ended::Stopped);
@@ -308,7 +306,7 @@ async fn commit_with_retry(lead: &Lead<'_>, events: Vec<Event>, dead: &[DeadLett
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "batch not committed; retrying");
-                if !pause(delay, &lead.stop).await {
+                if !lead.stop.sleep(delay).await {
                     return false;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));

@@ -18,8 +18,8 @@
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio_util::sync::CancellationToken;
 
+use super::signals::Shutdown;
 use crate::store::{failed, leaders, ledger, StoreError};
 
 /// How often a standby tries the lock.
@@ -49,7 +49,7 @@ pub async fn acquire(
     partition: &str,
     worker: &str,
     session_timeout: Duration,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> Option<Leadership> {
     let mut delay = Duration::from_millis(200);
     loop {
@@ -58,7 +58,7 @@ pub async fn acquire(
             Err(e) => {
                 tracing::warn!(error = %e, partition, retry_in = ?delay, "cannot stand by for the partition; retrying");
                 tokio::select! {
-                    () = shutdown.cancelled() => return None,
+                    () = shutdown.triggered() => return None,
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -72,7 +72,7 @@ async fn try_acquire(
     partition: &str,
     worker: &str,
     session_timeout: Duration,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> Result<Option<Leadership>, LeadershipError> {
     let mut session =
         PgConnection::connect_with(&pool.connect_options()).await.map_err(failed("open the leader session"))?;
@@ -109,7 +109,7 @@ async fn try_acquire(
             announced = true;
         }
         tokio::select! {
-            () = shutdown.cancelled() => {
+            () = shutdown.triggered() => {
                 let _ = session.close().await;
                 return Ok(None);
             }

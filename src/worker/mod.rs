@@ -9,8 +9,10 @@
 //! - `claimer` claims rows that are due (reset by an operator or a replay,
 //!   retries, expired leases) and processes them without any message.
 //!
-//! Shutdown is a [`CancellationToken`]: both loops stop taking work, finish the
-//! batch in flight and return; unacked messages go back to the queue when the
+//! Shutdown is a [`signals::Shutdown`], a pause a [`signals::PauseSignal`]
+//! (every loop gets both, with what it shares, in a [`Context`]): on
+//! shutdown both loops stop taking work, finish the batch in flight and
+//! return; unacked messages go back to the queue when the
 //! channel closes. A pause (`pausing`) does the same without returning: the
 //! intake closes its channel and the claimer stops claiming until it lifts.
 
@@ -21,6 +23,7 @@ pub mod leadership;
 mod pausing;
 pub mod pipeline;
 mod relay;
+mod signals;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,8 +40,10 @@ use crate::config::Endpoints;
 use crate::handlers::{HandlerError, Registry};
 use crate::store::ledger::Settlement;
 use pipeline::Pipeline;
+use signals::{PauseSignal, Shutdown};
 
 pub(crate) use intake::read_batch;
+pub use relay::RelayReport;
 
 /// How failed attempts are retried.
 #[derive(Clone, Copy, Debug)]
@@ -136,8 +141,9 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".to_string())
 }
 
-/// Runs a worker until `shutdown` is cancelled. Returns an error only for
-/// faults it cannot wait out.
+/// Runs a worker until `shutdown` is cancelled. It returns nothing: every
+/// fault it meets (broker or database away, a lost session) is waited out
+/// and logged, never handed up.
 ///
 /// The worker stands by until it leads its partition (`leadership`), then
 /// runs the intake and the claimer on the leader's session until shutdown
@@ -149,7 +155,7 @@ pub async fn run(
     registry: Registry,
     liveness: Liveness,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let pipeline =
         Pipeline::new(registry, config.id.clone(), config.retry, config.batch_timeout, config.batch_size as i64);
     tracing::info!(
@@ -160,20 +166,20 @@ pub async fn run(
         queue = %endpoints.queue,
         "worker starting"
     );
+    let shutdown = Shutdown::new(shutdown);
+    let context = Context {
+        pool: pool.clone(),
+        endpoints: endpoints.clone(),
+        worker: config.id.clone(),
+        liveness: liveness.clone(),
+        shutdown: shutdown.clone(),
+    };
     // Paused until the watcher has read the pause once: a worker started
     // during a pause never takes work.
-    let (paused_tx, paused) = tokio::sync::watch::channel(true);
-    let watcher =
-        tokio::spawn(pausing::watch(pool.clone(), config.id.clone(), liveness.clone(), paused_tx, shutdown.clone()));
-    let relay = tokio::spawn(relay::run(
-        pool.clone(),
-        endpoints.clone(),
-        config.id.clone(),
-        liveness.clone(),
-        paused.clone(),
-        shutdown.clone(),
-    ));
-    let dead_lettered = tokio::spawn(dead_lettered::run(pool.clone(), endpoints.clone(), shutdown.clone()));
+    let (paused_tx, paused) = PauseSignal::channel();
+    let watcher = tokio::spawn(pausing::watch(context.clone(), paused_tx));
+    let relay = tokio::spawn(relay::run(context.clone(), paused.clone()));
+    let dead_lettered = tokio::spawn(dead_lettered::run(context.clone()));
     while let Some(leadership) =
         leadership::acquire(&pool, &endpoints.queue, &config.id, config.batch_timeout, &shutdown).await
     {
@@ -185,23 +191,33 @@ pub async fn run(
             endpoints: &endpoints,
             config: &config,
             liveness: &liveness,
-            stop: shutdown.child_token(),
+            stop: shutdown.child(),
             lost: AtomicBool::new(false),
         };
         tokio::join!(intake::run(&lead, paused.clone()), claimer::run(&lead, paused.clone()));
         let lost = lead.lost.load(Ordering::SeqCst);
         liveness.set_leading(false);
         leadership.give_up(&pool, lost).await;
-        if shutdown.is_cancelled() {
+        if shutdown.is_triggered() {
             break;
         }
     }
-    shutdown.cancel();
+    shutdown.trigger();
     let _ = watcher.await;
     let _ = relay.await;
     let _ = dead_lettered.await;
     tracing::info!(worker = %config.id, "worker stopped");
-    Ok(())
+}
+
+/// What every loop of a worker shares: where it works, who it is, what it
+/// reports, and the stop it obeys.
+#[derive(Clone, Debug)]
+pub(super) struct Context {
+    pool: PgPool,
+    endpoints: Endpoints,
+    worker: String,
+    liveness: Liveness,
+    shutdown: Shutdown,
 }
 
 /// What the intake and the claimer of the partition's leader share.
@@ -212,8 +228,8 @@ pub(super) struct Lead<'a> {
     endpoints: &'a Endpoints,
     config: &'a WorkerConfig,
     liveness: &'a Liveness,
-    /// Cancelled on shutdown, or when either loop finds the session lost.
-    stop: CancellationToken,
+    /// Triggered on shutdown, or when either loop finds the session lost.
+    stop: Shutdown,
     lost: AtomicBool,
 }
 
@@ -223,7 +239,7 @@ impl Lead<'_> {
     fn lose(&self, why: &dyn std::fmt::Display) {
         tracing::warn!(partition = %self.leadership.partition, error = %why, "lost the leader session; standing by again");
         self.lost.store(true, Ordering::SeqCst);
-        self.stop.cancel();
+        self.stop.trigger();
     }
 
     fn is_lost(&self) -> bool {
@@ -238,6 +254,7 @@ pub struct Liveness {
     consuming: Arc<AtomicBool>,
     claiming: Arc<AtomicBool>,
     relaying: Arc<AtomicBool>,
+    relay: Arc<std::sync::Mutex<RelayReport>>,
 }
 
 impl Liveness {
@@ -276,13 +293,15 @@ impl Liveness {
     fn set_relaying(&self, relaying: bool) {
         self.relaying.store(relaying, Ordering::SeqCst);
     }
-}
 
-/// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
-async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
+    /// What the outbox relay last did.
+    pub fn relay(&self) -> RelayReport {
+        // A panic while the report was held leaves a report still worth reading.
+        self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn report_relay(&self, update: impl FnOnce(&mut RelayReport)) {
+        update(&mut self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }
 

@@ -6,35 +6,28 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-
-use super::Liveness;
+use super::signals::PauseSender;
+use super::Context;
 use crate::store::heartbeats::{self, WorkerState};
 use crate::store::pause;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
 
 /// How often the pause is read without a notification.
 const POLL: Duration = Duration::from_millis(250);
 /// How often the heartbeat is written when nothing changes.
 const BEAT: Duration = Duration::from_secs(1);
 
-pub(super) async fn watch(
-    pool: PgPool,
-    worker: String,
-    liveness: Liveness,
-    paused: watch::Sender<bool>,
-    shutdown: CancellationToken,
-) {
+pub(super) async fn watch(context: Context, paused: PauseSender) {
+    let Context { pool, worker, liveness, shutdown, .. } = &context;
     let host = super::host_name();
     let mut listener = None;
     let mut last_beat: Option<(Instant, WorkerState)> = None;
-    while !shutdown.is_cancelled() {
+    while !shutdown.is_triggered() {
         if listener.is_none() {
-            listener = listen(&pool).await;
+            listener = listen(pool).await;
         }
-        match pause::current(&pool).await {
+        match pause::current(pool).await {
             Ok(now) => {
                 let is_paused = now.is_some();
                 paused.send_if_modified(|p| std::mem::replace(p, is_paused) != is_paused);
@@ -51,7 +44,7 @@ pub(super) async fn watch(
             };
         let due = last_beat.is_none_or(|(at, last)| last != state || at.elapsed() >= BEAT);
         if due {
-            match heartbeats::beat(&pool, &worker, &host, state).await {
+            match heartbeats::beat(pool, worker, &host, state).await {
                 Ok(()) => {
                     if last_beat.is_some_and(|(_, last)| last != state) {
                         tracing::info!(state = ?state, "worker state changed");
@@ -63,12 +56,12 @@ pub(super) async fn watch(
         }
         let woke = match listener.as_mut() {
             Some(l) => tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.triggered() => break,
                 () = tokio::time::sleep(POLL) => true,
                 notified = l.recv() => notified.is_ok(),
             },
             None => tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.triggered() => break,
                 () = tokio::time::sleep(POLL) => true,
             },
         };
@@ -76,7 +69,7 @@ pub(super) async fn watch(
             listener = None;
         }
     }
-    if let Err(e) = heartbeats::beat(&pool, &worker, &host, WorkerState::Stopped).await {
+    if let Err(e) = heartbeats::beat(pool, worker, &host, WorkerState::Stopped).await {
         tracing::warn!(error = %e, "cannot record that the worker stopped");
     }
 }
@@ -85,12 +78,4 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
     listener.listen(pause::CHANNEL).await.ok()?;
     Some(listener)
-}
-
-/// Waits while paused; returns false if shutdown came first.
-pub(super) async fn wait_while_paused(paused: &mut watch::Receiver<bool>, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        resumed = paused.wait_for(|p| !*p) => resumed.is_ok(),
-    }
 }

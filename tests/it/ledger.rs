@@ -94,7 +94,7 @@ async fn selectors_pick_exactly_the_rows_the_runbook_queries_would(pool: PgPool)
     let by_type_and_day =
         Selector { event_types: vec!["contribution.submitted".into()], occurred: january, ..Selector::default() };
     assert_eq!(ids(&pool, &by_type_and_day).await, ["e1", "e2"], "a plain --to date includes that whole day");
-    let failed = Selector { statuses: vec!["error".into()], ..Selector::default() };
+    let failed = Selector { statuses: vec![replay::store::ledger::Status::Error], ..Selector::default() };
     assert_eq!(ids(&pool, &failed).await, ["e2"]);
     let processed_in_january = Selector { processed: january, ..Selector::default() };
     assert_eq!(ids(&pool, &processed_in_january).await, ["e1"]);
