@@ -84,6 +84,45 @@ async fn prune_deletes_only_old_processed_rows_and_is_audited(pool: PgPool) {
     world.cleanup().await;
 }
 
+#[sqlx::test]
+async fn prune_audits_each_batch_in_the_transaction_that_deletes_it(pool: PgPool) {
+    let world = World::new(pool).await;
+    seed(&world).await;
+    // The audit log refuses every prune entry after the first: the second
+    // batch's entry fails, and its deletes must fail with it.
+    for statement in [
+        "CREATE FUNCTION refuse_second_prune_entry() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.action LIKE 'ledger.prune%' AND EXISTS
+              (SELECT 1 FROM replay_control.audit_log WHERE action LIKE 'ledger.prune%') THEN
+             RAISE EXCEPTION 'audit log full (test)';
+           END IF;
+           RETURN NEW;
+         END $$",
+        "CREATE TRIGGER refuse_second_prune_entry BEFORE INSERT ON replay_control.audit_log
+         FOR EACH ROW EXECUTE FUNCTION refuse_second_prune_entry()",
+    ] {
+        sqlx::query(statement).execute(&world.pool).await.unwrap();
+    }
+    let out =
+        world.replay(&["ledger", "prune", "--older-than", "90d", "--yes", "--batch", "1", "--operator", "erin"]).await;
+    assert_eq!(out.status.code(), Some(1), "the second batch fails: {}", stdout_of(&out));
+    assert!(stderr_of(&out).contains("audit log full (test)"), "{}", stderr_of(&out));
+    let entries: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT action, details FROM replay_control.audit_log WHERE action LIKE 'ledger.prune%' ORDER BY id",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!((entries[0].0.as_str(), entries[0].1["deleted"].as_u64()), ("ledger.prune.batch", Some(1)));
+    // One old processed row went with its audited batch; the other stayed,
+    // its batch rolled back with the entry that failed.
+    let left = world.scalar("SELECT count(*) FROM processed_events").await;
+    assert_eq!(left, 4, "one of the two old processed rows is deleted, not both");
+    world.cleanup().await;
+}
+
 #[tokio::test]
 async fn completions_and_man_page_come_from_the_cli_definition() {
     for shell in ["bash", "zsh", "fish"] {
@@ -154,38 +193,6 @@ async fn the_dlq_lists_reports_shows_and_resolves(pool: PgPool) {
     let out = world.replay(&["dlq", "resolve", "old-err", "--note", "again"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     world.cleanup().await;
-}
-
-#[test]
-fn the_shipped_alerts_and_dashboard_use_metrics_the_worker_serves() {
-    let served = [
-        replay::telemetry::metrics::EVENTS_CONSUMED,
-        replay::telemetry::metrics::EVENTS_PROCESSED,
-        replay::telemetry::metrics::PROCESSING_SECONDS,
-        replay::telemetry::metrics::BATCH_SIZE,
-        replay::telemetry::metrics::RETRIES,
-        replay::telemetry::metrics::LEDGER_ROWS,
-        replay::telemetry::metrics::QUEUE_DEPTH,
-        replay::telemetry::metrics::DLQ_SIZE,
-        replay::telemetry::metrics::REPLAY_WAITING,
-        replay::telemetry::metrics::PAUSED,
-        replay::telemetry::metrics::CONSUMER_LAG,
-    ];
-    for file in ["ops/prometheus-alerts.yml", "ops/grafana-dashboard.json"] {
-        let text = std::fs::read_to_string(file).unwrap();
-        let used: std::collections::BTreeSet<&str> = text
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("replay_") && w.len() > "replay_".len())
-            .map(|w| w.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count"))
-            .collect();
-        assert!(!used.is_empty(), "{file} uses no metric");
-        for name in used {
-            assert!(served.contains(&name), "{file} uses {name}, which the worker does not serve");
-        }
-    }
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string("ops/grafana-dashboard.json").unwrap()).unwrap();
-    assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
 }
 
 #[sqlx::test]
