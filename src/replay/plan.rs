@@ -21,7 +21,7 @@
 //! nothing of the database; the commands bring the rows. (Its `id` submodule
 //! only says how a [`PlanId`] maps to a uuid column: a type, no I/O.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -456,6 +456,71 @@ impl SealedPlan {
     pub fn triggers(&self) -> &[Trigger] {
         self.header.workflow.as_ref().map_or(&[], |w| w.triggers.as_slice())
     }
+
+    /// The ids of the events `apply` publishes, in plan order (the rows,
+    /// then the triggers), `batch` at a time.
+    pub fn event_ids(&self, batch: usize) -> Result<EventIds<'_>, PlanError> {
+        Ok(EventIds {
+            plan: self,
+            rows: self.rows(batch)?,
+            buffered: VecDeque::new(),
+            triggers_from: None,
+            batch: batch.max(1),
+        })
+    }
+}
+
+/// The ids of a plan's events in the order `apply` publishes them, read from
+/// the file a batch at a time: the rows, then the workflow's triggers.
+pub struct EventIds<'a> {
+    plan: &'a SealedPlan,
+    rows: RowChunks,
+    buffered: VecDeque<String>,
+    /// Once the rows are read: the next trigger's index.
+    triggers_from: Option<usize>,
+    batch: usize,
+}
+
+impl EventIds<'_> {
+    fn next_id(&mut self) -> Result<Option<String>, PlanError> {
+        loop {
+            if let Some(id) = self.buffered.pop_front() {
+                return Ok(Some(id));
+            }
+            match self.triggers_from {
+                Some(n) => {
+                    self.triggers_from = Some(n + 1);
+                    return Ok(self.plan.triggers().get(n).map(|t| t.event_id.clone()));
+                }
+                None => match self.rows.next() {
+                    Some(chunk) => self.buffered.extend(chunk?.into_iter().map(|r| r.event_id)),
+                    None => self.triggers_from = Some(0),
+                },
+            }
+        }
+    }
+
+    /// Skips the first `n` events (those a resumed apply already published).
+    pub fn skip_events(&mut self, n: u64) -> Result<(), PlanError> {
+        for _ in 0..n {
+            if self.next_id()?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next batch of ids, `None` once every event was read.
+    pub fn next_batch(&mut self) -> Result<Option<Vec<String>>, PlanError> {
+        let mut ids = Vec::with_capacity(self.batch);
+        while ids.len() < self.batch {
+            match self.next_id()? {
+                Some(id) => ids.push(id),
+                None => break,
+            }
+        }
+        Ok((!ids.is_empty()).then_some(ids))
+    }
 }
 
 /// Reads a plan's rows a chunk at a time.
@@ -519,6 +584,46 @@ mod tests {
             writer.push(r.into(), "2026-01-02T03:04:05Z".parse().unwrap()).unwrap();
         }
         writer.seal(vec![], &Registry::reference()).unwrap()
+    }
+
+    #[test]
+    fn event_ids_are_the_rows_then_the_triggers_in_batches_and_skip_what_was_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = header(false);
+        let trigger = |n: usize| Trigger {
+            event_id: format!("t{n}"),
+            event_type: "period.close".into(),
+            occurred_at: "2026-01-02T03:04:05Z".parse().unwrap(),
+            payload: Value::Null,
+        };
+        header.workflow = Some(WorkflowPlan {
+            name: "period-close".into(),
+            params: BTreeMap::new(),
+            steps: vec![],
+            domain_rows: BTreeMap::new(),
+            fingerprint: "f".into(),
+            triggers: vec![trigger(1), trigger(2)],
+        });
+        let mut writer = PlanWriter::create(dir.path(), header).unwrap();
+        for r in [row(1, "period.opened", "processed"), row(2, "period.opened", "processed"), row(3, "x", "error")] {
+            writer.push((&r).into(), "2026-01-02T03:04:05Z".parse().unwrap()).unwrap();
+        }
+        let plan = writer.seal(vec![], &Registry::reference()).unwrap();
+        assert_eq!(plan.events(), 5);
+        let batches = |mut ids: EventIds<'_>| {
+            let mut all = Vec::new();
+            while let Some(batch) = ids.next_batch().unwrap() {
+                all.push(batch);
+            }
+            all
+        };
+        assert_eq!(batches(plan.event_ids(2).unwrap()), [vec!["e1", "e2"], vec!["e3", "t1"], vec!["t2"]]);
+        let mut resumed = plan.event_ids(2).unwrap();
+        resumed.skip_events(3).unwrap();
+        assert_eq!(batches(resumed), [vec!["t1", "t2"]]);
+        let mut past_the_end = plan.event_ids(10).unwrap();
+        past_the_end.skip_events(9).unwrap();
+        assert!(past_the_end.next_batch().unwrap().is_none());
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! Why an apply did not happen or did not finish: a [`Refusal`] (a check
+//! said no, nothing changed: exit 3), a stop that can be resumed (paused,
+//! interrupted, the broker refused), or a failure of what it stands on.
+
+use std::path::PathBuf;
+
+use crate::control::backup::BackupError;
+use crate::replay::plan::{DatabaseIdentity, PlanError};
+use crate::replay::workflows::WorkflowError;
+use crate::store::pause::Pause;
+use crate::store::StoreError;
+use crate::wire::transport::TransportError;
+
+/// A safety check said no. Nothing was changed: [`check`](super::check)
+/// runs every check before the backup, and a refusal the reset finds (a row
+/// or the domain moved since) rolls its transaction back; a dump taken
+/// meanwhile stays on disk, unused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Edited(PlanError),
+    #[error(
+        "the plan was made for {planned}, but this is {actual}: apply it where it was made, or make a new plan here"
+    )]
+    OtherDatabase { planned: DatabaseIdentity, actual: DatabaseIdentity },
+    #[error("the plan is stale: {count} of its {total} rows changed since it was made (e.g. {}). Make a new plan with `replay plan`", examples.join(", "))]
+    Stale { count: usize, total: usize, examples: Vec<String> },
+    #[error("the plan is stale: the domain rows of workflow {workflow} changed since it was made. Make a new plan with `replay plan`")]
+    DomainMoved { workflow: String },
+    #[error("{0}")]
+    Workflow(String),
+    #[error("another `replay apply` or `replay emergency-stop` is running on this database: wait for it to finish (see `replay status`), then run this again")]
+    Locked,
+    #[error("workers are paused since {} by {} ({}): resume them with `replay resume --reason ...` first", .0.paused_at.to_rfc3339(), .0.operator, .0.reason)]
+    Paused(Pause),
+    #[error("the plan replays {} whose handlers have effects outside the database, which restoring a backup does not undo: pass --allow-external-effects if that is intended", .0.join(", "))]
+    ExternalEffects(Vec<String>),
+    #[error("this plan was stopped by an emergency stop and its backup restored: make a new plan with `replay plan`")]
+    StoppedRun,
+    #[error("the backup {path} is {age} old, older than --backup-max-age {max}: take a fresh one (omit --backup) or raise --backup-max-age")]
+    BackupTooOld { path: PathBuf, age: String, max: String },
+    #[error("the backup {path} cannot be used: {reason}. Omit --backup to take a fresh one")]
+    BackupUnusable { path: PathBuf, reason: String },
+}
+
+/// Why an apply did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Not a `#[from]`: the refusal is the whole message, printed once.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("stopped: workers were paused ({0}) after {published} of {total} events were published. The pause (or emergency stop) is in charge now", .pause.reason)]
+    Paused { pause: Pause, published: u64, total: u64 },
+    #[error("interrupted after {published} of {total} events were published and confirmed: run the same `replay apply` again to resume")]
+    Interrupted { published: u64, total: u64 },
+    #[error("RabbitMQ refused the republish after {published} of {total} events were confirmed ({cause}); nothing else was sent. Fix the cause, then run the same `replay apply` again to resume")]
+    BrokerRefused { published: u64, total: u64, cause: String },
+    #[error(transparent)]
+    Plan(PlanError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("workflow: {0}")]
+    Workflow(WorkflowError),
+}
+
+impl From<Refusal> for ApplyError {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+impl From<PlanError> for ApplyError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::Tampered { .. } => Self::Refused(Refusal::Edited(error)),
+            other => Self::Plan(other),
+        }
+    }
+}
+
+impl From<WorkflowError> for ApplyError {
+    fn from(error: WorkflowError) -> Self {
+        match error {
+            WorkflowError::Refused(reason) => Self::Refused(Refusal::Workflow(reason)),
+            other => Self::Workflow(other),
+        }
+    }
+}
