@@ -114,3 +114,23 @@ pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
         .await
         .map_err(failed("count outbox events"))
 }
+
+/// What waits in the outbox, for health and metrics: how many events, and
+/// how long the oldest has waited (`None` when it is empty). A backlog whose
+/// oldest keeps ageing is a relay that cannot publish; one that stays young
+/// is draining.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct Backlog {
+    pub events: i64,
+    pub oldest_seconds: Option<f64>,
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, StoreError> {
+    sqlx::query_as(
+        "SELECT count(*) AS events, extract(epoch FROM now() - min(enqueued_at))::float8 AS oldest_seconds
+           FROM replay_control.outbox",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(failed("read the outbox backlog"))
+}

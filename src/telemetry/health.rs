@@ -2,23 +2,29 @@
 //! lives; `GET /health/ready` answers 200 only while the database answers and
 //! the worker holds a consumer on its queue, 503 with the reason otherwise;
 //! `GET /health/detailed` is the JSON an on-call engineer reads (database,
-//! broker, queue depth, ledger by status, pause, workers, DLQ, lag);
-//! `GET /metrics` is Prometheus text, its gauges refreshed at each scrape.
+//! broker, queue depth, ledger by status, pause, workers, DLQ, lag, the
+//! outbox and this worker's relay); `GET /metrics` is Prometheus text, its
+//! gauges refreshed at each scrape. Both are built from one [`Snapshot`].
 //!
 //! The caller binds the listener and owns the shutdown token, so tests bind
 //! port 0.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::Liveness;
+use crate::store::heartbeats::{self, Heartbeat};
+use crate::store::pause::Pause;
+use crate::store::{dead_letters, ledger, outbox};
+use crate::worker::{Liveness, RelayReport};
 
 /// How long the readiness probe waits for the database.
 const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,43 +89,138 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
     (StatusCode::OK, "ready\n".into())
 }
 
-/// What the detailed view and the gauges are made of.
-async fn snapshot(readiness: &Readiness) -> serde_json::Value {
-    use serde_json::json;
-    let pool = &readiness.pool;
-    let database = match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await {
-        Ok(_) => json!({"status": "ok", "url": readiness.endpoints.database_url.redacted()}),
-        Err(e) => {
-            json!({"status": "unreachable", "url": readiness.endpoints.database_url.redacted(), "error": e.to_string()})
+/// What the detailed view shows and the gauges are set from, read once per
+/// request. A read that failed (the database is away) is `None`: `null` in
+/// the JSON, and its gauge keeps its last value rather than drop to a 0
+/// that would read as "all clear".
+#[derive(Debug, serde::Serialize)]
+pub struct Snapshot {
+    pub broker: BrokerView,
+    pub consumer_lag_seconds: Option<f64>,
+    pub database: DatabaseView,
+    /// Unresolved failed events plus dead-lettered messages.
+    pub dlq: Option<i64>,
+    pub last_processed_at: Option<DateTime<Utc>>,
+    /// Ledger rows by status (empty when unreadable).
+    pub ledger: BTreeMap<String, i64>,
+    pub outbox: OutboxView,
+    pub paused: Option<Pause>,
+    pub queue_depth: Option<u32>,
+    pub replay_rows_waiting: Option<i64>,
+    pub workers: Option<Vec<Heartbeat>>,
+    pub workers_not_heard_from: Option<Vec<Heartbeat>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BrokerView {
+    pub consuming: bool,
+    /// Why the queue depth could not be read.
+    pub error: Option<String>,
+    pub leading: bool,
+    pub queue: String,
+    pub url: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DatabaseView {
+    /// `ok` or `unreachable`.
+    pub status: &'static str,
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The outbox as an on-call engineer reads it: what waits (the same on every
+/// worker) and what this worker's relay last did.
+#[derive(Debug, serde::Serialize)]
+pub struct OutboxView {
+    /// Events waiting to be relayed.
+    pub backlog: Option<i64>,
+    /// How long the oldest of them has waited.
+    pub oldest_seconds: Option<f64>,
+    /// True while the outbox holds events: they are on the fallback path
+    /// and have not reached the broker yet (`replay_outbox_fallback_active`).
+    pub fallback_active: Option<bool>,
+    pub relay: RelayReport,
+}
+
+impl Snapshot {
+    async fn read(readiness: &Readiness) -> Self {
+        let pool = &readiness.pool;
+        let endpoints = &readiness.endpoints;
+        let database = match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await {
+            Ok(_) => DatabaseView { status: "ok", url: endpoints.database_url.redacted(), error: None },
+            Err(e) => DatabaseView {
+                status: "unreachable",
+                url: endpoints.database_url.redacted(),
+                error: Some(e.to_string()),
+            },
+        };
+        let ledger = ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
+        let paused = crate::store::pause::current(pool).await.ok().flatten();
+        let workers = heartbeats::live_and_stale(pool, crate::control::pause::LIVE_WITHIN).await.ok();
+        let dlq = match (ledger::count_unresolved_errors(pool).await, dead_letters::count_unresolved(pool).await) {
+            (Ok(failed), Ok(dead)) => Some(failed + dead),
+            _ => None,
+        };
+        let activity = ledger::activity(pool).await.ok();
+        let backlog = outbox::backlog(pool).await.ok();
+        let queue = queue_depth(endpoints).await;
+        let (workers, workers_not_heard_from) = workers.map_or((None, None), |(live, stale)| (Some(live), Some(stale)));
+        Self {
+            broker: BrokerView {
+                consuming: readiness.liveness.is_consuming(),
+                error: queue.as_ref().err().map(ToString::to_string),
+                leading: readiness.liveness.is_leading(),
+                queue: endpoints.queue.clone(),
+                url: endpoints.amqp_url.redacted(),
+            },
+            consumer_lag_seconds: activity.and_then(|a| a.consumer_lag_seconds),
+            database,
+            dlq,
+            last_processed_at: activity.and_then(|a| a.last_processed_at),
+            ledger,
+            outbox: OutboxView {
+                backlog: backlog.map(|b| b.events),
+                oldest_seconds: backlog.and_then(|b| b.oldest_seconds),
+                fallback_active: backlog.map(|b| b.events > 0),
+                relay: readiness.liveness.relay(),
+            },
+            paused,
+            queue_depth: queue.ok(),
+            replay_rows_waiting: activity.map(|a| a.replay_rows_waiting),
+            workers,
+            workers_not_heard_from,
         }
-    };
-    let ledger: std::collections::BTreeMap<String, i64> =
-        crate::store::ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
-    let paused = crate::store::pause::current(pool).await.ok().flatten();
-    let workers = crate::store::heartbeats::live_and_stale(pool, crate::control::pause::LIVE_WITHIN).await.ok();
-    let dlq = crate::store::ledger::count_unresolved_errors(pool).await.unwrap_or(0)
-        + crate::store::dead_letters::count_unresolved(pool).await.unwrap_or(0);
-    let activity = crate::store::ledger::activity(pool).await.ok();
-    let queue = queue_depth(&readiness.endpoints).await;
-    json!({
-        "database": database,
-        "broker": {
-            "url": readiness.endpoints.amqp_url.redacted(),
-            "consuming": readiness.liveness.is_consuming(),
-            "leading": readiness.liveness.is_leading(),
-            "queue": readiness.endpoints.queue,
-            "error": queue.as_ref().err().map(ToString::to_string),
-        },
-        "queue_depth": queue.ok(),
-        "ledger": ledger,
-        "paused": paused,
-        "workers": workers.as_ref().map(|(live, _)| live),
-        "workers_not_heard_from": workers.as_ref().map(|(_, stale)| stale),
-        "dlq": dlq,
-        "last_processed_at": activity.as_ref().and_then(|a| a.0),
-        "replay_rows_waiting": activity.as_ref().map(|a| a.2),
-        "consumer_lag_seconds": activity.as_ref().and_then(|a| a.1),
-    })
+    }
+
+    /// Sets the gauges refreshed at scrape from what was read.
+    fn set_gauges(&self) {
+        use crate::telemetry::metrics as m;
+        for (status, n) in &self.ledger {
+            metrics::gauge!(m::LEDGER_ROWS, "status" => status.clone()).set(*n as f64);
+        }
+        if let Some(depth) = self.queue_depth {
+            metrics::gauge!(m::QUEUE_DEPTH).set(f64::from(depth));
+        }
+        if let Some(dlq) = self.dlq {
+            metrics::gauge!(m::DLQ_SIZE).set(dlq as f64);
+        }
+        if let Some(waiting) = self.replay_rows_waiting {
+            metrics::gauge!(m::REPLAY_WAITING).set(waiting as f64);
+        }
+        // No pause row is no pause, no due row no lag; but an unreachable
+        // database is neither, and keeps the last values.
+        if self.database.error.is_none() {
+            metrics::gauge!(m::PAUSED).set(if self.paused.is_some() { 1.0 } else { 0.0 });
+            metrics::gauge!(m::CONSUMER_LAG).set(self.consumer_lag_seconds.unwrap_or(0.0));
+        }
+        if let Some(events) = self.outbox.backlog {
+            metrics::gauge!(m::OUTBOX_BACKLOG).set(events as f64);
+            metrics::gauge!(m::OUTBOX_OLDEST).set(self.outbox.oldest_seconds.unwrap_or(0.0));
+            metrics::gauge!(m::OUTBOX_FALLBACK).set(if events > 0 { 1.0 } else { 0.0 });
+        }
+    }
 }
 
 async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate::wire::transport::TransportError> {
@@ -131,25 +232,14 @@ async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate:
     depth
 }
 
-async fn detailed(State(readiness): State<Readiness>) -> axum::Json<serde_json::Value> {
-    axum::Json(snapshot(&readiness).await)
+async fn detailed(State(readiness): State<Readiness>) -> axum::Json<Snapshot> {
+    axum::Json(Snapshot::read(&readiness).await)
 }
 
 async fn prometheus(State(readiness): State<Readiness>) -> (StatusCode, String) {
     let Some(handle) = &readiness.metrics else {
         return (StatusCode::NOT_FOUND, "metrics are not recorded in this process\n".into());
     };
-    let view = snapshot(&readiness).await;
-    for (status, n) in view["ledger"].as_object().into_iter().flatten() {
-        metrics::gauge!(crate::telemetry::metrics::LEDGER_ROWS, "status" => status.clone())
-            .set(n.as_f64().unwrap_or(0.0));
-    }
-    if let Some(depth) = view["queue_depth"].as_f64() {
-        metrics::gauge!(crate::telemetry::metrics::QUEUE_DEPTH).set(depth);
-    }
-    metrics::gauge!(crate::telemetry::metrics::DLQ_SIZE).set(view["dlq"].as_f64().unwrap_or(0.0));
-    metrics::gauge!(crate::telemetry::metrics::REPLAY_WAITING).set(view["replay_rows_waiting"].as_f64().unwrap_or(0.0));
-    metrics::gauge!(crate::telemetry::metrics::PAUSED).set(if view["paused"].is_null() { 0.0 } else { 1.0 });
-    metrics::gauge!(crate::telemetry::metrics::CONSUMER_LAG).set(view["consumer_lag_seconds"].as_f64().unwrap_or(0.0));
+    Snapshot::read(&readiness).await.set_gauges();
     (StatusCode::OK, handle.render())
 }
