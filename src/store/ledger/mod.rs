@@ -1,0 +1,130 @@
+//! The ledger, `processed_events`: every event ever seen and what became of it.
+//! All SQL on that table lives here, split by caller: `worker`, `replay`
+//! (plans, apply and the emergency stop) and `operator`.
+//!
+//! Statuses: `pending` (waiting, or waiting for a retry at `next_attempt_at`),
+//! `processing` (claimed by `locked_by` until its lease, `next_attempt_at`,
+//! expires), `processed`, `error` (attempts exhausted or payload unusable: the
+//! dead-letter state), `skipped` (no handler for its type).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::replay::selector::Selector;
+use crate::wire::envelope::{Event, Rejection};
+
+mod operator;
+mod replay;
+mod worker;
+
+pub use operator::*;
+pub use replay::*;
+pub use worker::*;
+
+/// A ledger row's status, stored as its lowercase name (the table's CHECK
+/// constraint lists the same five).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::Type, serde::Serialize, serde::Deserialize,
+)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Processing,
+    Processed,
+    Error,
+    Skipped,
+}
+
+impl Status {
+    /// Every status, in the order a row moves through them.
+    pub const ALL: [Status; 5] = [Self::Pending, Self::Processing, Self::Processed, Self::Error, Self::Skipped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Processed => "processed",
+            Self::Error => "error",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Reads a status by its name, as an operator types it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `columns` (a SELECT ... FROM processed_events) restricted by a selector.
+fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::<Postgres>::new(columns);
+    query.push(" WHERE true");
+    if !selector.event_ids.is_empty() {
+        query.push(" AND event_id = ANY(").push_bind(&selector.event_ids).push(")");
+    }
+    if !selector.event_types.is_empty() {
+        query.push(" AND event_type = ANY(").push_bind(&selector.event_types).push(")");
+    }
+    for (column, range) in [("occurred_at", &selector.occurred), ("processed_at", &selector.processed)] {
+        if let Some(from) = range.from {
+            query.push(format_args!(" AND {column} >= ")).push_bind(from);
+        }
+        if let Some(to) = range.to {
+            query.push(format_args!(" AND {column} < ")).push_bind(to);
+        }
+    }
+    if !selector.statuses.is_empty() {
+        let statuses: Vec<&str> = selector.statuses.iter().map(|s| s.as_str()).collect();
+        query.push(" AND status = ANY(").push_bind(statuses).push(")");
+    }
+    if let Some(from) = selector.received_from {
+        query.push(" AND received_at >= ").push_bind(from);
+    }
+    for field in &selector.payload {
+        let mut alternatives = query.push(" AND (").separated(" OR ");
+        for document in field.containments() {
+            alternatives.push("payload @> ").push_bind_unseparated(document);
+        }
+        query.push(")");
+    }
+    query.push(match order {
+        Order::EventTime => " ORDER BY occurred_at, id",
+        Order::NewestFirst => " ORDER BY id DESC",
+    });
+    if let Some(limit) = selector.limit {
+        query.push(" LIMIT ").push_bind(limit);
+    }
+    query
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    payload: Value,
+    occurred_at: DateTime<Utc>,
+    retry_count: i32,
+    #[sqlx(default)]
+    replay_forced_by: Option<uuid::Uuid>,
+}
+
+impl ClaimedRow {
+    /// A stored payload was storable once, so rebuilding the event cannot be
+    /// rejected; if it ever is, the row is left for its lease to expire.
+    fn into_claimed(self) -> Option<Claimed> {
+        let event = Event::new(self.event_id, self.event_type, self.occurred_at, self.payload)
+            .map_err(|e: Rejection| tracing::error!(row = self.id, error = %e, "stored payload cannot be rebuilt"))
+            .ok()?;
+        let event = Event { forced_by: self.replay_forced_by, ..event };
+        Some(Claimed { id: self.id, event, retry_count: self.retry_count })
+    }
+}

@@ -1,0 +1,283 @@
+//! The replay side of the ledger: a selector's rows streamed for a plan,
+//! their versions, the versioned reset with its history, workflow
+//! triggers, a plan's progress, and what the emergency stop keeps.
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::*;
+use crate::replay::selector::Selector;
+use crate::store::{failed, StoreError};
+use crate::wire::envelope::Event;
+
+/// How selected rows are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Event time, then id: replay order.
+    EventTime,
+    /// Latest received first: what an operator looking around wants.
+    NewestFirst,
+}
+
+/// A selected row as a plan records it, borrowed from the result row.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectedRow<'r> {
+    pub id: i64,
+    pub event_id: &'r str,
+    pub event_type: &'r str,
+    pub status: &'r str,
+    pub occurred_at: DateTime<Utc>,
+    /// The row version (`xmin`): changes with every change to the row.
+    pub version: &'r str,
+}
+
+/// Streams the rows a selector picks to `each`, in event-time order, without
+/// holding them in memory. Every value is a bind parameter. Columns are read
+/// by position and borrowed: a million rows cost no allocation each.
+pub async fn for_each_selected<E: From<StoreError>>(
+    pool: &PgPool,
+    selector: &Selector,
+    mut each: impl FnMut(SelectedRow<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut query = selection(
+        "SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events",
+        selector,
+        Order::EventTime,
+    );
+    let mut rows = query.build().fetch(pool);
+    let decode = |source| StoreError { op: "read selected rows", source };
+    while let Some(row) = rows.try_next().await.map_err(failed("select rows"))? {
+        let selected = SelectedRow {
+            id: row.try_get_unchecked(0).map_err(decode)?,
+            event_id: row.try_get_unchecked(1).map_err(decode)?,
+            event_type: row.try_get_unchecked(2).map_err(decode)?,
+            status: row.try_get_unchecked(3).map_err(decode)?,
+            occurred_at: row.try_get_unchecked(4).map_err(decode)?,
+            version: row.try_get_unchecked(5).map_err(decode)?,
+        };
+        each(selected)?;
+    }
+    Ok(())
+}
+
+/// The current version of each row among `ids` that still exists, as `(id, version)`.
+pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError> {
+    sqlx::query_as("SELECT id, xmin::text FROM processed_events WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+        .map_err(failed("read row versions"))
+}
+
+/// Resets rows for a replay plan, inside the caller's transaction, each only
+/// if it is still at the version planned (`rows` are `(id, version)`); returns
+/// how many were reset, so fewer than asked means the plan is stale. Each
+/// row's prior status, error and retry count go to `replay_history`, then the
+/// row becomes `pending` with a clean slate, parked for the plan: its
+/// republished message takes it (so `--rate` paces the replay, not the
+/// claimers), and only if no message came by `fallback` does a claimer.
+///
+/// One statement and no separate locking pass: the UPDATE locks each row as
+/// it writes it and re-checks the version of a row changed meanwhile, so the
+/// prior state recorded is the state it replaced.
+pub async fn reset_for_plan(
+    conn: &mut PgConnection,
+    rows: &[(i64, String)],
+    plan_id: uuid::Uuid,
+    operator: &str,
+    fallback: DateTime<Utc>,
+    forced: bool,
+) -> Result<u64, StoreError> {
+    let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|(id, v)| (*id, v.as_str())).unzip();
+    let reset: i64 = sqlx::query_scalar(
+        "WITH reset AS (
+             UPDATE processed_events p
+                SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
+                    locked_by = NULL, replay_plan = $3, next_attempt_at = $5, resolved_at = NULL,
+                    resolved_note = NULL, updated_at = now(), replay_forced_by = CASE WHEN $6 THEN $3 END
+               FROM (SELECT o.id, o.status, o.error_message, o.retry_count, o.processed_at, v.version
+                       FROM unnest($1::bigint[], $2::text[]) AS v(id, version)
+                       JOIN processed_events o ON o.id = v.id) prior
+              WHERE p.id = prior.id AND p.xmin::text = prior.version
+          RETURNING p.id, p.event_id, prior.status, prior.error_message, prior.retry_count, prior.processed_at
+         ), history AS (
+             INSERT INTO replay_history
+                    (ledger_id, event_id, plan_id, operator, prior_status, prior_error, prior_retry_count, prior_processed_at)
+             SELECT id, event_id, $3, $4, status, error_message, retry_count, processed_at FROM reset
+         )
+         SELECT count(*) FROM reset",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .bind(plan_id)
+    .bind(operator)
+    .bind(fallback)
+    .bind(forced)
+    .fetch_one(conn)
+    .await
+    .map_err(failed("reset rows for a replay"))?;
+    Ok(reset as u64)
+}
+
+/// Adds a workflow's trigger events to the ledger as pending rows parked
+/// for the plan (see [`reset_for_plan`]), with a history entry that has no
+/// prior state. Ids already present are left alone.
+pub async fn insert_triggers(
+    conn: &mut PgConnection,
+    events: &[Event],
+    plan_id: uuid::Uuid,
+    operator: &str,
+    fallback: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for event in events {
+        sqlx::query(
+            "WITH added AS (
+                 INSERT INTO processed_events
+                        (event_id, event_type, payload, occurred_at, status, replay_plan, next_attempt_at)
+                 VALUES ($1, $2, $3::jsonb, $4, 'pending', $5, $7)
+                 ON CONFLICT (event_id) DO NOTHING
+                 RETURNING id, event_id
+             )
+             INSERT INTO replay_history (ledger_id, event_id, plan_id, operator) SELECT id, event_id, $5, $6 FROM added",
+        )
+        .bind(&event.event_id)
+        .bind(&event.event_type)
+        .bind(&event.payload_json)
+        .bind(event.occurred_at)
+        .bind(plan_id)
+        .bind(operator)
+        .bind(fallback)
+        .execute(&mut *conn)
+        .await
+        .map_err(failed("add workflow trigger events"))?;
+    }
+    Ok(())
+}
+
+/// Events first seen at or after `since`, except the ones a replay plan reset
+/// or added: what a restore of a backup taken at `since` would erase and an
+/// emergency stop must keep.
+pub async fn first_seen_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    except_plan: Option<uuid::Uuid>,
+) -> Result<Vec<Event>, StoreError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events p
+          WHERE received_at >= $1
+            AND NOT EXISTS (SELECT 1 FROM replay_history h WHERE h.ledger_id = p.id AND h.plan_id = $2)
+          ORDER BY id",
+    )
+    .bind(since)
+    .bind(except_plan)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("read events first seen since the backup"))?;
+    Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| c.event).collect())
+}
+
+/// Adds events as `pending` rows, due now; ids already in the ledger are
+/// left as they are. Returns how many were added.
+pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result<u64, StoreError> {
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let done = sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status)
+         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, 'pending'
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+             AS e(event_id, event_type, payload, occurred_at)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&times)
+    .execute(conn)
+    .await
+    .map_err(failed("add pending events"))?;
+    Ok(done.rows_affected())
+}
+
+/// The events stored for `event_ids`, as they are republished, in the order asked.
+pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, StoreError> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events
+          WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("read events to republish"))?;
+    let mut by_id: std::collections::HashMap<String, Event> =
+        rows.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| (c.event.event_id.clone(), c.event)).collect();
+    Ok(event_ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// Where a plan's rows stand now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanProgress {
+    /// Rows still parked for the plan: pending, their message not yet consumed.
+    pub waiting: i64,
+    /// Every other row of the plan, by status.
+    pub by_status: std::collections::BTreeMap<Status, i64>,
+}
+
+impl PlanProgress {
+    /// Rows settled for good: processed or skipped.
+    pub fn done(&self) -> i64 {
+        [Status::Processed, Status::Skipped].iter().filter_map(|s| self.by_status.get(s)).sum()
+    }
+
+    /// Rows still to be applied: waiting, pending or processing.
+    pub fn open(&self) -> i64 {
+        self.waiting + [Status::Pending, Status::Processing].iter().filter_map(|s| self.by_status.get(s)).sum::<i64>()
+    }
+}
+
+pub async fn plan_progress(pool: &PgPool, plan_id: uuid::Uuid) -> Result<PlanProgress, StoreError> {
+    let rows: Vec<(Status, bool, i64)> = sqlx::query_as(
+        "SELECT p.status, p.status = 'pending' AND p.replay_plan IS NOT DISTINCT FROM $1, count(*)
+           FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
+          WHERE h.plan_id = $1
+          GROUP BY 1, 2",
+    )
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("count a plan's rows by status"))?;
+    let mut progress = PlanProgress::default();
+    for (status, waiting, count) in rows {
+        if waiting {
+            progress.waiting += count;
+        } else {
+            *progress.by_status.entry(status).or_default() += count;
+        }
+    }
+    Ok(progress)
+}
+
+/// Rows of a plan that failed again (or are retrying) with one message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct FailureGroup {
+    pub status: Status,
+    pub error: String,
+    pub count: i64,
+}
+
+/// Errors among a plan's rows since its reset (failed again, or retrying),
+/// grouped by message, most frequent first.
+pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<FailureGroup>, StoreError> {
+    sqlx::query_as(
+        "SELECT p.status, p.error_message AS error, count(*) AS count
+           FROM replay_history h JOIN processed_events p ON p.id = h.ledger_id
+          WHERE h.plan_id = $1 AND p.error_message IS NOT NULL AND p.status IN ('error', 'pending')
+          GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
+    )
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("group a plan's failures"))
+}
