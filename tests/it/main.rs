@@ -11,6 +11,7 @@ mod audit;
 mod backup;
 mod emergency;
 mod ledger;
+mod monitoring;
 mod operate;
 mod ordering;
 mod pause;
