@@ -45,13 +45,7 @@ pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Resu
         println!("{}", serde_json::to_string(&report)?);
     } else {
         for step in &report.steps {
-            println!(
-                "{:<18} {:>6} ms  {}  {}",
-                step.name,
-                step.ms,
-                if step.ok { "ok    " } else { "FAILED" },
-                step.detail
-            );
+            println!("{step}");
         }
         if let Some(path) = &report.report_path {
             println!("incident report: {}", path.display());
