@@ -1,33 +1,24 @@
-//! `replay bench`: the worker's end-to-end rate next to a raw baseline
-//! measured in the same run, in a scratch database and on scratch broker
-//! names, so the shared machine's noise affects both alike.
-//!
-//! Raw limit: one lapin consumer on the same ordered (quorum, single active
-//! consumer) queue → one batched INSERT per batch into a minimal table → one
-//! commit → ack multiple; no ledger, no handlers. Worker: the real `replay
-//! worker` binary (leader of its partition), spawned as a child process so
-//! its memory can be read from /proc. With `--previous-exe`, an earlier
-//! binary's worker on the classic queue it declares, for "ordering costs no
-//! throughput". Every drain empties a queue filled before the clock starts.
+//! `replay bench …`: every target measured next to a baseline in the same
+//! run, on a scratch database and scratch broker names, so the shared
+//! machine's noise affects both alike. One file per bench: `worker`
+//! (`replay bench`), `apply`, `plan`, `stop`; this module holds what they
+//! share (the scratch world, the spawned `replay` binary, timing and
+//! memory readings).
 
-pub mod replay;
+pub mod apply;
+pub mod plan;
+pub mod stop;
+pub mod worker;
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
-use futures::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use serde_json::json;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use sqlx::PgPool;
 
 use crate::config::{Endpoints, SecretUrl};
-use crate::wire::envelope::Event;
-use crate::wire::publisher::Publisher;
 use crate::{store::database, wire::transport};
 
 /// One measured drain.
@@ -43,156 +34,6 @@ impl Drain {
     }
 }
 
-/// What `replay bench` prints.
-#[derive(Debug, Clone)]
-pub struct Report {
-    /// One (raw limit, worker) pair per round, measured back to back.
-    pub rounds: Vec<(Drain, Drain)>,
-    /// The previous binary's worker on a classic queue, per round, if asked.
-    pub previous: Vec<Drain>,
-    /// Worker RSS in KiB at 0%, 25%, 50%, 75% and 100% of the drain.
-    pub worker_rss_kib: Vec<u64>,
-    pub worker_peak_rss_kib: u64,
-}
-
-impl Report {
-    /// The median over rounds of worker rate / baseline rate.
-    pub fn ratio(&self) -> f64 {
-        median(self.rounds.iter().map(|(b, w)| w.rate() / b.rate().max(f64::EPSILON)).collect())
-    }
-
-    /// The median over rounds of worker rate / previous worker rate.
-    pub fn ratio_to_previous(&self) -> Option<f64> {
-        (!self.previous.is_empty()).then(|| {
-            median(
-                self.rounds
-                    .iter()
-                    .zip(&self.previous)
-                    .map(|((_, w), p)| w.rate() / p.rate().max(f64::EPSILON))
-                    .collect(),
-            )
-        })
-    }
-}
-
-impl std::fmt::Display for Report {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, d: &Drain| {
-            writeln!(f, "{name:<58} {:>7} events in {:>6.2} s = {:>8.0} events/s", d.events, d.seconds, d.rate())
-        };
-        for (round, (baseline, worker)) in self.rounds.iter().enumerate() {
-            writeln!(f, "round {}:", round + 1)?;
-            line(f, "  raw limit (quorum SAC: consume -> INSERT -> ack multiple):", baseline)?;
-            line(f, "  ordered worker (quorum SAC, ledger + handlers):", worker)?;
-            if let Some(previous) = self.previous.get(round) {
-                line(f, "  previous worker (classic queue, before ordering):", previous)?;
-            }
-        }
-        writeln!(
-            f,
-            "ratio: ordered worker / raw limit = {:.2} (median of {} rounds)",
-            self.ratio(),
-            self.rounds.len()
-        )?;
-        if let Some(ratio) = self.ratio_to_previous() {
-            writeln!(f, "ratio: ordered worker / previous worker = {ratio:.2} (median; target >= 1.00)")?;
-        }
-        let samples: Vec<String> = self.worker_rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect();
-        writeln!(
-            f,
-            "worker RSS MiB at 0/25/50/75/100% of the drain: {} (peak {:.1})",
-            samples.join(" / "),
-            self.worker_peak_rss_kib as f64 / 1024.0
-        )
-    }
-}
-
-/// Runs both measurements with `events` events each. `worker_exe` is the
-/// `replay` binary to spawn.
-pub async fn run(
-    endpoints: &Endpoints,
-    events: usize,
-    keep: bool,
-    worker_exe: &Path,
-    previous_exe: Option<&Path>,
-) -> anyhow::Result<Report> {
-    let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let scratch = Scratch::create(&endpoints.database_url, &format!("replay_bench_{suffix}")).await?;
-    let names = Endpoints {
-        database_url: scratch.url.clone(),
-        amqp_url: endpoints.amqp_url.clone(),
-        exchange: format!("replay-bench-{suffix}"),
-        queue: format!("replay-bench-{suffix}.worker"),
-    };
-    let classic = Endpoints {
-        exchange: format!("replay-bench-{suffix}-classic"),
-        queue: format!("replay-bench-{suffix}-classic.worker"),
-        ..names.clone()
-    };
-    let previous = previous_exe.map(|exe| (exe, &classic));
-    let result = measure(&names, &scratch.pool, events, worker_exe, previous).await;
-    cleanup_broker(&names).await;
-    cleanup_broker(&classic).await;
-    scratch.pool.close().await;
-    if keep {
-        eprintln!("kept scratch database {}", scratch.name);
-    } else {
-        scratch.drop_database(&endpoints.database_url).await?;
-    }
-    result
-}
-
-async fn measure(
-    names: &Endpoints,
-    pool: &PgPool,
-    count: usize,
-    worker_exe: &Path,
-    previous: Option<(&Path, &Endpoints)>,
-) -> anyhow::Result<Report> {
-    sqlx::query("CREATE TABLE bench_raw (event_id text PRIMARY KEY, event_type text NOT NULL, payload jsonb NOT NULL)")
-        .execute(pool)
-        .await?;
-    let period = uuid::Uuid::new_v4();
-    let opened = Event::new(
-        uuid::Uuid::new_v4().to_string(),
-        "period.opened".into(),
-        Utc::now(),
-        json!({"period_id": period, "start_date": "2026-01-01", "end_date": "2026-03-31"}),
-    )?;
-    let mut events = vec![opened];
-    events.extend(contributions(period, count)?);
-
-    let mut rounds = Vec::with_capacity(ROUNDS);
-    let mut previous_drains = Vec::new();
-    let mut memory = (Vec::new(), 0);
-    for round in 1..=ROUNDS {
-        eprintln!("round {round}/{ROUNDS}: baseline drain of {} events…", events.len());
-        fill(names, &events).await?;
-        let baseline = baseline_drain(names, pool, events.len()).await?;
-        reset(pool).await?;
-
-        eprintln!("round {round}/{ROUNDS}: worker drain of {} events…", events.len());
-        fill(names, &events).await?;
-        let (worker, rss, peak) = worker_drain(names, pool, events.len(), worker_exe).await?;
-        let contributions: i64 = sqlx::query_scalar("SELECT count(*) FROM contributions").fetch_one(pool).await?;
-        anyhow::ensure!(
-            contributions as usize == count,
-            "the worker applied {contributions} contributions, expected {count}: the benchmark is void"
-        );
-        reset(pool).await?;
-        if let Some((exe, classic)) = previous {
-            eprintln!("round {round}/{ROUNDS}: previous worker drain of {} events (classic queue)…", events.len());
-            fill_classic(classic, &events).await?;
-            let (drain, _, _) = worker_drain(classic, pool, events.len(), exe).await?;
-            reset(pool).await?;
-            previous_drains.push(drain);
-        }
-        rounds.push((baseline, worker));
-        memory = (rss, peak);
-    }
-    Ok(Report { rounds, previous: previous_drains, worker_rss_kib: memory.0, worker_peak_rss_kib: memory.1 })
-}
-
 /// The middle value (the upper one of an even count).
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -201,188 +42,6 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 
 /// Measured rounds; the ratio reported is their median.
 const ROUNDS: usize = 3;
-
-/// Empties what a drain wrote, so every drain starts from the same state.
-async fn reset(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE processed_events, contributions, members, allocation_periods, bench_raw CASCADE")
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// `count` contribution.submitted events spread over 500 members.
-pub fn contributions(period: uuid::Uuid, count: usize) -> anyhow::Result<Vec<Event>> {
-    let members: Vec<uuid::Uuid> = (0..500).map(|_| uuid::Uuid::new_v4()).collect();
-    let start = Utc::now();
-    (0..count)
-        .map(|i| {
-            Event::new(
-                uuid::Uuid::new_v4().to_string(),
-                "contribution.submitted".into(),
-                start + chrono::Duration::milliseconds(i as i64),
-                json!({
-                    "contribution_id": uuid::Uuid::new_v4(),
-                    "member_id": members[i % members.len()],
-                    "period_id": period,
-                    "type": "labor",
-                    "amount": 10 + (i % 90),
-                }),
-            )
-            .map_err(anyhow::Error::from)
-        })
-        .collect()
-}
-
-/// Declares the topology and publishes every event, confirmed.
-async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
-    let connection = transport::connect(&names.amqp_url, "replay bench publisher").await?;
-    let channel = connection.create_channel().await?;
-    transport::declare(&channel, &names.exchange, &names.queue).await?;
-    let publisher = Publisher::new(channel, &names.exchange).await?;
-    publisher.publish_all(events, |_| {}).await?;
-    // Close while the publisher's channel is still alive: dropping it first
-    // races its own close against the connection's.
-    transport::close(&connection, "filled").await;
-    drop(publisher);
-    Ok(())
-}
-
-/// The topology of the engine before ordered consumption: a classic queue,
-/// bound with `#`; the previous binary's worker declares the same.
-async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()> {
-    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
-    let connection = transport::connect(&names.amqp_url, "replay bench publisher").await?;
-    let channel = connection.create_channel().await?;
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel
-        .exchange_declare(names.exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, FieldTable::default())
-        .await?;
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(names.queue.as_str().into(), durable, FieldTable::default()).await?;
-    transport::bind(&channel, &names.queue, &names.exchange).await?;
-    let publisher = Publisher::new(channel, &names.exchange).await?;
-    publisher.publish_all(events, |_| {}).await?;
-    transport::close(&connection, "filled").await;
-    drop(publisher);
-    Ok(())
-}
-
-/// The raw loop: no ledger, no handlers, no savepoints.
-async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyhow::Result<Drain> {
-    let connection = transport::connect(&names.amqp_url, "replay bench baseline").await?;
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            names.queue.as_str().into(),
-            "bench-baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut done = 0;
-    let mut started = None;
-    while done < total {
-        let first = consumer.next().await.context("baseline consumer closed")??;
-        started.get_or_insert_with(Instant::now);
-        let mut batch = vec![first];
-        while batch.len() < 500 {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => batch.push(d),
-                _ => break,
-            }
-        }
-        let events: Vec<Event> = batch
-            .iter()
-            .map(|d| {
-                crate::wire::envelope::Received {
-                    routing_key: d.routing_key.as_str(),
-                    properties: &d.properties,
-                    body: &d.data,
-                }
-                .parse(usize::MAX)
-            })
-            .collect::<Result<_, _>>()?;
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO bench_raw (event_id, event_type, payload)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::jsonb[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&types)
-        .bind(&payloads)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if let Some(last) = batch.last() {
-            channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
-        }
-        done += batch.len();
-    }
-    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    transport::close(&connection, "baseline done").await;
-    Ok(Drain { events: total, seconds })
-}
-
-/// Spawns the worker and times the drain from its first ledger row to the last.
-async fn worker_drain(
-    names: &Endpoints,
-    pool: &PgPool,
-    total: usize,
-    worker_exe: &Path,
-) -> anyhow::Result<(Drain, Vec<u64>, u64)> {
-    let mut child = tokio::process::Command::new(worker_exe)
-        .args(["worker", "--id", "bench", "--http", "off"])
-        .env("DATABASE_URL", names.database_url.expose())
-        .env("AMQP_URL", names.amqp_url.expose())
-        .env("REPLAY_EXCHANGE", &names.exchange)
-        .env("REPLAY_QUEUE", &names.queue)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("spawning {}", worker_exe.display()))?;
-    let pid = child.id().context("worker exited at once")?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut started = None;
-    let mut samples = vec![rss_kib(pid)];
-    let mut next_mark = 1;
-    loop {
-        // max(id) reads one index page; a count over the growing ledger
-        // every few milliseconds would slow the worker it measures.
-        let newest: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM processed_events").fetch_one(pool).await?;
-        let done = newest.unwrap_or(0) as usize;
-        if done > 0 && started.is_none() {
-            started = Some(Instant::now());
-        }
-        while next_mark < 4 && done * 4 >= total * next_mark {
-            samples.push(rss_kib(pid));
-            next_mark += 1;
-        }
-        if done >= total && processed(pool).await? >= total {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the worker did not drain {total} events in 10 minutes");
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the worker exited early ({status})");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    samples.push(rss_kib(pid));
-    let peak = peak_rss_kib(pid);
-    let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    Ok((Drain { events: total, seconds }, samples, peak))
-}
-
-async fn processed(pool: &PgPool) -> anyhow::Result<usize> {
-    let count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'processed'").fetch_one(pool).await?;
-    Ok(count as usize)
-}
 
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -395,14 +54,6 @@ pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmRSS:")
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmHWM:")
 }
 
 pub(crate) async fn cleanup_broker(names: &Endpoints) {
@@ -444,5 +95,105 @@ impl Scratch {
             .await?;
         admin.close().await;
         Ok(())
+    }
+}
+
+/// A scratch database and broker names, dropped when done unless kept.
+async fn scratch(endpoints: &Endpoints, prefix: &str) -> anyhow::Result<(Scratch, Endpoints)> {
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let scratch = Scratch::create(&endpoints.database_url, &format!("replay_bench_{prefix}_{suffix}")).await?;
+    let names = Endpoints {
+        database_url: scratch.url.clone(),
+        amqp_url: endpoints.amqp_url.clone(),
+        exchange: format!("replay-bench-{suffix}"),
+        queue: format!("replay-bench-{suffix}.worker"),
+    };
+    Ok((scratch, names))
+}
+
+async fn finish(endpoints: &Endpoints, scratch: Scratch, names: &Endpoints, keep: bool) -> anyhow::Result<()> {
+    cleanup_broker(names).await;
+    scratch.pool.close().await;
+    if keep {
+        eprintln!("kept scratch database {}", scratch.name);
+        Ok(())
+    } else {
+        scratch.drop_database(&endpoints.database_url).await
+    }
+}
+
+/// Fills the ledger with `rows` processed contribution events, one day of
+/// event time per 50,000 rows, in one statement per 200,000 rows.
+async fn seed(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(200_000);
+        sqlx::query(
+            "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, processed_at)
+             SELECT gen_random_uuid()::text, 'contribution.submitted',
+                    jsonb_build_object('contribution_id', gen_random_uuid(), 'member_id', gen_random_uuid(),
+                                       'period_id', '00000000-0000-0000-0000-000000000001', 'type', 'labor',
+                                       'amount', i % 90 + 10),
+                    timestamptz '2026-01-01' + make_interval(secs => (i * 86400.0 / 50000)),
+                    'processed', now()
+               FROM generate_series($1::bigint, $2::bigint) i",
+        )
+        .bind(done as i64)
+        .bind((done + n - 1) as i64)
+        .execute(pool)
+        .await?;
+        done += n;
+        if rows > 200_000 {
+            eprintln!("  seeded {done} of {rows} ledger rows…");
+        }
+    }
+    sqlx::query("VACUUM ANALYZE processed_events").execute(pool).await?;
+    Ok(())
+}
+
+/// Runs `replay ARGS` against `names` and returns its output, failing on a non-zero exit.
+async fn replay(exe: &Path, names: &Endpoints, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let output = command(exe, names, args).output().await.with_context(|| format!("running {}", exe.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "replay {} failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output)
+}
+
+fn command(exe: &Path, names: &Endpoints, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(args)
+        .env("DATABASE_URL", names.database_url.expose())
+        .env("AMQP_URL", names.amqp_url.expose())
+        .env("REPLAY_EXCHANGE", &names.exchange)
+        .env("REPLAY_QUEUE", &names.queue)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Plans every row and returns the plan's path.
+async fn plan_all(exe: &Path, names: &Endpoints, dir: &Path) -> anyhow::Result<String> {
+    let dir = dir.display().to_string();
+    let out = replay(exe, names, &["plan", "--all", "--reason", "bench", "--out-dir", &dir, "--json"]).await?;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    answer["plan_path"].as_str().map(str::to_string).context("plan printed no path")
+}
+
+async fn wait_for(pool: &PgPool, sql: &'static str, expected: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
+        if n == expected {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "waited 60 s for the workers to run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

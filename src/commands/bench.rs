@@ -12,13 +12,13 @@ pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitC
     match args.scenario {
         BenchScenario::Worker => print!(
             "{}",
-            crate::bench::run(endpoints, args.events, args.keep, &exe, args.previous_exe.as_deref()).await?
+            crate::bench::worker::run(endpoints, args.events, args.keep, &exe, args.previous_exe.as_deref()).await?
         ),
         BenchScenario::Apply => {
-            print!("{}", crate::bench::replay::apply(endpoints, args.events, args.keep, &exe).await?)
+            print!("{}", crate::bench::apply::run(endpoints, args.events, args.keep, &exe).await?)
         }
-        BenchScenario::Plan => print!("{}", crate::bench::replay::plan(endpoints, args.rows, args.keep, &exe).await?),
-        BenchScenario::Stop => print!("{}", crate::bench::replay::stop(endpoints, args.events, args.keep, &exe).await?),
+        BenchScenario::Plan => print!("{}", crate::bench::plan::run(endpoints, args.rows, args.keep, &exe).await?),
+        BenchScenario::Stop => print!("{}", crate::bench::stop::run(endpoints, args.events, args.keep, &exe).await?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -275,7 +275,7 @@ async fn two_workers_process_ten_thousand_events_once(pool: PgPool) {
     let world = World::new(pool).await;
     let period = Uuid::new_v4();
     let mut events = vec![period_opened(period)];
-    events.extend(replay::bench::contributions(period, 10_000).unwrap());
+    events.extend(replay::bench::worker::contributions(period, 10_000).unwrap());
     world.publish(&events).await;
 
     let a = world.start_worker(world.worker_config("a"));
