@@ -237,15 +237,13 @@ async fn fail_updates_of(world: &World, contribution: Uuid) {
     }
 }
 
-const CLOSE_HELD: &str =
-    "SELECT count(*) FROM processed_events WHERE event_type = 'period.close' AND sequence_state = 'held'";
-
-#[sqlx::test]
-async fn a_close_waits_for_an_approval_that_fails_transiently(pool: PgPool) {
-    let world = World::new(pool).await;
+/// Publishes a period with two approvals (10 and 7) and its close, where
+/// every update of the second approval's contribution fails until
+/// `test_faults` is emptied; returns that approval.
+async fn publish_a_close_behind_a_failing_approval(world: &World) -> Event {
     let (period, member) = (Uuid::new_v4(), Uuid::new_v4());
     let (good, flaky) = (Uuid::new_v4(), Uuid::new_v4());
-    fail_updates_of(&world, flaky).await;
+    fail_updates_of(world, flaky).await;
     let flaky_approval = approved(flaky);
     world
         .publish(&[
@@ -257,6 +255,16 @@ async fn a_close_waits_for_an_approval_that_fails_transiently(pool: PgPool) {
             event("period.close", json!({"period_id": period})),
         ])
         .await;
+    flaky_approval
+}
+
+const CLOSE_HELD: &str =
+    "SELECT count(*) FROM processed_events WHERE event_type = 'period.close' AND sequence_state = 'held'";
+
+#[sqlx::test]
+async fn a_close_waits_for_an_approval_that_fails_transiently(pool: PgPool) {
+    let world = World::new(pool).await;
+    let flaky_approval = publish_a_close_behind_a_failing_approval(&world).await;
     let mut config = world.worker_config("w1");
     config.retry.max_attempts = 50;
     let worker = world.start_worker(config);
@@ -281,20 +289,7 @@ async fn a_close_waits_for_an_approval_that_fails_transiently(pool: PgPool) {
 #[sqlx::test]
 async fn a_close_held_behind_a_failed_approval_is_released_by_replaying_it(pool: PgPool) {
     let world = World::new(pool).await;
-    let (period, member) = (Uuid::new_v4(), Uuid::new_v4());
-    let (good, flaky) = (Uuid::new_v4(), Uuid::new_v4());
-    fail_updates_of(&world, flaky).await;
-    let flaky_approval = approved(flaky);
-    world
-        .publish(&[
-            period_opened(period),
-            submitted(good, member, period, 10),
-            submitted(flaky, member, period, 7),
-            approved(good),
-            flaky_approval.clone(),
-            event("period.close", json!({"period_id": period})),
-        ])
-        .await;
+    let flaky_approval = publish_a_close_behind_a_failing_approval(&world).await;
     let worker = world.start_worker(world.worker_config("w1"));
     world
         .wait_for_count("SELECT count(*) FROM processed_events WHERE status = 'error'", 1, Duration::from_secs(30))
