@@ -132,6 +132,8 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     drop(to_keep);
 
     // 5. Record it: the run is never resumed, the audit log says what happened.
+    // The run is marked stopped unless its restore failed, so also when no
+    // restore ran (none asked, or an apply kept the lock: that step failed).
     if let (Some(plan_id), false) = (plan_id, restore_failed) {
         if let Err(e) = runs::stop(pool, plan_id).await {
             report.steps.failed_untimed("mark run stopped", e.into());

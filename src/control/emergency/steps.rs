@@ -27,7 +27,7 @@ pub struct Step {
 
 /// A step under way: its name and when it began.
 #[derive(Debug, Clone, Copy)]
-pub struct Started {
+pub(super) struct Started {
     name: &'static str,
     at: Instant,
 }
@@ -35,7 +35,7 @@ pub struct Started {
 impl Started {
     /// A step that is part of this one, timed from this one's start (the
     /// ack is the end of putting back what must survive).
-    pub fn part(self, name: &'static str) -> Self {
+    pub(super) fn part(self, name: &'static str) -> Self {
         Self { name, at: self.at }
     }
 }
@@ -47,12 +47,12 @@ pub struct Steps(Vec<Step>);
 
 impl Steps {
     /// Starts timing a step.
-    pub fn start(name: &'static str) -> Started {
+    pub(super) fn start(name: &'static str) -> Started {
         Started { name, at: Instant::now() }
     }
 
     /// Records how a step ended: what it did, or why it failed.
-    pub fn record(&mut self, step: Started, outcome: Result<String, StepError>) {
+    pub(super) fn record(&mut self, step: Started, outcome: Result<String, StepError>) {
         let ms = u64::try_from(step.at.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (ok, detail) = match outcome {
             Ok(detail) => (true, detail),
@@ -64,7 +64,7 @@ impl Steps {
     /// Records the failure of bookkeeping done after the stop's work (the
     /// run record, the audit entry, the report file): reported as 0 ms, and
     /// not reported at all when it succeeds.
-    pub fn failed_untimed(&mut self, name: &'static str, error: StepError) {
+    pub(super) fn failed_untimed(&mut self, name: &'static str, error: StepError) {
         self.0.push(Step { name, ms: 0, ok: false, detail: error.to_string() });
     }
 
