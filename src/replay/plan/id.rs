@@ -3,9 +3,11 @@
 //! the `x-replay-plan` header of a republished message.
 //!
 //! It is a uuid and prints as one (hyphenated, lowercase), in JSON too, so
-//! files, reports and headers read exactly as before it had a type. Tables
-//! with a `uuid` column bind it as is; a table that stores it as text binds
-//! its `to_string()` in that table's module.
+//! files, reports and headers read exactly as before it had a type. It maps
+//! to a `uuid` column (`store::runs` binds it as is; the ledger's functions
+//! still take its [`PlanId::as_uuid`]); where the id is stored or compared as
+//! text (the outbox's label, the ledger's match of a message to its parked
+//! row), that table's module binds its `to_string()`.
 
 use std::fmt;
 use std::str::FromStr;
