@@ -338,12 +338,15 @@ async fn a_canary_password_never_appears_anywhere(pool: PgPool) {
         }
     };
     let port = free_port();
+    let worker_log = dir.path().join("worker.log");
     let mut worker = tokio::process::Command::new(probed_replay())
         .args(["worker", "--id", "canary", "--http", &format!("127.0.0.1:{port}")])
         .envs(world.env())
         .env("DATABASE_URL", url.to_string())
         .env("RUST_LOG", "debug")
-        .stderr(std::process::Stdio::piped())
+        // A file, not a pipe: a debug log outgrows a pipe nobody reads
+        // until the end, and the worker would block writing to it.
+        .stderr(std::fs::File::create(&worker_log).unwrap())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -418,6 +421,7 @@ async fn a_canary_password_never_appears_anywhere(pool: PgPool) {
         seen += &stdout_of(out);
         seen += &stderr_of(out);
     }
+    seen += &std::fs::read_to_string(&worker_log).unwrap();
     seen += &answers;
     seen += &std::fs::read_to_string(&path).unwrap();
     let audit: Vec<String> =
