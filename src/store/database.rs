@@ -5,6 +5,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use super::{failed, StoreError};
 use crate::config::SecretUrl;
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -67,14 +68,20 @@ pub async fn check_migrated(pool: &PgPool, url: &SecretUrl) -> Result<(), Databa
 
 /// The last migration applied: what a backup must have been taken at to be
 /// restored here.
-pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success").fetch_one(pool).await
+pub async fn schema_version(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .map_err(failed("read the schema version"))
 }
 
 /// Which database this is: the cluster's system identifier (when the role
 /// may read it) and the database name.
-pub async fn identity(pool: &PgPool) -> Result<crate::replay::plan::DatabaseIdentity, sqlx::Error> {
-    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await?;
+pub async fn identity(pool: &PgPool) -> Result<crate::replay::plan::DatabaseIdentity, StoreError> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .map_err(failed("read the database's identity"))?;
     let system_identifier: Option<String> =
         sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()").fetch_one(pool).await.ok();
     Ok(crate::replay::plan::DatabaseIdentity { system_identifier, database })

@@ -49,7 +49,7 @@ impl Checked {
 /// are allowed, and a given backup is young and readable.
 pub async fn check(pool: &PgPool, plan_path: &Path, request: &Request) -> Result<Checked, ApplyError> {
     let plan = SealedPlan::open(plan_path)?;
-    let actual = crate::store::database::identity(pool).await.map_err(failed("reading the database's identity"))?;
+    let actual = crate::store::database::identity(pool).await?;
     if plan.header.database != actual {
         return Err(Refusal::OtherDatabase { planned: plan.header.database.clone(), actual }.into());
     }
@@ -126,7 +126,7 @@ async fn check_backup(pool: &PgPool, path: &Path, max_age: Duration) -> Result<P
         .into());
     }
     backup::check(path).await.map_err(|e| unusable(e.to_string()))?;
-    let version = crate::store::database::schema_version(pool).await.map_err(failed("reading the schema version"))?;
+    let version = crate::store::database::schema_version(pool).await?;
     backup::check_schema(path, version).await.map_err(|e| unusable(e.to_string()))?;
     Ok(path.to_path_buf())
 }
