@@ -52,9 +52,16 @@ struct KeptRow {
     replay_plan: Option<String>,
 }
 
+/// An event kept in the outbox, with its row id (to forget it once relayed).
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub id: i64,
+    pub event: Event,
+}
+
 /// Takes up to `limit` kept events, oldest first, locked for the caller's
-/// transaction (another relay skips them): `(id, event)`.
-pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event)>, StoreError> {
+/// transaction (another relay skips them).
+pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<Kept>, StoreError> {
     let rows: Vec<KeptRow> = sqlx::query_as(
         "SELECT id, event_id, event_type, payload, occurred_at, replay_plan FROM replay_control.outbox
           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -70,7 +77,7 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<(i64, Event
             // Only `keep` writes labels, each a plan id's text; one that is
             // not would be relayed as a plain event.
             let replay_plan = row.replay_plan.and_then(|label| label.parse::<PlanId>().ok());
-            Some((row.id, Event { replay_plan, ..event }))
+            Some(Kept { id: row.id, event: Event { replay_plan, ..event } })
         })
         .collect())
 }

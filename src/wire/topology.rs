@@ -25,7 +25,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use crate::config::Endpoints;
-use crate::wire::transport::{self, TransportError};
+use crate::wire::transport::{self, QueueCounts, TransportError};
 
 /// Where the old queue's messages wait during and after a migration.
 pub fn migration_old(queue: &str) -> String {
@@ -105,7 +105,7 @@ pub async fn inspect(endpoints: &Endpoints) -> Result<Inspection, TopologyError>
 async fn inspect_on(connection: &Connection, queue: &str) -> Result<Inspection, TopologyError> {
     let state = match counts(connection, queue).await? {
         None => QueueState::Missing,
-        Some((messages, consumers)) => {
+        Some(QueueCounts { messages, consumers }) => {
             let channel = transport::channel(connection).await?;
             let durable = QueueDeclareOptions { durable: true, ..Default::default() };
             let declare = channel.queue_declare(queue.into(), durable, transport::partition_arguments(queue));
@@ -120,7 +120,7 @@ async fn inspect_on(connection: &Connection, queue: &str) -> Result<Inspection, 
     };
     let mut draining = Vec::new();
     for name in drain_queues(queue) {
-        if let Some((messages, _)) = counts(connection, &name).await? {
+        if let Some(QueueCounts { messages, .. }) = counts(connection, &name).await? {
             draining.push((name, messages));
         }
     }
@@ -129,16 +129,10 @@ async fn inspect_on(connection: &Connection, queue: &str) -> Result<Inspection, 
 
 /// Messages and consumers of a queue, or `None` if it does not exist. A
 /// passive declare of a missing queue closes its channel: each look gets one.
-async fn counts(connection: &Connection, queue: &str) -> Result<Option<(u32, u32)>, TransportError> {
+async fn counts(connection: &Connection, queue: &str) -> Result<Option<QueueCounts>, TransportError> {
     let channel = transport::channel(connection).await?;
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    match transport::answer(
-        format!("inspect queue '{queue}'"),
-        channel.queue_declare(queue.into(), passive, FieldTable::default()),
-    )
-    .await
-    {
-        Ok(declared) => Ok(Some((declared.message_count(), declared.consumer_count()))),
+    match transport::queue_counts(&channel, queue).await {
+        Ok(counts) => Ok(Some(counts)),
         Err(TransportError::Broker { source, .. }) if transport::protocol_code(&source) == Some(404) => Ok(None),
         Err(e) => Err(e),
     }

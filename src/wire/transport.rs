@@ -252,12 +252,20 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, Transpor
 }
 
 /// Ready messages and open consumers of a queue.
-pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<(u32, u32), TransportError> {
+pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<QueueCounts, TransportError> {
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     let declared =
         answer(format!("inspect queue '{queue}'"), channel.queue_declare(queue.into(), passive, FieldTable::default()))
             .await?;
-    Ok((declared.message_count(), declared.consumer_count()))
+    Ok(QueueCounts { messages: declared.message_count(), consumers: declared.consumer_count() })
+}
+
+/// What the broker says a queue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready for delivery.
+    pub messages: u32,
+    pub consumers: u32,
 }
 
 /// How long no delivery must come before [`take_all`] looks whether the

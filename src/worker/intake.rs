@@ -232,7 +232,7 @@ async fn commit_and_ack(lead: &Lead<'_>, channel: &Channel, batch: &[Delivery]) 
     let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
         return Ok(true);
     };
-    let (events, dead) = read_batch(batch, lead.endpoints, lead.config.max_message_bytes);
+    let ReadBatch { events, dead } = read_batch(batch, lead.endpoints, lead.config.max_message_bytes);
     if !commit_with_retry(lead, events, &dead).await {
         return Ok(false);
     }
@@ -249,12 +249,18 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>) -> Result<Delivery, Tran
     }
 }
 
+/// Deliveries read: the events, and the messages that are not events.
+pub(crate) struct ReadBatch {
+    pub events: Vec<Event>,
+    pub dead: Vec<DeadLetter>,
+}
+
 /// Splits deliveries into events and messages that are not events.
 pub(crate) fn read_batch<'d>(
     batch: impl IntoIterator<Item = &'d Delivery>,
     endpoints: &Endpoints,
     max_bytes: usize,
-) -> (Vec<Event>, Vec<DeadLetter>) {
+) -> ReadBatch {
     let mut events = Vec::new();
     let mut dead = Vec::new();
     for delivery in batch {
@@ -282,7 +288,7 @@ pub(crate) fn read_batch<'d>(
             }
         }
     }
-    (events, dead)
+    ReadBatch { events, dead }
 }
 
 /// Commits the batch on the leader's session, retrying what the session

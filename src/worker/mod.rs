@@ -42,7 +42,7 @@ use crate::store::ledger::Settlement;
 use pipeline::Pipeline;
 use signals::{PauseSignal, Shutdown};
 
-pub(crate) use intake::read_batch;
+pub(crate) use intake::{read_batch, ReadBatch};
 pub use relay::RelayReport;
 
 /// How failed attempts are retried.

@@ -211,7 +211,7 @@ impl Pipeline {
             })
             .collect();
         let inserted = ledger::insert_new(&mut tx, &admissions).await?;
-        let inserted_ids: HashMap<String, i64> = inserted.into_iter().map(|(id, event_id)| (event_id, id)).collect();
+        let inserted_ids: HashMap<String, i64> = inserted.into_iter().map(|row| (row.event_id, row.id)).collect();
 
         let others: Vec<&Event> = events.iter().copied().filter(|e| !inserted_ids.contains_key(&e.event_id)).collect();
         let taken =

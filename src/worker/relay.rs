@@ -141,7 +141,7 @@ async fn relay_once(
             }
         }
     };
-    let (ids, events): (Vec<i64>, Vec<_>) = taken.into_iter().unzip();
+    let (ids, events): (Vec<i64>, Vec<_>) = taken.into_iter().map(|kept| (kept.id, kept.event)).unzip();
     publisher.publish_all(&events, |_| {}).await?;
     outbox::forget(&mut tx, &ids).await?;
     tx.commit().await.map_err(failed("commit the relayed events"))?;

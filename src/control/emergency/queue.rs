@@ -55,7 +55,7 @@ pub(super) async fn take(endpoints: &Endpoints, wait: Duration, plan: Option<Pla
     let channel = transport::channel(&connection).await?;
     let deadline = Instant::now() + wait;
     loop {
-        let (_, consumers) = transport::queue_counts(&channel, &endpoints.queue).await?;
+        let consumers = transport::queue_counts(&channel, &endpoints.queue).await?.consumers;
         if consumers == 0 {
             break;
         }
@@ -69,7 +69,8 @@ pub(super) async fn take(endpoints: &Endpoints, wait: Duration, plan: Option<Pla
     let deliveries = transport::take_all(&channel, &endpoints.queue).await?;
     let (replay, others): (Vec<_>, Vec<_>) =
         deliveries.iter().partition(|d| is_replay_message(envelope::replay_plan(&d.properties), plan));
-    let (events, dead) = crate::worker::read_batch(others.iter().copied(), endpoints, usize::MAX);
+    let crate::worker::ReadBatch { events, dead } =
+        crate::worker::read_batch(others.iter().copied(), endpoints, usize::MAX);
     let last = deliveries.last().map(|d| d.delivery_tag);
     Ok(Taken { replay: replay.len(), others: others.len(), events, dead, held: Held { connection, channel, last } })
 }

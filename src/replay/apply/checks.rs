@@ -82,7 +82,8 @@ pub(super) async fn check_current(conn: &mut PgConnection, plan: &SealedPlan) ->
     for chunk in plan.rows(RESET_CHUNK)? {
         let chunk = chunk?;
         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
-        let now: HashMap<i64, String> = ledger::versions(conn, &ids).await?.into_iter().collect();
+        let now: HashMap<i64, String> =
+            ledger::versions(conn, &ids).await?.into_iter().map(|r| (r.id, r.version)).collect();
         for row in &chunk {
             if now.get(&row.id) != Some(&row.version) {
                 changed += 1;

@@ -27,7 +27,7 @@ use crate::replay::plan::SealedPlan;
 use crate::replay::workflows::{self, WorkflowError};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::failed;
-use crate::store::ledger;
+use crate::store::ledger::{self, RowVersion};
 use crate::store::runs::{self, NewRun, ReplayRun, RunState};
 use crate::wire::envelope::Event;
 
@@ -141,7 +141,7 @@ async fn reset<'p>(
     runs::start(&mut tx, &new_run).await?;
     let fallback = fallback_time(plan.events(), request.rate);
     for chunk in plan.rows(RESET_CHUNK)? {
-        let rows: Vec<(i64, String)> = chunk?.into_iter().map(|r| (r.id, r.version)).collect();
+        let rows: Vec<RowVersion> = chunk?.into_iter().map(|r| RowVersion { id: r.id, version: r.version }).collect();
         let reset =
             ledger::reset_for_plan(&mut tx, &rows, header.plan_id.as_uuid(), &request.operator, fallback, header.force)
                 .await?;

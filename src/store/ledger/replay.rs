@@ -62,8 +62,15 @@ pub async fn for_each_selected<E: From<StoreError>>(
 }
 
 /// The current version of each row among `ids` that still exists, as `(id, version)`.
-pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError> {
-    sqlx::query_as("SELECT id, xmin::text FROM processed_events WHERE id = ANY($1)")
+/// A ledger row's Postgres row version (`xmin`), as a plan records it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RowVersion {
+    pub id: i64,
+    pub version: String,
+}
+
+pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<RowVersion>, StoreError> {
+    sqlx::query_as("SELECT id, xmin::text AS version FROM processed_events WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(conn)
         .await
@@ -83,13 +90,13 @@ pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<(i64, 
 /// prior state recorded is the state it replaced.
 pub async fn reset_for_plan(
     conn: &mut PgConnection,
-    rows: &[(i64, String)],
+    rows: &[RowVersion],
     plan_id: uuid::Uuid,
     operator: &str,
     fallback: DateTime<Utc>,
     forced: bool,
 ) -> Result<u64, StoreError> {
-    let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|(id, v)| (*id, v.as_str())).unzip();
+    let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|r| (r.id, r.version.as_str())).unzip();
     let reset: i64 = sqlx::query_scalar(
         "WITH reset AS (
              UPDATE processed_events p

@@ -100,11 +100,18 @@ fn never() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Inserts the events not yet in the ledger and returns `(id, event_id)` of
-/// the ones it inserted; events already present are left untouched. Rows get
+/// A row `insert_new` added: its ledger id and event id.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Inserted {
+    pub id: i64,
+    pub event_id: String,
+}
+
+/// Inserts the events not yet in the ledger and returns the ones it
+/// inserted; events already present are left untouched. Rows get
 /// their ids in the order given (delivery order): the ledger id is the
 /// partition's apply order.
-pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<(i64, String)>, StoreError> {
+pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<Inserted>, StoreError> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
     let mut payloads = Vec::with_capacity(rows.len());
