@@ -35,7 +35,8 @@ use uuid::Uuid;
 use crate::handlers::Registry;
 use crate::replay::selector::Selector;
 
-mod id;
+pub mod id;
+pub use crate::store::database::DatabaseIdentity;
 pub use id::PlanId;
 
 /// Plan files this version writes and reads.
@@ -54,24 +55,6 @@ pub enum PlanError {
     /// The file is not what `replay plan` wrote: edited, truncated, or not a plan.
     #[error("{path} is not the plan `replay plan` wrote: {problem}. Make a new plan with `replay plan`")]
     Tampered { path: PathBuf, problem: String },
-}
-
-/// The database a plan was made for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatabaseIdentity {
-    /// `pg_control_system().system_identifier`: tells clusters apart even
-    /// when their database names match.
-    pub system_identifier: Option<String>,
-    pub database: String,
-}
-
-impl std::fmt::Display for DatabaseIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.system_identifier {
-            Some(system) => write!(f, "database '{}' of cluster {system}", self.database),
-            None => write!(f, "database '{}'", self.database),
-        }
-    }
 }
 
 /// One planned row, with its row version at planning time.

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::ledger::Status;
+use crate::store::ledger::status::Status;
 
 /// Why a selector is not usable; nothing was read or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

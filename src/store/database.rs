@@ -75,14 +75,32 @@ pub async fn schema_version(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(failed("read the schema version"))
 }
 
+/// Which database this is, as a plan records the database it was made for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseIdentity {
+    /// `pg_control_system().system_identifier`: tells clusters apart even
+    /// when their database names match.
+    pub system_identifier: Option<String>,
+    pub database: String,
+}
+
+impl std::fmt::Display for DatabaseIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.system_identifier {
+            Some(system) => write!(f, "database '{}' of cluster {system}", self.database),
+            None => write!(f, "database '{}'", self.database),
+        }
+    }
+}
+
 /// Which database this is: the cluster's system identifier (when the role
 /// may read it) and the database name.
-pub async fn identity(pool: &PgPool) -> Result<crate::replay::plan::DatabaseIdentity, StoreError> {
+pub async fn identity(pool: &PgPool) -> Result<DatabaseIdentity, StoreError> {
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(pool)
         .await
         .map_err(failed("read the database's identity"))?;
     let system_identifier: Option<String> =
         sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()").fetch_one(pool).await.ok();
-    Ok(crate::replay::plan::DatabaseIdentity { system_identifier, database })
+    Ok(DatabaseIdentity { system_identifier, database })
 }

@@ -8,7 +8,7 @@ use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::replay::plan::PlanId;
+use crate::replay::plan::id::PlanId;
 use crate::wire::envelope::Event;
 
 /// Keeps events, once each: an event id already kept is left as it is,

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::replay::plan::PlanId;
+use crate::replay::plan::id::PlanId;
 
 /// Key of the session lock held by a running apply or emergency stop.
 const CONTROL_LOCK: &str = "replay_control.apply";

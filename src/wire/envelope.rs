@@ -18,7 +18,7 @@ use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::replay::plan::PlanId;
+use crate::replay::plan::id::PlanId;
 
 /// Header with the event's time at full precision (the AMQP timestamp has seconds).
 pub const OCCURRED_AT_HEADER: &str = "occurred_at";
