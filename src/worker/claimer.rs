@@ -112,18 +112,25 @@ async fn claim_and_apply(lead: &Lead<'_>) -> Claimed {
     }
 }
 
+/// Longest opening the notification listener may take.
+const LISTEN_WITHIN: Duration = Duration::from_secs(5);
+
 async fn listen(pool: &PgPool, url: &SecretUrl) -> Option<PgListener> {
-    let mut listener = match PgListener::connect_with(pool).await {
-        Ok(l) => l,
-        Err(e) => {
+    // Bounded: the listener's connection comes from the pool, whose idle
+    // connections may hang (a frozen network path); the claimer polls then.
+    let listening = tokio::time::timeout(LISTEN_WITHIN, async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen("replay_pending").await.map(|()| listener)
+    })
+    .await;
+    match listening {
+        Ok(Ok(listener)) => Some(listener),
+        Ok(Err(e)) => {
             tracing::warn!(database = %url, error = %e, "cannot listen for due rows; polling instead");
-            return None;
+            None
         }
-    };
-    match listener.listen("replay_pending").await {
-        Ok(()) => Some(listener),
-        Err(e) => {
-            tracing::warn!(database = %url, error = %e, "cannot listen for due rows; polling instead");
+        Err(_) => {
+            tracing::warn!(database = %url, "listening for due rows got no answer; polling instead");
             None
         }
     }

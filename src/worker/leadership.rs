@@ -22,6 +22,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::signals::Shutdown;
 use crate::store::{failed, leaders, ledger, StoreError};
 
+/// Longest an abandoned session's terminate may take.
+const TERMINATE_WITHIN: Duration = Duration::from_secs(5);
 /// How often a standby tries the lock.
 const TRY_EVERY: Duration = Duration::from_millis(250);
 
@@ -125,17 +127,31 @@ async fn try_acquire(
 
 impl Leadership {
     /// Gives the partition up. An `abandoned` session (a statement left
-    /// mid-way, or a session that stopped answering) is also terminated
-    /// through the pool: its socket may still look alive to the server.
+    /// mid-way, or a session that stopped answering) is also terminated,
+    /// over a fresh connection and within [`TERMINATE_WITHIN`]: its socket
+    /// may still look alive to the server, and the pool's idle connections
+    /// may sit on the same frozen path (a statement on one of them would
+    /// never return, and this worker would never stand by again). If the
+    /// terminate fails, the server's idle-in-transaction timeout and
+    /// keepalives end the session.
     pub async fn give_up(self, pool: &PgPool, abandoned: bool) {
         let Self { session, backend_pid, partition, .. } = self;
         let session = session.into_inner();
         if abandoned {
             drop(session);
-            let terminated = sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
-                .bind(backend_pid)
-                .fetch_one(pool)
-                .await;
+            let terminate = async {
+                let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+                let terminated = sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
+                    .bind(backend_pid)
+                    .fetch_one(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+                terminated
+            };
+            let terminated = tokio::time::timeout(TERMINATE_WITHIN, terminate)
+                .await
+                .map_err(|_| format!("no answer within {TERMINATE_WITHIN:?}"))
+                .and_then(|done| done.map_err(|e| e.to_string()));
             tracing::warn!(partition, backend_pid, ?terminated, "gave up the partition: its session was abandoned");
         } else {
             // Ending the session frees the lock.
