@@ -175,7 +175,7 @@ async fn raw_publish(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Dr
 /// The runbook's loop: per event, a `psql` UPDATE and a publish over a new
 /// connection (what `rabbitmqadmin publish` amounts to).
 async fn runbook_loop(names: &Endpoints, messages: &[Event]) -> anyhow::Result<Drain> {
-    let env = crate::control::backup::libpq_env(&names.database_url)?;
+    let env = crate::store::backup::libpq_env(&names.database_url)?;
     let started = Instant::now();
     for event in messages {
         let event_id = &event.event_id;

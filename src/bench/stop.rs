@@ -65,7 +65,7 @@ async fn measure_stop(names: &Endpoints, pool: &PgPool, rows: usize, exe: &Path)
     }
     let running =
         "SELECT count(*) FROM replay_control.worker_heartbeats WHERE state = 'running' AND worker_id LIKE 'bench-w%'";
-    let env = crate::control::backup::libpq_env(&names.database_url)?;
+    let env = crate::store::backup::libpq_env(&names.database_url)?;
     let database = env.iter().find(|(k, _)| *k == "PGDATABASE").map(|(_, v)| v.clone()).unwrap_or_default();
     let mut rounds = Vec::with_capacity(ROUNDS);
     for round in 1..=ROUNDS {

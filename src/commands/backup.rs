@@ -6,7 +6,7 @@ use crate::cli::BackupArgs;
 use crate::config::Endpoints;
 
 pub async fn run(endpoints: &Endpoints, args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let backup = crate::control::backup::take(&endpoints.database_url, &args.dir, args.out).await?;
+    let backup = crate::store::backup::take(&endpoints.database_url, &args.dir, args.out).await?;
     if args.json {
         println!(
             "{}",

@@ -54,9 +54,7 @@ async fn publish(
     confirmed: &mut usize,
 ) -> Result<(), transport::TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, "replay publish").await?;
-    let channel = transport::channel(&connection).await?;
-    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
-    let publisher = Publisher::new(channel, &endpoints.exchange).await?;
+    let publisher = Publisher::open(&connection, endpoints).await?;
     let sent = publisher.publish_all(events, |n| *confirmed = n).await;
     transport::close(&connection, "published").await;
     sent

@@ -8,8 +8,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{HttpListen, WorkerArgs};
 use crate::config::Endpoints;
 use crate::handlers::Registry;
+use crate::store::database;
+use crate::worker::health;
 use crate::worker::{self, Liveness, WorkerConfig};
-use crate::{store::database, telemetry::health};
 
 pub async fn run(endpoints: &Endpoints, args: WorkerArgs, handlers: Registry) -> anyhow::Result<ExitCode> {
     let mut config = WorkerConfig::new(args.id.unwrap_or_else(worker::default_worker_id));

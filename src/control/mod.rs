@@ -1,11 +1,9 @@
 //! What operators do to a running system, each action audited in the
 //! transaction of the change it describes: pausing and resuming every
-//! worker (`pause`), the emergency stop (`emergency`) and the backups both
-//! apply and the emergency stop rely on (`backup`), pruning the ledger
+//! worker (`pause`), the emergency stop (`emergency`), pruning the ledger
 //! (`prune`) and resolving DLQ entries (`resolve`). Commands call these;
 //! they open no transaction of their own.
 
-pub mod backup;
 pub mod emergency;
 pub mod pause;
 pub mod prune;

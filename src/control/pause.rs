@@ -14,8 +14,7 @@ use crate::store::heartbeats::{self, WorkerState};
 use crate::store::pause::{self, Pause};
 use crate::store::{failed, StoreError};
 
-/// A worker whose heartbeat is older than this is not waited for.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(5);
+pub use crate::store::heartbeats::LIVE_WITHIN;
 
 /// What a pause found.
 #[derive(Debug, Clone, Serialize)]

@@ -42,7 +42,7 @@ pub async fn insert(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(
     .bind(&reasons)
     .execute(conn)
     .await
-    .map_err(|source| StoreError { op: "store dead letters", source })?;
+    .map_err(failed("store dead letters"))?;
     Ok(())
 }
 

@@ -7,6 +7,10 @@ use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+/// A worker whose heartbeat is older than this is not live: a pause does not
+/// wait for it, health counts it stale.
+pub const LIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A worker's state as it last reported it, stored as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]

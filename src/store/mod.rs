@@ -1,8 +1,11 @@
-//! The store: the Postgres pool and migrations, and one module per table
-//! (the ledger, the audit log, dead letters, heartbeats, partition leaders,
-//! the outbox, replay runs, the pause). All SQL on a table lives in its module.
+//! The store: the Postgres pool and migrations (`database`), the dumps and
+//! restores of the domain (`backup`: the real pg_dump and pg_restore), and
+//! one module per table (the ledger, the audit log, dead letters,
+//! heartbeats, partition leaders, the outbox, replay runs, the pause,
+//! topology migrations). All SQL on a table lives in its module.
 
 pub mod audit;
+pub mod backup;
 pub mod database;
 pub mod dead_letters;
 pub mod heartbeats;
@@ -11,6 +14,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod pause;
 pub mod runs;
+pub mod topology_migrations;
 
 /// Unresolved DLQ entries of one kind and cause over a time window, as
 /// `replay dlq report` shows them: failed events by type and error, dead

@@ -114,14 +114,6 @@ pub async fn count_for_plan(pool: &PgPool, plan: PlanId) -> Result<i64, StoreErr
         .map_err(failed("count a plan's outbox events"))
 }
 
-/// How many events wait in the outbox.
-pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
-    sqlx::query_scalar("SELECT count(*) FROM replay_control.outbox")
-        .fetch_one(pool)
-        .await
-        .map_err(failed("count outbox events"))
-}
-
 /// What waits in the outbox, for health and metrics: how many events, and
 /// how long the oldest has waited (`None` when it is empty). A backlog whose
 /// oldest keeps ageing is a relay that cannot publish; one that stays young

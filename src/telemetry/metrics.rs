@@ -2,7 +2,7 @@
 //! worker's `/metrics` endpoint renders. Counters and histograms are
 //! recorded where things happen (after commit); the ledger, queue, DLQ and
 //! outbox gauges are refreshed from the tables and the broker at each scrape
-//! (`telemetry::health`).
+//! (`worker::health`).
 //!
 //! The outbox: `replay publish` and `replay apply` keep there what the broker
 //! did not confirm, and every worker's relay publishes it later. An on-call

@@ -1,8 +1,9 @@
-//! What the system tells its operators: readiness and health over HTTP
-//! (`health`), Prometheus metrics (`metrics`) and, here, logging: human-readable lines on stderr, filtered by `RUST_LOG`
-//! (default `info`), so stdout stays for command output.
+//! What the system tells its operators, below everything that reports:
+//! Prometheus metric names and the recorder (`metrics`) and, here, logging:
+//! human-readable lines on stderr, filtered by `RUST_LOG` (default `info`),
+//! so stdout stays for command output. (The worker's HTTP endpoint, which
+//! reads the worker's own state, is `worker::health`.)
 
-pub mod health;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

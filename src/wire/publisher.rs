@@ -9,6 +9,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Channel;
 use lapin::Confirmation;
 
+use crate::config::Endpoints;
 use crate::wire::envelope::Event;
 use crate::wire::transport::{self, TransportError};
 
@@ -25,6 +26,14 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher on a new channel of `connection`, with the topology
+    /// declared first (events must not go to an exchange with no queue bound).
+    pub async fn open(connection: &lapin::Connection, endpoints: &Endpoints) -> Result<Self, TransportError> {
+        let channel = transport::channel(connection).await?;
+        transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+        Self::new(channel, &endpoints.exchange).await
+    }
+
     /// Puts the channel in confirm mode.
     pub async fn new(channel: Channel, exchange: &str) -> Result<Self, TransportError> {
         transport::answer("enable publisher confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;

@@ -25,6 +25,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use crate::config::Endpoints;
+use crate::store::{topology_migrations, StoreError};
 use crate::wire::transport::{self, QueueCounts, TransportError};
 
 /// Where the old queue's messages wait during and after a migration.
@@ -74,7 +75,7 @@ pub enum TopologyError {
     #[error("queue '{queue}' is already the ordered queue: nothing to migrate")]
     NothingToMigrate { queue: String },
     #[error("cannot record the migration in the database: {0}. Check DATABASE_URL and run this again")]
-    Record(sqlx::Error),
+    Record(StoreError),
     #[error("queue '{queue}' does not exist: nothing to migrate (the first worker declares it as the ordered queue)")]
     Missing { queue: String },
 }
@@ -129,7 +130,7 @@ async fn inspect_on(connection: &Connection, queue: &str) -> Result<Inspection, 
 
 /// Messages and consumers of a queue, or `None` if it does not exist. A
 /// passive declare of a missing queue closes its channel: each look gets one.
-async fn counts(connection: &Connection, queue: &str) -> Result<Option<QueueCounts>, TransportError> {
+pub(crate) async fn counts(connection: &Connection, queue: &str) -> Result<Option<QueueCounts>, TransportError> {
     let channel = transport::channel(connection).await?;
     match transport::queue_counts(&channel, queue).await {
         Ok(counts) => Ok(Some(counts)),
@@ -149,33 +150,11 @@ pub struct Migrated {
 /// records the move so the partition's leader drains the holding queues.
 pub async fn migrate(endpoints: &Endpoints, pool: &sqlx::PgPool) -> Result<Migrated, TopologyError> {
     // Recorded first: a move cut short still has its holding queues drained.
-    record_migration(pool, &endpoints.queue).await.map_err(TopologyError::Record)?;
+    topology_migrations::record(pool, &endpoints.queue).await.map_err(TopologyError::Record)?;
     let connection = transport::connect(&endpoints.amqp_url, "replay topology migrate").await?;
     let result = migrate_on(&connection, endpoints).await;
     transport::close(&connection, "topology migrated").await;
     result
-}
-
-async fn record_migration(pool: &sqlx::PgPool, queue: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO replay_control.topology_migrations (queue) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(queue)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Whether a migration of `queue` left holding queues to drain.
-pub async fn migration_recorded(pool: &sqlx::PgPool, queue: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM replay_control.topology_migrations WHERE queue = $1)")
-        .bind(queue)
-        .fetch_one(pool)
-        .await
-}
-
-/// The holding queues of `queue` are drained and gone.
-pub async fn forget_migration(pool: &sqlx::PgPool, queue: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM replay_control.topology_migrations WHERE queue = $1").bind(queue).execute(pool).await?;
-    Ok(())
 }
 
 async fn migrate_on(connection: &Connection, endpoints: &Endpoints) -> Result<Migrated, TopologyError> {

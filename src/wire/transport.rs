@@ -244,11 +244,7 @@ pub fn protocol_code(error: &lapin::Error) -> Option<u16> {
 
 /// Number of messages ready in the queue (not counting unacked ones).
 pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, TransportError> {
-    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared =
-        answer(format!("inspect queue '{queue}'"), channel.queue_declare(queue.into(), passive, FieldTable::default()))
-            .await?;
-    Ok(declared.message_count())
+    Ok(queue_counts(channel, queue).await?.messages)
 }
 
 /// Ready messages and open consumers of a queue.

@@ -15,8 +15,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -145,7 +144,7 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
     let queue = &lead.endpoints.queue;
     // Looking for a queue that does not exist closes the channel with an
     // error lapin logs loudly: look only after a recorded migration.
-    match crate::wire::topology::migration_recorded(lead.pool, queue).await {
+    match crate::store::topology_migrations::recorded(lead.pool, queue).await {
         Ok(true) => {}
         Ok(false) => return Ok(true),
         Err(e) => {
@@ -153,19 +152,10 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
         }
     }
     for queue in crate::wire::topology::drain_queues(&lead.endpoints.queue) {
-        // A look at a queue that does not exist closes its channel.
-        let channel = transport::channel(connection).await?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        match transport::answer(
-            format!("look for queue '{queue}'"),
-            channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()),
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(TransportError::Broker { source, .. }) if transport::protocol_code(&source) == Some(404) => continue,
-            Err(e) => return Err(e),
+        if crate::wire::topology::counts(connection, &queue).await?.is_none() {
+            continue;
         }
+        let channel = transport::channel(connection).await?;
         let mut drained = 0;
         loop {
             let mut batch = Vec::new();
@@ -193,7 +183,7 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
         .await?;
         tracing::info!(queue, drained, "applied and removed a topology migration's queue");
     }
-    if let Err(e) = crate::wire::topology::forget_migration(lead.pool, queue).await {
+    if let Err(e) = crate::store::topology_migrations::forget(lead.pool, queue).await {
         tracing::warn!(error = %e, "cannot record that the migration is drained; the next leader looks again");
     }
     Ok(true)

@@ -37,13 +37,6 @@ pub struct Leadership {
     pub epoch: i64,
 }
 
-/// Failures of the leadership session.
-#[derive(Debug, thiserror::Error)]
-pub enum LeadershipError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// Waits as a hot standby until this worker leads `partition`, or shutdown
 /// (`None`). Database failures are waited out.
 pub async fn acquire(
@@ -59,9 +52,8 @@ pub async fn acquire(
             Ok(leadership) => return leadership,
             Err(e) => {
                 tracing::warn!(error = %e, partition, retry_in = ?delay, "cannot stand by for the partition; retrying");
-                tokio::select! {
-                    () = shutdown.triggered() => return None,
-                    () = tokio::time::sleep(delay) => {}
+                if !shutdown.sleep(delay).await {
+                    return None;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -75,7 +67,7 @@ async fn try_acquire(
     worker: &str,
     session_timeout: Duration,
     shutdown: &Shutdown,
-) -> Result<Option<Leadership>, LeadershipError> {
+) -> Result<Option<Leadership>, StoreError> {
     let mut session =
         PgConnection::connect_with(&pool.connect_options()).await.map_err(failed("open the leader session"))?;
     // A transaction left open by a leader that stopped talking (frozen,

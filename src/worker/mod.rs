@@ -10,14 +10,16 @@
 //!   retries, expired leases) and processes them without any message.
 //!
 //! Shutdown is a [`signals::Shutdown`], a pause a [`signals::PauseSignal`]
-//! (every loop gets both, with what it shares, in a [`Context`]): on
-//! shutdown both loops stop taking work, finish the batch in flight and
+//! (the relay, the dead-letter drain and the pause watcher get the stop with
+//! what they share in a [`Context`]; the leader's loops in their [`Lead`]):
+//! on shutdown both loops stop taking work, finish the batch in flight and
 //! return; unacked messages go back to the queue when the
 //! channel closes. A pause (`pausing`) does the same without returning: the
 //! intake closes its channel and the claimer stops claiming until it lifts.
 
 mod claimer;
 mod dead_lettered;
+pub mod health;
 mod intake;
 pub mod leadership;
 mod pausing;
@@ -209,8 +211,8 @@ pub async fn run(
     tracing::info!(worker = %config.id, "worker stopped");
 }
 
-/// What every loop of a worker shares: where it works, who it is, what it
-/// reports, and the stop it obeys.
+/// What the worker's side loops (relay, dead-letter drain, pause watcher)
+/// share: where it works, who it is, what it reports, and the stop it obeys.
 #[derive(Clone, Debug)]
 pub(super) struct Context {
     pool: PgPool,

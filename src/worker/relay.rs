@@ -131,7 +131,7 @@ async fn relay_once(
         Some((_, publisher)) => publisher,
         None => {
             let connection = transport::connect(&endpoints.amqp_url, &format!("replay relay {worker}")).await?;
-            let publisher = open_publisher(&connection, endpoints).await;
+            let publisher = Publisher::open(&connection, endpoints).await;
             match publisher {
                 Ok(publisher) => &broker.insert((connection, publisher)).1,
                 Err(e) => {
@@ -146,12 +146,4 @@ async fn relay_once(
     outbox::forget(&mut tx, &ids).await?;
     tx.commit().await.map_err(failed("commit the relayed events"))?;
     Ok(ids.len())
-}
-
-/// A confirm-mode channel on `connection`, with the topology declared (the
-/// events must not be published to an exchange with no queue bound).
-async fn open_publisher(connection: &lapin::Connection, endpoints: &Endpoints) -> Result<Publisher, TransportError> {
-    let channel = transport::channel(connection).await?;
-    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
-    Publisher::new(channel, &endpoints.exchange).await
 }

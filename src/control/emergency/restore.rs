@@ -15,8 +15,8 @@ use sqlx::PgPool;
 
 use super::steps::StepError;
 use crate::config::Endpoints;
-use crate::control::backup;
 use crate::replay::plan::PlanId;
+use crate::store::backup;
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::ledger;
 use crate::wire::envelope::Event;

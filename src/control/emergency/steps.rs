@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::control::backup::BackupError;
+use crate::store::backup::BackupError;
 use crate::store::StoreError;
 use crate::wire::transport::TransportError;
 
@@ -112,8 +112,7 @@ pub enum StepError {
     Backup(#[from] BackupError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A statement or transaction outside the store's table modules
-    /// (beginning and committing the stop's own, the schema version).
+    /// Beginning or committing the stop's own transaction.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]

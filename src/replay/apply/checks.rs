@@ -15,9 +15,9 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::{ApplyError, BackupSource, Refusal, Request, RESET_CHUNK};
-use crate::control::backup;
 use crate::replay::plan::SealedPlan;
 use crate::replay::workflows;
+use crate::store::backup;
 use crate::store::failed;
 use crate::store::ledger;
 use crate::store::pause;

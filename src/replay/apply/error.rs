@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::control::backup::BackupError;
 use crate::replay::plan::{DatabaseIdentity, PlanError};
 use crate::replay::workflows::WorkflowError;
+use crate::store::backup::BackupError;
 use crate::store::pause::Pause;
 use crate::store::StoreError;
 use crate::wire::transport::TransportError;

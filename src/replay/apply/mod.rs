@@ -111,9 +111,7 @@ pub async fn execute(
     // The broker connection opens while the backup and the reset run.
     let broker = async {
         let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
-        let channel = transport::channel(&connection).await?;
-        transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
-        let publisher = Publisher::new(channel, &endpoints.exchange).await?;
+        let publisher = Publisher::open(&connection, endpoints).await?;
         Ok::<_, TransportError>((connection, publisher))
     };
     let (broker, prepared) = tokio::join!(broker, prepare(pool, endpoints, &checked, request));

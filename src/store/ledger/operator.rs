@@ -246,15 +246,10 @@ pub async fn activity(pool: &PgPool) -> Result<Activity, StoreError> {
     .map_err(failed("read ledger activity"))
 }
 
-/// Counts rows by status, for tests, the benchmark and health.
+/// Counts rows by status, for health and metrics.
 pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
     sqlx::query_as("SELECT status, count(*) FROM processed_events GROUP BY status ORDER BY status")
         .fetch_all(pool)
         .await
         .map_err(failed("count rows by status"))
-}
-
-/// The number of rows in the ledger.
-pub async fn count(pool: &PgPool) -> Result<i64, StoreError> {
-    sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(pool).await.map_err(failed("count rows"))
 }

@@ -61,7 +61,6 @@ pub async fn for_each_selected<E: From<StoreError>>(
     Ok(())
 }
 
-/// The current version of each row among `ids` that still exists, as `(id, version)`.
 /// A ledger row's Postgres row version (`xmin`), as a plan records it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RowVersion {
@@ -69,6 +68,7 @@ pub struct RowVersion {
     pub version: String,
 }
 
+/// The current version of each row among `ids` that still exists.
 pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<RowVersion>, StoreError> {
     sqlx::query_as("SELECT id, xmin::text AS version FROM processed_events WHERE id = ANY($1)")
         .bind(ids)
@@ -78,7 +78,7 @@ pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<RowVer
 }
 
 /// Resets rows for a replay plan, inside the caller's transaction, each only
-/// if it is still at the version planned (`rows` are `(id, version)`); returns
+/// if it is still at the version planned in `rows`; returns
 /// how many were reset, so fewer than asked means the plan is stale. Each
 /// row's prior status, error and retry count go to `replay_history`, then the
 /// row becomes `pending` with a clean slate, parked for the plan: its

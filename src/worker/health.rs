@@ -21,10 +21,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::{Liveness, RelayReport};
 use crate::store::heartbeats::{self, Heartbeat};
 use crate::store::pause::Pause;
 use crate::store::{dead_letters, ledger, outbox};
-use crate::worker::{Liveness, RelayReport};
 
 /// How long the readiness probe waits for the database.
 const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -90,9 +90,11 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
 }
 
 /// What the detailed view shows and the gauges are set from, read once per
-/// request. A read that failed (the database is away) is `None`: `null` in
-/// the JSON, and its gauge keeps its last value rather than drop to a 0
-/// that would read as "all clear".
+/// request. Most reads that fail (the database is away) are `None`: `null`
+/// in the JSON, and their gauges keep their last value rather than drop to
+/// a 0 that would read as "all clear". The ledger counts show as empty then,
+/// and the pause and lag gauges are set only while the database probe
+/// answers.
 #[derive(Debug, serde::Serialize)]
 pub struct Snapshot {
     pub broker: BrokerView,
@@ -158,7 +160,7 @@ impl Snapshot {
         };
         let ledger = ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
         let paused = crate::store::pause::current(pool).await.ok().flatten();
-        let workers = heartbeats::live_and_stale(pool, crate::control::pause::LIVE_WITHIN).await.ok();
+        let workers = heartbeats::live_and_stale(pool, heartbeats::LIVE_WITHIN).await.ok();
         let dlq = match (ledger::count_unresolved_errors(pool).await, dead_letters::count_unresolved(pool).await) {
             (Ok(failed), Ok(dead)) => Some(failed + dead),
             _ => None,
