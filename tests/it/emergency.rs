@@ -107,6 +107,15 @@ fn assert_reports(dir: &Path, reason: &str, expected: usize) {
     assert!(stray.is_empty(), "a test's incident report was written into the repository: {stray:?}");
 }
 
+/// Has a worker process `count` noted events ("before"), then stops it:
+/// the state a stop's backup is taken in.
+async fn process_before(world: &World, count: usize) {
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.publish(&noted(count, "before")).await;
+    world.wait_for_count(SKIPPED, count as i64, Duration::from_secs(20)).await;
+    worker.stop().await;
+}
+
 #[sqlx::test]
 async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool: PgPool) {
     let world = World::new(pool).await;
@@ -308,10 +317,7 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
 async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool) {
     let world = World::new(pool).await;
     let dir = tempfile::tempdir().unwrap();
-    let worker = world.start_worker(world.worker_config("w1"));
-    world.publish(&noted(40, "before")).await;
-    world.wait_for_count(SKIPPED, 40, Duration::from_secs(20)).await;
-    worker.stop().await;
+    process_before(&world, 40).await;
 
     let before = Restorable::of(&world, &[]).await;
 
@@ -446,10 +452,7 @@ async fn a_queue_still_consumed_is_not_purged(pool: PgPool) {
 async fn a_backup_of_another_schema_version_is_never_restored(pool: PgPool) {
     let world = World::new(pool).await;
     let dir = tempfile::tempdir().unwrap();
-    let worker = world.start_worker(world.worker_config("w1"));
-    world.publish(&noted(10, "before")).await;
-    world.wait_for_count(SKIPPED, 10, Duration::from_secs(20)).await;
-    worker.stop().await;
+    process_before(&world, 10).await;
     let dump = dir.path().join("old.dump");
     assert_eq!(world.replay(&["backup", "--out", dump.to_str().unwrap()]).await.status.code(), Some(0));
     // An upgrade since the dump: the database's schema moved on.
