@@ -257,6 +257,10 @@ pub struct Liveness {
     claiming: Arc<AtomicBool>,
     relaying: Arc<AtomicBool>,
     relay: Arc<std::sync::Mutex<RelayReport>>,
+    /// Woken whenever one of the flags above changes, so the heartbeat says
+    /// `paused` as soon as the last loop let go of its work, not at the next
+    /// poll: a pause's latency is the notification plus the batch in flight.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Liveness {
@@ -266,7 +270,9 @@ impl Liveness {
     }
 
     fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::SeqCst);
+        if self.leading.swap(leading, Ordering::SeqCst) != leading {
+            self.changed.notify_one();
+        }
     }
 
     /// Whether the worker holds an open consumer on its queue right now.
@@ -275,7 +281,9 @@ impl Liveness {
     }
 
     fn set_consuming(&self, consuming: bool) {
-        self.consuming.store(consuming, Ordering::SeqCst);
+        if self.consuming.swap(consuming, Ordering::SeqCst) != consuming {
+            self.changed.notify_one();
+        }
     }
 
     /// Whether the claimer is claiming or processing ledger rows right now.
@@ -284,7 +292,9 @@ impl Liveness {
     }
 
     fn set_claiming(&self, claiming: bool) {
-        self.claiming.store(claiming, Ordering::SeqCst);
+        if self.claiming.swap(claiming, Ordering::SeqCst) != claiming {
+            self.changed.notify_one();
+        }
     }
 
     /// Whether the relay is publishing from the outbox right now.
@@ -293,7 +303,15 @@ impl Liveness {
     }
 
     fn set_relaying(&self, relaying: bool) {
-        self.relaying.store(relaying, Ordering::SeqCst);
+        if self.relaying.swap(relaying, Ordering::SeqCst) != relaying {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves once a flag changed since the last call (a change made before
+    /// the call is not lost: `notify_one` keeps one permit).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// What the outbox relay last did.

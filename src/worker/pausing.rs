@@ -2,7 +2,11 @@
 //! listens on `replay_pause` and polls the pause every quarter second (a
 //! notification sent while disconnected is lost), publishes it to the intake
 //! and the claimer through a watch channel, and writes the worker's heartbeat
-//! every second, `paused` only once neither loop is taking work.
+//! every second, `paused` only once neither loop is taking work. While a
+//! pause is wanted but a loop is still finishing its batch, it also wakes
+//! when that loop lets go ([`Liveness::changed`](super::Liveness::changed)),
+//! so `paused` is written the moment it is true rather than a poll later
+//! (only then: the claimer's flag changes with every batch in normal running).
 
 use std::time::{Duration, Instant};
 
@@ -54,15 +58,19 @@ pub(super) async fn watch(context: Context, paused: PauseSender) {
                 Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
             }
         }
+        // Paused but a loop still finishing its batch: wake when it lets go.
+        let settling = *paused.borrow() && state != WorkerState::Paused;
         let woke = match listener.as_mut() {
             Some(l) => tokio::select! {
                 () = shutdown.triggered() => break,
                 () = tokio::time::sleep(POLL) => true,
+                () = liveness.changed(), if settling => true,
                 notified = l.recv() => notified.is_ok(),
             },
             None => tokio::select! {
                 () = shutdown.triggered() => break,
                 () = tokio::time::sleep(POLL) => true,
+                () = liveness.changed(), if settling => true,
             },
         };
         if !woke {
