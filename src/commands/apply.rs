@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ApplyArgs;
@@ -63,18 +63,9 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
 
     let shutdown = CancellationToken::new();
     super::spawn_signal_listener(shutdown.clone())?;
-    let bar = progress_bar(plan.events() as u64, args.json);
-    let mut last_line = Instant::now();
-    let outcome = apply::execute(&pool, endpoints, checked, &request, &shutdown, |p: Progress| {
-        bar.set_position(p.published);
-        // Without a terminal, a plain line every few seconds instead of a bar.
-        if bar.is_hidden() && !args.json && (last_line.elapsed() > Duration::from_secs(5) || p.published == p.total) {
-            eprintln!("published {} of {} events", p.published, p.total);
-            last_line = Instant::now();
-        }
-    })
-    .await;
-    bar.finish_and_clear();
+    let mut shown = Shown::new(plan.summary.rows as u64, plan.events() as u64, args.json);
+    let outcome = apply::execute(&pool, endpoints, checked, &request, &shutdown, |p| shown.show(p)).await;
+    shown.finish();
     let outcome = outcome?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
@@ -96,6 +87,12 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
                 );
             }
         }
+        if outcome.stale_rows > 0 {
+            println!(
+                "  left alone: {} planned rows changed after the plan was checked and were not reset (their republished messages are duplicates the workers skip)",
+                outcome.stale_rows
+            );
+        }
         println!("  backup:     {}", outcome.backup_path);
         println!("  audit:      entry {}", outcome.audit_id);
         println!("next: `replay status {path} --watch` follows the workers processing them");
@@ -112,13 +109,84 @@ fn confirm(summary: &str, checked: &apply::Checked) -> anyhow::Result<()> {
     )
 }
 
-fn progress_bar(total: u64, json: bool) -> ProgressBar {
-    if json || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// The apply's progress: on a terminal a spinner for the backup and a bar
+/// each for the reset and the republish (side by side); otherwise a plain
+/// line every few seconds; nothing with `--json`.
+struct Shown {
+    bars: Option<(ProgressBar, ProgressBar, ProgressBar)>,
+    plain: bool,
+    last_line: Option<Instant>,
+    reset: (u64, u64),
+    published: (u64, u64),
+}
+
+impl Shown {
+    fn new(rows: u64, events: u64, json: bool) -> Self {
+        let terminal = !json && std::io::stderr().is_terminal();
+        let bars = terminal.then(|| {
+            let multi = MultiProgress::new();
+            let bar = |len: u64, template: &str| {
+                let bar = multi.add(ProgressBar::new(len));
+                if let Ok(style) = ProgressStyle::with_template(template) {
+                    bar.set_style(style);
+                }
+                bar
+            };
+            (
+                bar(0, "backup   {spinner} {msg}"),
+                bar(rows, "reset    {bar:40} {pos}/{len} rows    {per_sec}"),
+                bar(events, "publish  {bar:40} {pos}/{len} events  {per_sec}  eta {eta}"),
+            )
+        });
+        Self { bars, plain: !json && !terminal, last_line: None, reset: (0, rows), published: (0, events) }
     }
-    let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}") {
-        bar.set_style(style);
+
+    fn show(&mut self, progress: Progress) {
+        match progress {
+            Progress::Backup { bytes, seconds } => {
+                let line = format!("pg_dump has written {:.1} MiB in {seconds:.0} s", bytes as f64 / 1_048_576.0);
+                if let Some((backup, _, _)) = &self.bars {
+                    backup.set_message(line.clone());
+                    backup.tick();
+                }
+                self.line(|| format!("backup: {line}"), false);
+            }
+            Progress::Reset { rows, total } => {
+                self.reset = (rows, total);
+                if let Some((_, reset, _)) = &self.bars {
+                    reset.set_position(rows);
+                }
+                self.phases(rows == total);
+            }
+            Progress::Publish { published, total } => {
+                self.published = (published, total);
+                if let Some((_, _, publish)) = &self.bars {
+                    publish.set_position(published);
+                }
+                self.phases(published == total);
+            }
+        }
     }
-    bar
+
+    fn phases(&mut self, last: bool) {
+        let ((reset, rows), (published, events)) = (self.reset, self.published);
+        self.line(|| format!("reset {reset} of {rows} rows, published {published} of {events} events"), last);
+    }
+
+    /// A plain line, at most every five seconds (and at the end of a phase).
+    fn line(&mut self, text: impl FnOnce() -> String, last: bool) {
+        let due = self.last_line.is_none_or(|at| at.elapsed() > Duration::from_secs(5));
+        if self.plain && (due || last) {
+            eprintln!("{}", text());
+            self.last_line = Some(Instant::now());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some((backup, reset, publish)) = &self.bars {
+            backup.finish_and_clear();
+            reset.finish_and_clear();
+            publish.finish_and_clear();
+        }
+    }
 }

@@ -83,7 +83,7 @@ async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_
         "eta_seconds": eta,
         "failures": failures,
     });
-    let republished = run.as_ref().is_some_and(|r| r.state != runs::RunState::Publishing);
+    let republished = run.as_ref().is_some_and(|r| !r.state.is_open());
     Ok((report, republished && open == 0))
 }
 

@@ -87,13 +87,12 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// Takes a custom-format dump (`-Fc -Z1`: fast, still compressed) into `out`,
 /// or a timestamped file in `dir`, and checks it with `pg_restore --list`.
 pub async fn take(url: &SecretUrl, dir: &Path, out: Option<PathBuf>) -> Result<Backup, BackupError> {
-    take_at(url, out.unwrap_or_else(|| path_in(dir)), None).await
+    take_at(url, out.unwrap_or_else(|| path_in(dir))).await
 }
 
-/// Takes a checked dump into `path`; with `snapshot` (from
-/// `pg_export_snapshot()`, its transaction still open), of the database as
-/// that snapshot saw it, whatever commits meanwhile.
-pub async fn take_at(url: &SecretUrl, path: PathBuf, snapshot: Option<&str>) -> Result<Backup, BackupError> {
+/// Takes a checked dump into `path`. Dropping the future kills `pg_dump`
+/// (the caller removes what it wrote).
+pub async fn take_at(url: &SecretUrl, path: PathBuf) -> Result<Backup, BackupError> {
     let taken_at = Utc::now();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| BackupError::Io { path: parent.to_path_buf(), source })?;
@@ -102,11 +101,11 @@ pub async fn take_at(url: &SecretUrl, path: PathBuf, snapshot: Option<&str>) -> 
     let output = Command::new("pg_dump")
         .args(["--format=custom", "--compress=1", "--no-owner"])
         .arg(format!("--exclude-schema={CONTROL_SCHEMA}"))
-        .args(snapshot.map(|id| format!("--snapshot={id}")))
         .arg("--file")
         .arg(&path)
         .envs(env)
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| BackupError::Spawn { tool: "pg_dump", source })?;

@@ -15,11 +15,15 @@ use crate::replay::plan::id::PlanId;
 const CONTROL_LOCK: &str = "replay_control.apply";
 
 /// Where a plan's run stands, stored as its lowercase name (the column's
-/// CHECK constraint allows exactly these three).
+/// CHECK constraint allows exactly these four).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
+    /// Audit entry and run recorded, rows being reset in chunks (the
+    /// republish follows behind), or stopped mid-way: running apply again
+    /// resumes the reset from `reset_rows`.
+    Resetting,
     /// Reset done, republish under way or interrupted: running apply again resumes.
     Publishing,
     /// Every event confirmed by the broker or kept in the outbox.
@@ -31,10 +35,16 @@ pub enum RunState {
 impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Resetting => "resetting",
             Self::Publishing => "publishing",
             Self::Done => "done",
             Self::Stopped => "stopped",
         }
+    }
+
+    /// Whether a re-run of `replay apply` would go on with it.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Resetting | Self::Publishing)
     }
 }
 
@@ -48,6 +58,10 @@ pub struct ReplayRun {
     pub audit_id: i64,
     pub events: i64,
     pub published: i64,
+    /// Rows of the plan the reset has gone through, in plan order.
+    pub reset_rows: i64,
+    /// Of those, rows that had changed since the plan was checked: left alone.
+    pub stale_rows: i64,
     pub state: RunState,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -96,11 +110,12 @@ pub async fn find(pool: &PgPool, plan_id: PlanId) -> Result<Option<ReplayRun>, S
         .map_err(failed("read a replay run"))
 }
 
-/// Records a run inside the apply transaction.
-pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO replay_control.replay_runs (plan_id, digest, operator, backup_path, audit_id, events)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+/// Records a run, `resetting`, inside the apply's first transaction.
+pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<ReplayRun, StoreError> {
+    sqlx::query_as(
+        "INSERT INTO replay_control.replay_runs (plan_id, digest, operator, backup_path, audit_id, events, state)
+         VALUES ($1, $2, $3, $4, $5, $6, 'resetting')
+         RETURNING *",
     )
     .bind(run.plan_id)
     .bind(run.digest)
@@ -108,9 +123,33 @@ pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(), Stor
     .bind(run.backup_path)
     .bind(run.audit_id)
     .bind(run.events)
-    .execute(conn)
+    .fetch_one(conn)
     .await
-    .map_err(failed("record a replay run"))?;
+    .map_err(failed("record a replay run"))
+}
+
+/// Records, inside a reset chunk's transaction, how far the reset got: it
+/// commits with the chunk, so a re-run resumes exactly after it.
+pub async fn record_reset(conn: &mut PgConnection, plan_id: PlanId, reset: i64, stale: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE replay_control.replay_runs SET reset_rows = $2, stale_rows = $3 WHERE plan_id = $1")
+        .bind(plan_id)
+        .bind(reset)
+        .bind(stale)
+        .execute(conn)
+        .await
+        .map_err(failed("record reset progress"))?;
+    Ok(())
+}
+
+/// Marks the reset complete: only the republish is left.
+pub async fn reset_done(pool: &PgPool, plan_id: PlanId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE replay_control.replay_runs SET state = 'publishing' WHERE plan_id = $1 AND state = 'resetting'",
+    )
+    .bind(plan_id)
+    .execute(pool)
+    .await
+    .map_err(failed("mark a replay run reset"))?;
     Ok(())
 }
 

@@ -496,7 +496,7 @@ async fn an_interrupted_apply_resumes_without_a_second_backup_or_audit_entry(poo
     nix_kill(&apply, "INT");
     let out = apply.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("run the same `replay apply` again to resume"), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("run the same `replay apply` again to continue"), "{}", stderr_of(&out));
     let published = world.scalar("SELECT published FROM replay_control.replay_runs").await;
     assert!(published < 40, "interrupted before the end ({published})");
     assert_eq!(world.queue_depth().await as i64, published, "every confirmed event is in the queue, no more");

@@ -17,4 +17,5 @@ mod ordering;
 mod pause;
 mod plan;
 mod process;
+mod scale;
 mod worker;

@@ -49,12 +49,12 @@ pub enum ApplyError {
     /// Not a `#[from]`: the refusal is the whole message, printed once.
     #[error("refused: {0}")]
     Refused(Refusal),
-    #[error("stopped: workers were paused ({0}) after {published} of {total} events were published. The pause (or emergency stop) is in charge now", .pause.reason)]
-    Paused { pause: Pause, published: u64, total: u64 },
-    #[error("interrupted after {published} of {total} events were published and confirmed: run the same `replay apply` again to resume")]
-    Interrupted { published: u64, total: u64 },
-    #[error("RabbitMQ refused the republish after {published} of {total} events were confirmed ({cause}); nothing else was sent. Fix the cause, then run the same `replay apply` again to resume")]
-    BrokerRefused { published: u64, total: u64, cause: String },
+    #[error("stopped: workers were paused ({reason}) after {reached}. Nothing is lost and nothing was done twice: once the pause is lifted (`replay resume --reason ...`), run the same `replay apply` again to continue where it stopped, with no second backup or audit entry. If an emergency stop paused them, it is in charge: leave this plan", reason = .pause.reason)]
+    Paused { pause: Pause, reached: Reached },
+    #[error("interrupted after {0}: run the same `replay apply` again to continue where it stopped")]
+    Interrupted(Reached),
+    #[error("RabbitMQ refused the republish after {reached} ({cause}); nothing else was sent. Fix the cause, then run the same `replay apply` again to continue")]
+    BrokerRefused { reached: Reached, cause: String },
     #[error(transparent)]
     Plan(PlanError),
     #[error(transparent)]
@@ -65,6 +65,37 @@ pub enum ApplyError {
     Transport(#[from] TransportError),
     #[error("workflow: {0}")]
     Workflow(WorkflowError),
+}
+
+/// How far a stopped apply got: rows reset (in plan order) and events
+/// confirmed, as its run record holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reached {
+    pub reset: u64,
+    pub rows: u64,
+    pub published: u64,
+    pub events: u64,
+}
+
+impl std::fmt::Display for Reached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reset < self.rows {
+            write!(f, "{} of {} rows were reset and ", self.reset, self.rows)?;
+        }
+        write!(f, "{} of {} events were published and confirmed", self.published, self.events)
+    }
+}
+
+impl ApplyError {
+    /// How far it got, when it is a stop a re-run continues.
+    pub fn reached_mut(&mut self) -> Option<&mut Reached> {
+        match self {
+            Self::Paused { reached, .. } | Self::Interrupted(reached) | Self::BrokerRefused { reached, .. } => {
+                Some(reached)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl From<Refusal> for ApplyError {

@@ -1,21 +1,23 @@
 //! Applying a plan: every safety check first, then, in order, a checked
-//! backup, one transaction that writes the audit entry and resets the rows
-//! (and a workflow's domain rows), and the republish with publisher confirms,
-//! paced and resumable.
+//! backup, one short transaction that writes the audit entry and the run
+//! record, and the reset of the rows in chunks with the republish (publisher
+//! confirms, paced) following right behind it; all of it resumable.
 //!
 //! [`check`] and [`execute`] are the runbook; each phase is a file, and
 //! states the invariant it keeps beside the code that keeps it:
 //! - `checks`: every refusal; a refusal changes nothing.
-//! - `reset`: the backup and the one reset transaction; the audit entry, the
-//!   run record and the resets commit together or not at all, after the
-//!   dump is checked; each row is reset at its planned version and stays
-//!   parked for its plan.
-//! - `republish`: the confirmed, paced republish and the outbox hand-off; a
-//!   run is done only once every event is confirmed or in the outbox.
+//! - `reset`: the backup, the short transaction, and the reset in chunks,
+//!   each committed with the run's progress; each row is reset at its
+//!   planned version and stays parked for its plan.
+//! - `republish`: the confirmed, paced republish, never ahead of the reset,
+//!   and the outbox hand-off; a run is done only once every event is
+//!   confirmed or in the outbox.
 //! - `error`: what an apply answers when it does not finish.
 //!
-//! A resumed apply (its run record exists) never repeats the backup, the
-//! audit entry or the reset: [`execute`] goes straight to the republish.
+//! A resumed apply (its run record exists) never repeats the backup or the
+//! audit entry: [`execute`] goes on with the reset where it stopped, then
+//! with the republish. Whether to stop (interrupt, pause, broker refusal) is
+//! decided in one place, [`stop_here`], between two chunks or two batches.
 
 mod checks;
 mod error;
@@ -30,15 +32,16 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use checks::{check, Checked};
-pub use error::{ApplyError, Refusal};
+pub use error::{ApplyError, Reached, Refusal};
 
 use crate::config::Endpoints;
-use crate::replay::plan::PlanId;
-use crate::store::runs;
+use crate::replay::plan::{PlanId, SealedPlan};
+use crate::store::runs::{self, ReplayRun, RunState};
+use crate::store::{pause, StoreError};
 use crate::wire::publisher::Publisher;
 use crate::wire::transport::{self, TransportError};
 
-/// Rows checked and reset per statement.
+/// Rows checked per statement.
 const RESET_CHUNK: usize = 10_000;
 
 /// Where the pre-replay backup comes from.
@@ -60,11 +63,15 @@ pub struct Request {
     pub rate: Option<u32>,
 }
 
-/// Progress of the republish, for a bar or plain lines.
+/// Progress of an apply's phases, for a bar or plain lines.
 #[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    pub published: u64,
-    pub total: u64,
+pub enum Progress {
+    /// The pre-replay dump has this many bytes so far.
+    Backup { bytes: u64, seconds: f64 },
+    /// Rows reset so far, of the plan's rows.
+    Reset { rows: u64, total: u64 },
+    /// Events confirmed so far, of the plan's events.
+    Publish { published: u64, total: u64 },
 }
 
 /// What an apply did.
@@ -79,14 +86,18 @@ pub struct Outcome {
     /// Why RabbitMQ did not take them (redacted).
     pub broker_error: Option<String>,
     pub resumed: bool,
+    /// Planned rows that changed since the check and were left alone.
+    pub stale_rows: u64,
     pub backup_path: String,
     pub audit_id: i64,
     pub seconds: f64,
-    /// Time of each step in seconds: backup, reset (one transaction), publish.
+    /// Time of each step in seconds: backup, reset, publish (the last two side by side).
     pub steps: StepTimes,
 }
 
-/// How long each step of an apply took, in seconds (0 for a step a resumed apply skips).
+/// How long each step of an apply took, in seconds (0 for a step a resumed
+/// apply skips). The reset and the publish run side by side: each is timed
+/// from the end of the backup.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct StepTimes {
     pub backup: f64,
@@ -94,37 +105,84 @@ pub struct StepTimes {
     pub publish: f64,
 }
 
-/// Backs up, resets and republishes a checked plan.
+/// Backs up, resets and republishes a checked plan; a stop says how far it
+/// got, as the run record holds it.
 pub async fn execute(
     pool: &PgPool,
     endpoints: &Endpoints,
     checked: Checked,
     request: &Request,
     shutdown: &CancellationToken,
-    mut progress: impl FnMut(Progress),
+    progress: impl FnMut(Progress),
+) -> Result<Outcome, ApplyError> {
+    let plan = &checked.plan;
+    let outcome = run(pool, endpoints, &checked, request, shutdown, progress).await;
+    match outcome {
+        Err(mut error) => {
+            if let Some(reached) = error.reached_mut() {
+                *reached = reached_now(pool, plan).await;
+            }
+            Err(error)
+        }
+        done => done,
+    }
+}
+
+async fn run(
+    pool: &PgPool,
+    endpoints: &Endpoints,
+    checked: &Checked,
+    request: &Request,
+    shutdown: &CancellationToken,
+    progress: impl FnMut(Progress),
 ) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
     let plan = &checked.plan;
     let plan_id = plan.header.plan_id;
     let total = plan.events() as u64;
     let resumed = checked.run.is_some();
-    // The broker connection opens while the backup and the reset run.
+    // The reset and the republish report from the same task, never at once.
+    let progress = std::cell::RefCell::new(progress);
+    let progress = |p: Progress| (progress.borrow_mut())(p);
+    // The broker connection opens while the backup runs.
     let broker = async {
         let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;
         let publisher = Publisher::open(&connection, endpoints).await?;
         Ok::<_, TransportError>((connection, publisher))
     };
-    let (broker, prepared) = tokio::join!(broker, prepare(pool, endpoints, &checked, request));
-    let reset::Prepared { run, steps } = prepared?;
+    let begun = async {
+        match &checked.run {
+            Some(run) => Ok((run.clone(), 0.0)),
+            None => reset::begin(pool, endpoints, checked, request, shutdown, &progress)
+                .await
+                .map(|b| (b.run, b.backup_seconds)),
+        }
+    };
+    let (broker, begun) = tokio::join!(broker, begun);
+    let (run, backup) = begun?;
 
     let step = Instant::now();
     let already = u64::try_from(run.published).unwrap_or(0);
-    progress(Progress { published: already, total });
+    let rows = plan.summary.rows as u64;
     let (connection, publisher) = match broker {
         Ok((connection, publisher)) => (Some(connection), Ok(publisher)),
         Err(error) => (None, Err(error)),
     };
-    let sent = republish::republish(pool, plan, request, shutdown, publisher, already, &mut progress).await?;
+    let reset_from = if run.state == RunState::Resetting { u64::try_from(run.reset_rows).unwrap_or(0) } else { rows };
+    let (reset_through, watched) = tokio::sync::watch::channel(reset_from);
+    let resetting = async {
+        // The sender goes when the reset ends, so a republish waiting for
+        // rows that will not come (the reset stopped) stops too.
+        let reset_through = reset_through;
+        let done = reset::reset(pool, plan, &run, request, shutdown, &reset_through, &progress).await;
+        (done, step.elapsed().as_secs_f64())
+    };
+    let following = republish::ResetThrough { rows: watched, total: rows };
+    let republishing = republish::republish(pool, plan, request, shutdown, publisher, already, following, &progress);
+    let ((reset, reset_seconds), sent) = tokio::join!(resetting, republishing);
+    // The reset's stop comes first: the republish only stopped behind it.
+    let reset = reset?;
+    let sent = sent?;
     if let (Some(connection), None) = (&connection, &sent.broker_error) {
         transport::close(connection, "apply done").await;
     }
@@ -138,23 +196,45 @@ pub async fn execute(
         kept_in_outbox: sent.kept_in_outbox,
         broker_error: sent.broker_error,
         resumed,
+        stale_rows: reset.stale,
         backup_path: run.backup_path,
         audit_id: run.audit_id,
         seconds: started.elapsed().as_secs_f64(),
-        steps: StepTimes { publish: step.elapsed().as_secs_f64(), ..steps },
+        steps: StepTimes { backup, reset: reset_seconds, publish: step.elapsed().as_secs_f64() },
     })
 }
 
-/// The run to republish: an earlier apply's, as it is (resuming repeats no
-/// backup, audit entry or reset), or a new one, backed up and reset.
-async fn prepare(
+/// How far the apply of `plan` got, from its run record (nothing yet
+/// without one).
+async fn reached_now(pool: &PgPool, plan: &SealedPlan) -> Reached {
+    let (rows, events) = (plan.summary.rows as u64, plan.events() as u64);
+    let run: Option<ReplayRun> = runs::find(pool, plan.header.plan_id).await.ok().flatten();
+    let Some(run) = run else { return Reached { reset: 0, rows, published: 0, events } };
+    let reset = if run.state == RunState::Resetting { u64::try_from(run.reset_rows).unwrap_or(0) } else { rows };
+    Reached { reset, rows, published: u64::try_from(run.published).unwrap_or(0), events }
+}
+
+/// Whether the apply stops here, resumable, and why, in this order: it was
+/// interrupted (a signal); the workers were paused (the operator or an
+/// emergency stop is in charge); or, when the broker failed, it refused the
+/// events (not an outage: waiting would not cure it). `None`: go on, which
+/// after a broker failure means the outbox takes the rest. How far it got
+/// is filled in by [`execute`].
+async fn stop_here(
     pool: &PgPool,
-    endpoints: &Endpoints,
-    checked: &Checked,
-    request: &Request,
-) -> Result<reset::Prepared, ApplyError> {
-    match &checked.run {
-        Some(run) => Ok(reset::Prepared { run: run.clone(), steps: StepTimes::default() }),
-        None => reset::back_up_and_reset(pool, endpoints, checked, request).await,
+    shutdown: &CancellationToken,
+    broker_failure: Option<&TransportError>,
+) -> Result<Option<ApplyError>, StoreError> {
+    if shutdown.is_cancelled() {
+        return Ok(Some(ApplyError::Interrupted(Reached::default())));
     }
+    if let Some(pause) = pause::current(pool).await? {
+        return Ok(Some(ApplyError::Paused { pause, reached: Reached::default() }));
+    }
+    Ok(match broker_failure {
+        Some(error) if !error.is_outage() => {
+            Some(ApplyError::BrokerRefused { reached: Reached::default(), cause: error.cause() })
+        }
+        _ => None,
+    })
 }

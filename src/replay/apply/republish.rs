@@ -1,22 +1,26 @@
 //! The republish: the plan's events, labelled with their plan, published
-//! with confirms, paced, resumable; and the hand-off of what RabbitMQ did not
-//! confirm to the outbox when it goes away.
+//! with confirms, paced, resumable, right behind the reset; and the hand-off
+//! of what RabbitMQ did not confirm to the outbox when it goes away.
 //!
-//! Invariant: a run is marked done only once every event of its plan is
-//! confirmed by RabbitMQ or kept in the outbox (with its plan's label, which
-//! the workers' relay publishes as the `x-replay-plan` header). An
-//! interrupt, a pause or a broker refusal stops before that, with nothing
-//! handed off, its progress recorded, and the same apply resumes; which of
-//! them stops it is decided in one place, [`stop_here`].
+//! Invariants:
+//! - An event is published (or handed to the outbox) only once its row is
+//!   reset: the republish waits on the reset's progress (`reset_through`),
+//!   and stops, its progress recorded, if the reset stops first.
+//! - A run is marked done only once every event of its plan is confirmed by
+//!   RabbitMQ or kept in the outbox (with its plan's label, which the
+//!   workers' relay publishes as the `x-replay-plan` header). An interrupt,
+//!   a pause or a broker refusal stops before that, with nothing handed off,
+//!   its progress recorded, and the same apply resumes; which of them stops
+//!   it is decided in one place, [`stop_here`].
 
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApplyError, Progress, Request};
+use super::{stop_here, ApplyError, Progress, Reached, Request};
 use crate::replay::plan::{PlanId, SealedPlan};
-use crate::store::pause;
 use crate::store::runs;
 use crate::store::{ledger, outbox, StoreError};
 use crate::wire::envelope::Event;
@@ -51,9 +55,30 @@ struct Batch {
     events: Vec<Event>,
 }
 
+/// How far the reset got, as the republish follows it.
+pub(super) struct ResetThrough {
+    pub rows: watch::Receiver<u64>,
+    /// Every row of the plan: once reached, the reset is complete.
+    pub total: u64,
+}
+
+impl ResetThrough {
+    /// Waits until the first `rows` rows of the plan (all of them, at most)
+    /// are reset. If the reset stops first, so does the republish: the error
+    /// is never shown, the reset's own is ([`super::execute`]).
+    async fn reached(&mut self, rows: u64) -> Result<(), ApplyError> {
+        let wanted = rows.min(self.total);
+        match self.rows.wait_for(|reset| *reset >= wanted).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(ApplyError::Interrupted(Reached::default())),
+        }
+    }
+}
+
 /// Publishes the plan's events from `already` on with `publisher` (or, if
-/// RabbitMQ could not be reached, with nothing), and hands what it did not
-/// confirm to the outbox if it went away.
+/// RabbitMQ could not be reached, with nothing), each once its row is reset,
+/// and hands what it did not confirm to the outbox if it went away.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn republish(
     pool: &PgPool,
     plan: &SealedPlan,
@@ -61,12 +86,12 @@ pub(super) async fn republish(
     shutdown: &CancellationToken,
     publisher: Result<Publisher, TransportError>,
     already: u64,
-    progress: &mut impl FnMut(Progress),
+    mut reset: ResetThrough,
+    progress: &impl Fn(Progress),
 ) -> Result<Republished, ApplyError> {
     let plan_id = plan.header.plan_id;
-    let total = plan.events() as u64;
     let Confirmed { published, failure } = match publisher {
-        Ok(publisher) => publish(pool, plan, request, shutdown, &publisher, already, progress).await?,
+        Ok(publisher) => publish(pool, plan, request, shutdown, &publisher, already, &mut reset, progress).await?,
         Err(error) => Confirmed { published: already, failure: Some(error) },
     };
     let Some(error) = failure else {
@@ -77,41 +102,20 @@ pub(super) async fn republish(
     // header). A refusal, an interrupt or a pause stops here instead,
     // resumable, with nothing handed off.
     runs::advance(pool, plan_id, published as i64).await?;
-    if let Some(stop) = stop_here(pool, shutdown, Some(&error), published, total).await? {
+    if let Some(stop) = stop_here(pool, shutdown, Some(&error)).await? {
         return Err(stop);
     }
-    tracing::warn!(error = %error, published, "RabbitMQ failed during the republish; keeping the rest in the outbox");
+    tracing::warn!(error = %error, published, "RabbitMQ failed during the republish; keeping the rest in the outbox once reset");
+    reset.reached(reset.total).await?;
     let kept_in_outbox = hand_off(pool, plan, published, &error.cause()).await?;
     Ok(Republished { published, kept_in_outbox, broker_error: Some(error.cause()) })
 }
 
-/// Whether the republish stops here, resumable, and why, in this order: it
-/// was interrupted (a signal); the workers were paused (the operator or an
-/// emergency stop is in charge); or, when the broker failed, it refused the
-/// events (not an outage: waiting would not cure it). `None`: go on, which
-/// after a broker failure means the outbox takes the rest.
-async fn stop_here(
-    pool: &PgPool,
-    shutdown: &CancellationToken,
-    broker_failure: Option<&TransportError>,
-    published: u64,
-    total: u64,
-) -> Result<Option<ApplyError>, StoreError> {
-    if shutdown.is_cancelled() {
-        return Ok(Some(ApplyError::Interrupted { published, total }));
-    }
-    if let Some(pause) = pause::current(pool).await? {
-        return Ok(Some(ApplyError::Paused { pause, published, total }));
-    }
-    Ok(match broker_failure {
-        Some(error) if !error.is_outage() => Some(ApplyError::BrokerRefused { published, total, cause: error.cause() }),
-        _ => None,
-    })
-}
-
-/// Publishes the plan's events from `already` on, paced and confirmed.
-/// Returns how many are confirmed in all, and the broker's failure if it
-/// stopped confirming (the rest is then the outbox's).
+/// Publishes the plan's events from `already` on, paced and confirmed, each
+/// batch once its rows are reset. Returns how many are confirmed in all, and
+/// the broker's failure if it stopped confirming (the rest is then the
+/// outbox's).
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     pool: &PgPool,
     plan: &SealedPlan,
@@ -119,7 +123,8 @@ async fn publish(
     shutdown: &CancellationToken,
     publisher: &Publisher,
     already: u64,
-    progress: &mut impl FnMut(Progress),
+    reset: &mut ResetThrough,
+    progress: &impl Fn(Progress),
 ) -> Result<Confirmed, ApplyError> {
     let plan_id = plan.header.plan_id;
     let total = plan.events() as u64;
@@ -138,9 +143,13 @@ async fn publish(
     // the progress of the one before.
     let record = |published: u64| async move { runs::advance(pool, plan_id, published as i64).await };
     while let Some(Batch { planned, events }) = ready.take() {
-        if let Some(stop) = stop_here(pool, shutdown, None, published, total).await? {
+        if let Some(stop) = stop_here(pool, shutdown, None).await? {
             record(published).await?;
             return Err(stop);
+        }
+        if let Err(stopped) = reset.reached(published + planned).await {
+            record(published).await?;
+            return Err(stopped);
         }
         let following = batches.next_batch()?;
         let (sent, next, recorded) = tokio::join!(
@@ -158,7 +167,7 @@ async fn publish(
             return Ok(Confirmed { published, failure: Some(failure) });
         }
         published += planned;
-        progress(Progress { published, total });
+        progress(Progress::Publish { published, total });
         ready = next?;
         if let Some(rate) = request.rate {
             let due = paced_from + Duration::from_secs_f64((published - already) as f64 / f64::from(rate));

@@ -1,26 +1,41 @@
-//! The pre-replay backup and the one reset transaction, run side by side.
+//! The pre-replay backup, the short transaction that records the apply, and
+//! the reset of the plan's rows in chunks.
 //!
 //! Invariants:
-//! - The audit entry, the run record and the resets (ledger rows with their
-//!   history, a workflow's domain rows and trigger events) commit together
-//!   or not at all, and only once the pre-replay dump is taken and checked:
-//!   a failed backup rolls the reset back. A resumed apply finds the run
-//!   record and never comes here again ([`super::execute`]).
-//! - A plan row is reset only at the version it was planned at, checked by
-//!   the reset statement itself under its row locks, and the workflow's
-//!   domain is checked again inside the transaction: a change since
-//!   [`super::check`] rolls everything back as a refusal.
+//! - Nothing is changed before the pre-replay dump is taken and checked. A
+//!   pause or an interrupt seen while `pg_dump` runs stops it (the dump is
+//!   killed and its file removed), with nothing changed.
+//! - The audit entry and the run record commit together in one short
+//!   transaction, with a workflow's domain reset and trigger events, after
+//!   the domain is checked again (a change since [`super::check`] rolls it
+//!   back as a refusal). The audit chain's lock is taken by its last two
+//!   statements, so no control action (pause, resume, emergency stop, each
+//!   audited) waits behind the reset. A resumed apply finds the run record
+//!   and never comes here again.
+//! - Each chunk of rows is reset in its own transaction together with the
+//!   run's progress (`reset_rows`), so a re-run resumes right after the last
+//!   committed chunk and no row is reset twice. A row is reset only at the
+//!   version it was planned at, checked by the reset statement under its row
+//!   lock: one changed since the check is left alone and counted
+//!   (`stale_rows`). Its republished message then finds no row parked for
+//!   the plan (`ledger::take_due`): a duplicate the worker acks, or the
+//!   delivery of a row that was due anyway.
+//! - Between two chunks a pause or an interrupt stops the reset, resumable;
+//!   the republish, which never passes the rows reset so far, stops too.
 //! - A reset row stays parked for its plan: its republished message takes it
 //!   at once, claimers only after the plan's fallback time, so `--rate`
 //!   paces the replay and a row whose message is lost is still processed.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::checks::{self, Checked};
-use super::{ApplyError, BackupSource, Refusal, Request, StepTimes, RESET_CHUNK};
+use super::{stop_here, ApplyError, BackupSource, Progress, Request};
 use crate::config::Endpoints;
 use crate::replay::plan::SealedPlan;
 use crate::replay::workflows::{self, WorkflowError};
@@ -31,85 +46,105 @@ use crate::store::ledger::{self, RowVersion};
 use crate::store::runs::{self, NewRun, ReplayRun, RunState};
 use crate::wire::envelope::Event;
 
+/// Rows reset per transaction: small enough that a pause is seen within a
+/// few tens of milliseconds and a worker waits on no lock for longer.
+const ROWS_PER_CHUNK: usize = 1_000;
+/// How often the backup's progress is shown and a pause looked for.
+const BACKUP_TICK: Duration = Duration::from_millis(250);
 /// How long after its expected republish a reset row waits for its message
 /// before claimers take it anyway.
 const FALLBACK_GRACE: Duration = Duration::from_secs(600);
 
-/// A plan backed up and reset, committed: its run, and how long each took.
-pub(super) struct Prepared {
+/// The apply recorded: its run, and how long the backup took.
+pub(super) struct Begun {
     pub run: ReplayRun,
-    pub steps: StepTimes,
+    pub backup_seconds: f64,
 }
 
-/// The reset transaction, not yet committed, and the run it records.
-struct Reset<'p> {
-    tx: Transaction<'p, Postgres>,
-    run: ReplayRun,
-}
-
-/// Takes the backup and resets the rows at the same time, safely: the dump
-/// reads a snapshot exported before the reset began, so it holds the
-/// pre-replay state, and the reset commits only once the dump is checked.
-/// A failed backup rolls the reset back.
-pub(super) async fn back_up_and_reset(
+/// Takes (or checks) the pre-replay backup, then records the apply in one
+/// short transaction: the domain checked again, a workflow's domain reset
+/// and trigger events, the audit entry and the run record.
+pub(super) async fn begin(
     pool: &PgPool,
     endpoints: &Endpoints,
     checked: &Checked,
     request: &Request,
-) -> Result<Prepared, ApplyError> {
+    shutdown: &CancellationToken,
+    progress: &impl Fn(Progress),
+) -> Result<Begun, ApplyError> {
     let started = Instant::now();
     let plan = &checked.plan;
-    let (backup_path, mut snapshot) = match (&checked.existing_backup, &request.backup) {
-        (Some(path), _) | (None, BackupSource::Existing { path, .. }) => (path.clone(), None),
-        (None, BackupSource::Fresh { dir }) => {
-            let mut tx = pool.begin().await.map_err(failed("exporting a snapshot for the backup"))?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await
-                .map_err(failed("exporting a snapshot for the backup"))?;
-            let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(failed("exporting a snapshot for the backup"))?;
-            (backup::path_in(dir), Some((tx, id)))
-        }
+    let backup_path = match (&checked.existing_backup, &request.backup) {
+        (Some(path), _) | (None, BackupSource::Existing { path, .. }) => path.clone(),
+        (None, BackupSource::Fresh { dir }) => back_up(pool, endpoints, dir, shutdown, progress).await?,
     };
-    let label = backup_path.display().to_string();
-    let backup = async {
-        let Some((_, id)) = &snapshot else { return Ok(started.elapsed()) };
-        backup::take_at(&endpoints.database_url, backup_path.clone(), Some(id)).await?;
-        tracing::info!(path = %label, seconds = started.elapsed().as_secs_f64(), "backup checked");
-        Ok::<_, ApplyError>(started.elapsed())
-    };
-    let reset = async {
-        let done = reset(pool, plan, request, &label).await?;
-        Ok::<_, ApplyError>((done, started.elapsed()))
-    };
-    let (backup, reset) = tokio::join!(backup, reset);
-    if let Some((tx, _)) = snapshot.take() {
-        let _ = tx.rollback().await;
+    let backup_seconds = started.elapsed().as_secs_f64();
+    if let Some(stop) = stop_here(pool, shutdown, None).await? {
+        return Err(stop);
     }
-    let backup_time = backup?;
-    let (Reset { tx, run }, reset_time) = reset?;
-    tx.commit().await.map_err(failed("committing the reset"))?;
-    tracing::info!(rows = plan.summary.rows, seconds = reset_time.as_secs_f64(), "rows reset, audit entry written");
-    let steps = StepTimes { backup: backup_time.as_secs_f64(), reset: reset_time.as_secs_f64(), publish: 0.0 };
-    Ok(Prepared { run, steps })
+    let run = record(pool, plan, request, &backup_path.display().to_string()).await?;
+    tracing::info!(plan = %plan.header.plan_id, audit = run.audit_id, "apply recorded; resetting");
+    Ok(Begun { run, backup_seconds })
 }
 
-/// The one transaction, returned uncommitted: the domain checked again, the
-/// audit entry, the run record, the ledger resets (each at its planned
-/// version) with their history, the workflow's domain resets and trigger
-/// events.
-async fn reset<'p>(
-    pool: &'p PgPool,
+/// Takes a checked dump into `dir`, showing its size as it grows; stops
+/// (killing `pg_dump`, removing its file) if the workers are paused or the
+/// apply is interrupted meanwhile.
+async fn back_up(
+    pool: &PgPool,
+    endpoints: &Endpoints,
+    dir: &Path,
+    shutdown: &CancellationToken,
+    progress: &impl Fn(Progress),
+) -> Result<PathBuf, ApplyError> {
+    let path = backup::path_in(dir);
+    let started = Instant::now();
+    let mut dump = Box::pin(backup::take_at(&endpoints.database_url, path.clone()));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + BACKUP_TICK, BACKUP_TICK);
+    loop {
+        tokio::select! {
+            taken = &mut dump => {
+                let taken = taken?;
+                tracing::info!(path = %taken.path.display(), bytes = taken.bytes, seconds = started.elapsed().as_secs_f64(), "backup checked");
+                return Ok(taken.path);
+            }
+            _ = tick.tick() => {
+                if let Some(stop) = stop_here(pool, shutdown, None).await? {
+                    // Dropping the dump kills pg_dump; what it wrote is no backup.
+                    drop(dump);
+                    let _ = std::fs::remove_file(&path);
+                    return Err(stop);
+                }
+                let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+                progress(Progress::Backup { bytes, seconds: started.elapsed().as_secs_f64() });
+            }
+        }
+    }
+}
+
+/// The short transaction: the domain checked again, a workflow's domain
+/// reset and trigger events, then the audit entry and the run record, last,
+/// so the audit chain's lock is held only until the commit right after.
+async fn record(
+    pool: &PgPool,
     plan: &SealedPlan,
     request: &Request,
     backup_path: &str,
-) -> Result<Reset<'p>, ApplyError> {
+) -> Result<ReplayRun, ApplyError> {
     let header = &plan.header;
-    let mut tx = pool.begin().await.map_err(failed("starting the reset"))?;
+    let mut tx = pool.begin().await.map_err(failed("recording the apply"))?;
     checks::check_domain(&mut tx, plan).await?;
+    if let Some(planned) = &header.workflow {
+        workflows::find(&planned.name)?.reset(&mut tx, &planned.params).await?;
+        let events = planned
+            .triggers
+            .iter()
+            .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
+        let fallback = fallback_time(plan.events(), request.rate);
+        ledger::insert_triggers(&mut tx, &events, header.plan_id.as_uuid(), &request.operator, fallback).await?;
+    }
     let entry = AuditEntry {
         operator: request.operator.clone(),
         action: "replay.apply".into(),
@@ -138,45 +173,70 @@ async fn reset<'p>(
         audit_id: record.id,
         events: plan.events() as i64,
     };
-    runs::start(&mut tx, &new_run).await?;
-    let fallback = fallback_time(plan.events(), request.rate);
-    for chunk in plan.rows(RESET_CHUNK)? {
-        let rows: Vec<RowVersion> = chunk?.into_iter().map(|r| RowVersion { id: r.id, version: r.version }).collect();
-        let reset =
-            ledger::reset_for_plan(&mut tx, &rows, header.plan_id.as_uuid(), &request.operator, fallback, header.force)
-                .await?;
-        if reset < rows.len() as u64 {
-            // A row changed between the check and now: roll back, and name it.
-            drop(tx);
-            let mut conn = pool.acquire().await.map_err(failed("checking the planned rows"))?;
-            checks::check_current(&mut conn, plan).await?;
-            let count = rows.len() - reset as usize;
-            return Err(Refusal::Stale { count, total: plan.summary.rows, examples: vec![] }.into());
+    let run = runs::start(&mut tx, &new_run).await?;
+    tx.commit().await.map_err(failed("recording the apply"))?;
+    Ok(run)
+}
+
+/// What the reset left alone.
+pub(super) struct ResetDone {
+    /// Rows that changed since the plan was checked (in all runs of this apply).
+    pub stale: u64,
+}
+
+/// Resets the plan's rows from where `run` got to, a chunk per transaction,
+/// publishing on `reset_through` how many rows (in plan order) are reset so
+/// far; marks the run `publishing` once every row is. A run that is
+/// `publishing` already has nothing to reset.
+pub(super) async fn reset(
+    pool: &PgPool,
+    plan: &SealedPlan,
+    run: &ReplayRun,
+    request: &Request,
+    shutdown: &CancellationToken,
+    reset_through: &watch::Sender<u64>,
+    progress: &impl Fn(Progress),
+) -> Result<ResetDone, ApplyError> {
+    let plan_id = plan.header.plan_id;
+    let total = plan.summary.rows as u64;
+    let mut stale = u64::try_from(run.stale_rows).unwrap_or(0);
+    if run.state != RunState::Resetting {
+        return Ok(ResetDone { stale });
+    }
+    let fallback = fallback_time(plan.events() - usize::try_from(run.published).unwrap_or(0), request.rate);
+    let mut reset = u64::try_from(run.reset_rows).unwrap_or(0);
+    let mut read = 0;
+    for chunk in plan.rows(ROWS_PER_CHUNK)? {
+        let chunk = chunk?;
+        let from = read;
+        read += chunk.len() as u64;
+        if read <= reset {
+            continue; // reset by an earlier run of this apply
         }
+        if let Some(stop) = stop_here(pool, shutdown, None).await? {
+            return Err(stop);
+        }
+        let skip = usize::try_from(reset.saturating_sub(from)).unwrap_or(0);
+        let rows: Vec<RowVersion> =
+            chunk.into_iter().skip(skip).map(|r| RowVersion { id: r.id, version: r.version }).collect();
+        let mut tx = pool.begin().await.map_err(failed("resetting a chunk of rows"))?;
+        let done =
+            ledger::reset_for_plan(&mut tx, &rows, plan_id.as_uuid(), &request.operator, fallback, plan.header.force)
+                .await?;
+        reset += rows.len() as u64;
+        stale += rows.len() as u64 - done;
+        // Last, so the run's row is locked only until the commit.
+        runs::record_reset(&mut tx, plan_id, reset as i64, stale as i64).await?;
+        tx.commit().await.map_err(failed("resetting a chunk of rows"))?;
+        reset_through.send_replace(reset);
+        progress(Progress::Reset { rows: reset, total });
     }
-    if let Some(planned) = &header.workflow {
-        workflows::find(&planned.name)?.reset(&mut tx, &planned.params).await?;
-        let events = planned
-            .triggers
-            .iter()
-            .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
-        ledger::insert_triggers(&mut tx, &events, header.plan_id.as_uuid(), &request.operator, fallback).await?;
+    runs::reset_done(pool, plan_id).await?;
+    reset_through.send_replace(total);
+    if stale > 0 {
+        tracing::warn!(stale, "rows changed since the plan was checked were left alone, not reset");
     }
-    let run = ReplayRun {
-        plan_id: header.plan_id,
-        digest: plan.digest.clone(),
-        operator: request.operator.clone(),
-        backup_path: backup_path.to_string(),
-        audit_id: record.id,
-        events: plan.events() as i64,
-        published: 0,
-        state: RunState::Publishing,
-        started_at: Utc::now(),
-        finished_at: None,
-    };
-    Ok(Reset { tx, run })
+    Ok(ResetDone { stale })
 }
 
 /// When claimers may take a reset row whose replayed message never came: the
