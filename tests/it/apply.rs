@@ -583,3 +583,54 @@ async fn a_failed_backup_resets_nothing_and_delivers_nothing(pool: PgPool) {
     assert_eq!(world.queue_depth().await, 0);
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn a_row_changed_after_the_check_is_left_alone_and_reported(pool: PgPool) {
+    let world = World::new(pool).await;
+    let desk = Desk::new();
+    seed_processed(&world, 30).await;
+    let plan = desk.plan(&world, &["--all", "--reason", "stale mid-way"]).await;
+    let changed: String = sqlx::query_scalar("SELECT event_id FROM processed_events ORDER BY id OFFSET 4 LIMIT 1")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    // The reset's first chunk waits on this row's lock; the row changes, then the lock goes.
+    let mut holder = world.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM processed_events WHERE event_id = $1 FOR UPDATE")
+        .bind(&changed)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let apply = desk.spawn_apply(&world, plan["plan_path"].as_str().unwrap(), "1000", &[]);
+    wait_until_waiting_on_a_lock(&world).await;
+    sqlx::query("UPDATE processed_events SET processed_at = now() WHERE event_id = $1")
+        .bind(&changed)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder.commit().await.unwrap();
+    let out = apply.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("left alone: 1 planned rows changed after the plan was checked"),
+        "{}",
+        stdout_of(&out)
+    );
+    assert_eq!(world.status_of(&changed).await.unwrap().0, "skipped", "the changed row is not reset");
+    let history = reset_by(&world, &plan).await;
+    assert_eq!(history.len(), 29);
+    assert!(!history.contains(&changed));
+    assert_eq!(world.scalar("SELECT stale_rows FROM replay_control.replay_runs WHERE state = 'done'").await, 1);
+    world.cleanup().await;
+}
+
+/// Waits until some session of the test database waits on a row lock.
+async fn wait_until_waiting_on_a_lock(world: &World) {
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+}
