@@ -103,6 +103,8 @@ pub struct StepTimes {
     pub backup: f64,
     pub reset: f64,
     pub publish: f64,
+    /// The longest of the reset's chunk transactions.
+    pub longest_reset_chunk: f64,
 }
 
 /// Backs up, resets and republishes a checked plan; a stop says how far it
@@ -200,7 +202,12 @@ async fn run(
         backup_path: run.backup_path,
         audit_id: run.audit_id,
         seconds: started.elapsed().as_secs_f64(),
-        steps: StepTimes { backup, reset: reset_seconds, publish: step.elapsed().as_secs_f64() },
+        steps: StepTimes {
+            backup,
+            reset: reset_seconds,
+            publish: step.elapsed().as_secs_f64(),
+            longest_reset_chunk: reset.longest_chunk.as_secs_f64(),
+        },
     })
 }
 

@@ -178,10 +178,13 @@ async fn record(
     Ok(run)
 }
 
-/// What the reset left alone.
+/// What the reset left alone, and its longest chunk.
 pub(super) struct ResetDone {
     /// Rows that changed since the plan was checked (in all runs of this apply).
     pub stale: u64,
+    /// The longest chunk's transaction in this run: no worker waits on a
+    /// reset row's lock for longer.
+    pub longest_chunk: Duration,
 }
 
 /// Resets the plan's rows from where `run` got to, a chunk per transaction,
@@ -200,8 +203,9 @@ pub(super) async fn reset(
     let plan_id = plan.header.plan_id;
     let total = plan.summary.rows as u64;
     let mut stale = u64::try_from(run.stale_rows).unwrap_or(0);
+    let mut longest_chunk = Duration::ZERO;
     if run.state != RunState::Resetting {
-        return Ok(ResetDone { stale });
+        return Ok(ResetDone { stale, longest_chunk });
     }
     let fallback = fallback_time(plan.events() - usize::try_from(run.published).unwrap_or(0), request.rate);
     let mut reset = u64::try_from(run.reset_rows).unwrap_or(0);
@@ -219,6 +223,7 @@ pub(super) async fn reset(
         let skip = usize::try_from(reset.saturating_sub(from)).unwrap_or(0);
         let rows: Vec<RowVersion> =
             chunk.into_iter().skip(skip).map(|r| RowVersion { id: r.id, version: r.version }).collect();
+        let began = Instant::now();
         let mut tx = pool.begin().await.map_err(failed("resetting a chunk of rows"))?;
         let done =
             ledger::reset_for_plan(&mut tx, &rows, plan_id.as_uuid(), &request.operator, fallback, plan.header.force)
@@ -228,6 +233,7 @@ pub(super) async fn reset(
         // Last, so the run's row is locked only until the commit.
         runs::record_reset(&mut tx, plan_id, reset as i64, stale as i64).await?;
         tx.commit().await.map_err(failed("resetting a chunk of rows"))?;
+        longest_chunk = longest_chunk.max(began.elapsed());
         reset_through.send_replace(reset);
         progress(Progress::Reset { rows: reset, total });
     }
@@ -236,7 +242,7 @@ pub(super) async fn reset(
     if stale > 0 {
         tracing::warn!(stale, "rows changed since the plan was checked were left alone, not reset");
     }
-    Ok(ResetDone { stale })
+    Ok(ResetDone { stale, longest_chunk })
 }
 
 /// When claimers may take a reset row whose replayed message never came: the
