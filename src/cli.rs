@@ -477,6 +477,11 @@ pub struct BenchArgs {
     /// Ledger rows to plan over (plan).
     #[arg(long, default_value_t = 1_000_000)]
     pub rows: usize,
+    /// Messages to queue for `stop`: time `emergency-stop --no-restore` taking
+    /// them (and some replay's) against a raw consume, instead of the restore
+    /// (default 300,000 when given without a number).
+    #[arg(long, num_args = 0..=1, default_missing_value = "300000")]
+    pub queued: Option<usize>,
     /// Keep the scratch database afterwards, for inspection.
     #[arg(long)]
     pub keep: bool,
@@ -495,5 +500,6 @@ pub enum BenchScenario {
     /// `replay plan` over a large ledger against a raw streamed read of the same rows.
     Plan,
     /// `replay emergency-stop` (two workers running) against a plain pg_restore of the same dump; --events ledger rows.
+    /// With --queued N: `emergency-stop --no-restore` over N queued messages against a raw consume.
     Stop,
 }

@@ -1,4 +1,4 @@
-//! `replay bench [worker|apply|plan]`: prints a measurement next to its raw baseline.
+//! `replay bench [worker|apply|plan|stop]`: prints a measurement next to its raw baseline.
 
 use std::process::ExitCode;
 
@@ -18,7 +18,10 @@ pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitC
             print!("{}", crate::bench::apply::run(endpoints, args.events, args.keep, &exe).await?)
         }
         BenchScenario::Plan => print!("{}", crate::bench::plan::run(endpoints, args.rows, args.keep, &exe).await?),
-        BenchScenario::Stop => print!("{}", crate::bench::stop::run(endpoints, args.events, args.keep, &exe).await?),
+        BenchScenario::Stop => match args.queued {
+            Some(queued) => print!("{}", crate::bench::stop::run_queued(endpoints, queued, args.keep, &exe).await?),
+            None => print!("{}", crate::bench::stop::run(endpoints, args.events, args.keep, &exe).await?),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,11 @@ use crate::config::SecretUrl;
 /// The schema backups leave out.
 pub const CONTROL_SCHEMA: &str = "replay_control";
 
+/// The `application_name` of a restore's session: a restore left running by
+/// an emergency stop that died (killed, its `pg_restore` orphaned) is found
+/// by it and ended ([`end_orphaned_restores`]).
+pub const RESTORE_SESSION: &str = "replay restore";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("cannot run {tool}: {source}. Install the PostgreSQL client tools (apt-get install postgresql-client) matching the server's major version")]
@@ -135,8 +140,26 @@ pub async fn restore(url: &SecretUrl, path: &Path) -> Result<(), BackupError> {
         .arg("--dbname")
         .arg(database)
         .arg(path)
-        .envs(env);
+        .envs(env)
+        .env("PGAPPNAME", RESTORE_SESSION);
     pg_restore("pg_restore", command).await.map(drop)
+}
+
+/// Ends the restores of [`restore`] still running in this database (each
+/// one's single transaction rolls back), waiting up to 5 s for each; returns
+/// how many were ended. Only for a caller holding the apply lock: no live
+/// stop is restoring then, so any such session was left by one that died,
+/// and it would otherwise erase what the caller writes to the ledger.
+pub async fn end_orphaned_restores(pool: &sqlx::PgPool) -> Result<u64, crate::store::StoreError> {
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(RESTORE_SESSION)
+    .fetch_one(pool)
+    .await
+    .map_err(crate::store::failed("end restores left running by a stop that died"))?;
+    Ok(ended as u64)
 }
 
 /// When the dump's snapshot was taken ("Archive created at", to the second),

@@ -2,12 +2,14 @@
 //! restores of the domain (`backup`: the real pg_dump and pg_restore), and
 //! one module per table (the ledger, the audit log, dead letters,
 //! heartbeats, partition leaders, the outbox, replay runs, the pause,
-//! topology migrations). All SQL on a table lives in its module.
+//! topology migrations, what an emergency stop saves across a restore). All
+//! SQL on a table lives in its module.
 
 pub mod audit;
 pub mod backup;
 pub mod database;
 pub mod dead_letters;
+pub mod emergency_saved;
 pub mod heartbeats;
 pub mod leaders;
 pub mod ledger;

@@ -1,5 +1,6 @@
 //! The broker connection and the declared topology. Only this module and the
-//! modules that move messages (`publisher`, `worker::intake`) touch lapin.
+//! modules that move messages (`publisher`, `worker::intake`,
+//! `control::emergency::queue`) touch lapin.
 //!
 //! Topology: one durable topic exchange; one partition queue bound to it with
 //! `#` (a quorum queue with single active consumer and a delivery limit) and
@@ -262,50 +263,6 @@ pub struct QueueCounts {
     /// Messages ready for delivery.
     pub messages: u32,
     pub consumers: u32,
-}
-
-/// How long no delivery must come before [`take_all`] looks whether the
-/// queue is empty.
-const TAKE_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Takes every ready message off `queue`, unacked: they stay the channel's
-/// until [`ack_through`] (or return to the queue if the channel closes
-/// first). A consumer rather than `basic.get`, which quorum queues with
-/// single active consumer refuse; it is cancelled once the queue has no
-/// ready message left (a cancel keeps the taken messages unacked on the
-/// channel). The caller has made sure no other consumer reads the queue.
-pub async fn take_all(channel: &Channel, queue: &str) -> Result<Vec<lapin::message::Delivery>, TransportError> {
-    use futures::StreamExt;
-    // No prefetch limit: every ready message is taken, however many.
-    answer("set prefetch", channel.basic_qos(0, lapin::options::BasicQosOptions::default())).await?;
-    let mut consumer = answer(
-        format!("take messages from '{queue}'"),
-        channel.basic_consume(
-            queue.into(),
-            "replay-take-all".into(),
-            lapin::options::BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    let mut taken = Vec::new();
-    loop {
-        match tokio::time::timeout(TAKE_QUIET, consumer.next()).await {
-            Ok(Some(Ok(delivery))) => taken.push(delivery),
-            Ok(Some(Err(source))) => {
-                return Err(TransportError::Broker { action: format!("take messages from '{queue}'"), source })
-            }
-            Ok(None) => return Err(TransportError::ConsumerClosed),
-            Err(_) if queue_depth(channel, queue).await? == 0 => break,
-            Err(_) => {}
-        }
-    }
-    answer(
-        format!("stop taking messages from '{queue}'"),
-        channel.basic_cancel(consumer.tag(), lapin::options::BasicCancelOptions::default()),
-    )
-    .await?;
-    Ok(taken)
 }
 
 /// Acks every delivery on the channel up to and including `tag`.

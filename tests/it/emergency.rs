@@ -359,17 +359,26 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
 /// Every message ready in the world's queue, as (message id, body), sorted;
 /// taken unacked on a connection closed at once, so they all go back.
 async fn messages_in_queue(world: &World) -> Vec<(String, String)> {
+    use futures::StreamExt;
     let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test reader").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let deliveries = replay::wire::transport::take_all(&channel, &world.endpoints.queue).await.unwrap();
+    let ready = replay::wire::transport::queue_depth(&channel, &world.endpoints.queue).await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            world.endpoints.queue.as_str().into(),
+            "test reader".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while messages.len() < ready as usize {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+        let id = d.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default();
+        messages.push((id, String::from_utf8_lossy(&d.data).into_owned()));
+    }
     let _ = connection.close(200, "read".into()).await;
-    let mut messages: Vec<(String, String)> = deliveries
-        .iter()
-        .map(|d| {
-            let id = d.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default();
-            (id, String::from_utf8_lossy(&d.data).into_owned())
-        })
-        .collect();
     messages.sort();
     messages
 }
@@ -489,5 +498,217 @@ async fn a_backup_of_another_schema_version_is_never_restored(pool: PgPool) {
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("schema version"), "{}", stderr_of(&out));
     assert_eq!(world.ledger_digest().await, before);
+    world.cleanup().await;
+}
+
+/// Messages of some replay (a plan id no one applied), as an apply republishes them.
+fn replayed(n: usize) -> Vec<replay::wire::envelope::Event> {
+    let plan = replay::replay::plan::PlanId::random();
+    noted(n, "replayed").into_iter().map(|e| replay::wire::envelope::Event { replay_plan: Some(plan), ..e }).collect()
+}
+
+fn ids(events: &[replay::wire::envelope::Event]) -> Vec<String> {
+    events.iter().map(|e| e.event_id.clone()).collect()
+}
+
+/// How many of `ids` the ledger holds with `status`, and how many ledger rows there are in all.
+async fn ledger_rows_of(world: &World, ids: &[String], status: &str) -> (i64, i64) {
+    let of: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id = ANY($1) AND status = $2")
+        .bind(ids)
+        .bind(status)
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    (of, world.scalar("SELECT count(*) FROM processed_events").await)
+}
+
+const SAVED: &str = "SELECT (SELECT count(*) FROM replay_control.emergency_saved_events)
+                          + (SELECT count(*) FROM replay_control.emergency_saved_dead_letters)";
+
+/// `replay emergency-stop ARGS --reason … --yes --report-dir DIR`, spawned, its output piped.
+fn spawn_stop(world: &World, args: &[&str], reason: &str, report_dir: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .arg("emergency-stop")
+        .args(args)
+        .args(["--reason", reason, "--yes", "--report-dir", report_dir.to_str().unwrap()])
+        .envs(world.env())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_deep_queue_is_taken_in_batches_and_each_legitimate_message_is_kept_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    process_before(&world, 10).await;
+    let dump = dir.path().join("pre.dump");
+    assert_eq!(world.replay(&["backup", "--out", dump.to_str().unwrap()]).await.status.code(), Some(0));
+
+    // No worker runs: 20,000 legitimate messages, a replay's 500 and one
+    // that is no event, interleaved in the queue.
+    let legitimate = noted(20_000, "deep");
+    let replay = replayed(500);
+    for (chunk, replayed) in legitimate.chunks(2_000).zip(replay.chunks(50)) {
+        world.publish(chunk).await;
+        world.publish(replayed).await;
+    }
+    world.publish_raw("member.noted", b"not json").await;
+    assert_eq!(world.queue_depth().await, 20_501);
+
+    let reason = reason_for(&world, "deep");
+    let out = world
+        .replay(&["emergency-stop", "--backup", dump.to_str().unwrap(), "--reason", &reason, "--yes", "--json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(
+        [&report["purged_replay_messages"], &report["kept_messages"], &report["dead_lettered"], &report["kept_events"]],
+        [&json!(500), &json!(20_000), &json!(1), &json!(20_000)],
+        "{report}"
+    );
+    let purge = report["steps"].as_array().unwrap().iter().find(|s| s["name"] == "purge").unwrap();
+    let batches: usize =
+        purge["detail"].as_str().unwrap().rsplit("in ").next().unwrap().split(' ').next().unwrap().parse().unwrap();
+    eprintln!("steps: {}", report["steps"]);
+    assert!(batches >= 11, "taken in batches of at most 2,000: {purge}");
+
+    assert_eq!(world.queue_depth().await, 0, "the queue is empty");
+    assert_eq!(
+        ledger_rows_of(&world, &ids(&legitimate), "pending").await,
+        (20_000, 20_010),
+        "every legitimate message is in the ledger once, as pending; the replay's are not"
+    );
+    assert_eq!(world.scalar(SKIPPED).await, 10, "the backup's rows are as they were");
+    assert_eq!(world.scalar("SELECT count(*) FROM dead_letters").await, 1);
+    assert_eq!(world.scalar(SAVED).await, 0, "everything saved was put back");
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_stop_killed_mid_take_then_run_again_loses_nothing_and_keeps_each_event_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _period) = workload(5_000);
+    world.publish(&events).await;
+    world.publish(&replayed(300)).await;
+    assert_eq!(world.queue_depth().await, 10_301);
+
+    // Killed once its first batches are in the ledger, long before the last.
+    let reason = reason_for(&world, "killed");
+    let mut stop = spawn_stop(&world, &["--no-restore"], &reason, dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while world.scalar("SELECT count(*) FROM processed_events").await < 2_000 {
+        assert!(std::time::Instant::now() < deadline, "the stop kept fewer than 2,000 events in 60 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&stop, "-KILL");
+    let _ = stop.wait().await;
+    let kept_before_kill = world.scalar("SELECT count(*) FROM processed_events").await;
+    eprintln!("killed with {kept_before_kill} of 10,001 events kept");
+    assert!(kept_before_kill < 10_001, "killed mid-take: {kept_before_kill} of 10,001 kept");
+    // What it had not acked is back in the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(world.queue_depth().await > 0, "the unacked rest went back to the queue");
+
+    let out = spawn_stop(&world, &["--no-restore", "--json"], &reason, dir.path()).wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    assert_eq!(world.queue_depth().await, 0);
+    assert_eq!(
+        ledger_rows_of(&world, &ids(&events), "pending").await,
+        (10_001, 10_001),
+        "every event once, none of the replay's"
+    );
+
+    // Resumed, the workers apply each event once.
+    let out = world.replay(&["resume", "--reason", "understood"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let worker = world.start_worker(world.worker_config("w1"));
+    assert_all_applied_once(&world, 10_001, 5_000).await;
+    worker.stop().await;
+    world.cleanup().await;
+}
+
+/// The pid of a restore's session blocked on a lock, once one is.
+async fn blocked_restore(world: &World) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'replay restore' AND wait_event_type = 'Lock'",
+        )
+        .fetch_optional(&world.pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no restore blocked within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test]
+async fn a_stop_killed_while_pg_restore_runs_then_run_again_puts_back_what_it_saved(pool: PgPool) {
+    let world = World::new(pool).await;
+    let dir = tempfile::tempdir().unwrap();
+    process_before(&world, 10).await;
+    let dump = dir.path().join("pre.dump");
+    assert_eq!(world.replay(&["backup", "--out", dump.to_str().unwrap()]).await.status.code(), Some(0));
+    // Since the backup: five events processed (the restore would erase
+    // them), seven waiting in the queue, and a replay's three.
+    let late = noted(5, "late");
+    let worker = world.start_worker(world.worker_config("w1"));
+    world.publish(&late).await;
+    world.wait_for_count(SKIPPED, 15, Duration::from_secs(20)).await;
+    worker.stop().await;
+    let queued = noted(7, "queued");
+    world.publish(&queued).await;
+    world.publish(&replayed(3)).await;
+
+    // The restore is held on a lock this test takes, so the stop is killed while pg_restore runs.
+    let mut hold = world.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE processed_events IN ACCESS SHARE MODE").execute(&mut *hold).await.unwrap();
+    let reason = reason_for(&world, "killed in restore");
+    let mut stop = spawn_stop(&world, &["--backup", dump.to_str().unwrap()], &reason, dir.path());
+    let orphan = blocked_restore(&world).await;
+    signal(&stop, "-KILL");
+    let _ = stop.wait().await;
+
+    // Taken and acked, saved where no restore reaches, not yet put back.
+    assert_eq!(world.queue_depth().await, 0);
+    let saved: Vec<String> = sqlx::query_scalar("SELECT event_id FROM replay_control.emergency_saved_events")
+        .fetch_all(&world.pool)
+        .await
+        .unwrap();
+    for id in ids(&late).iter().chain(&ids(&queued)) {
+        assert!(saved.contains(id), "{id} is saved: {saved:?}");
+    }
+    // Resuming now would leave them unprocessed: refused.
+    let out = world.replay(&["resume", "--reason", "too early"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("emergency stop did not finish"), "{}", stderr_of(&out));
+
+    // Run again: it ends the restore the dead stop left running, restores, puts back.
+    let again = spawn_stop(&world, &["--backup", dump.to_str().unwrap()], &reason, dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while world.scalar(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {orphan}")).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the orphaned restore was not ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hold.commit().await.unwrap();
+    let out = again.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    assert!(stdout_of(&out).contains("1 restore(s) left running by a stop that died ended"), "{}", stdout_of(&out));
+
+    let kept: Vec<String> = ids(&late).into_iter().chain(ids(&queued)).collect();
+    assert_eq!(ledger_rows_of(&world, &kept, "pending").await, (12, 22), "each saved event put back once");
+    assert_eq!(world.scalar(SKIPPED).await, 10, "the backup's rows are restored");
+    assert_eq!(world.scalar(SAVED).await, 0);
+    let out = world.replay(&["resume", "--reason", "done"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     world.cleanup().await;
 }

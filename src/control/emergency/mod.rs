@@ -3,24 +3,26 @@
 //!
 //! In order ([`stop`], one function per phase): pause and wait for the
 //! workers (and for a running apply to see the pause and let go of the
-//! control lock); take every ready message off the queue (consumers are
-//! gone, so none is held unacked elsewhere), dropping the replay's and
-//! keeping the rest (`queue`); drop the replay's events from the outbox;
-//! save the ledger rows of events first seen since the backup that are not
-//! part of the replay, and restore the backup in one transaction (the
-//! control plane, outside every dump, keeps the pause, the audit log and the
-//! runs); put the saved events and the kept messages back as `pending`, so
-//! they are processed on resume (`restore`); only then ack the taken
-//! messages. Each step is timed (`steps`); a step that fails is reported,
-//! the pause stays, and what is still safe goes on. Running it again
-//! continues. The incident report is written last (`report`).
+//! control lock); take the queue, streamed (`queue`): once no consumer is
+//! left (so none holds a message unacked elsewhere), batch by batch, the
+//! replay's messages dropped and the rest kept (`keep`: each batch written
+//! in its own transaction, then acked); drop the replay's events from the
+//! outbox; save the events first seen since the backup that are not part of
+//! the replay, and restore the backup in one transaction (`restore`; the
+//! control plane, outside every dump, keeps the pause, the audit log, the
+//! runs and what was saved); put everything saved back as `pending` (and
+//! dead letters), so it is processed on resume. Each step is timed
+//! (`steps`); a step that fails is reported, the pause stays, and what is
+//! still safe goes on. Running it again continues, and puts back what a
+//! stop that died had saved. The incident report is written last (`report`).
 //!
 //! Architecture invariant: nothing taken off the queue is acked before what
-//! must survive of it is committed to the ledger; if the stop dies first, the
-//! channel closes and the broker puts every message back. Nothing is
-//! restored, and no outbox event dropped, unless the stop holds the apply
-//! lock.
+//! must survive of it is committed, where no restore can erase it (`keep`);
+//! if the stop dies first, the connection closes and the broker puts every
+//! unacked message back. Nothing is restored, put back into the ledger, or
+//! dropped from the outbox unless the stop holds the apply lock.
 
+mod keep;
 mod queue;
 mod report;
 mod restore;
@@ -31,17 +33,16 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+pub use queue::{BATCH as TAKE_BATCH, PREFETCH as TAKE_PREFETCH};
 pub use report::Report;
 pub use steps::{Step, StepError, Steps};
 
 use crate::config::Endpoints;
 use crate::control::pause::{self, Paused};
 use crate::replay::plan::PlanId;
-use crate::store::dead_letters::DeadLetter;
-use crate::store::outbox;
 use crate::store::runs::{self, ControlLock};
-use crate::wire::envelope::Event;
-use queue::Held;
+use crate::store::{backup, emergency_saved, outbox};
+use keep::Keeping;
 
 /// Longest wait for a running apply to let go of the control lock.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -85,24 +86,6 @@ pub struct Request {
     pub report_dir: Option<PathBuf>,
 }
 
-/// What the stop took off the queue and must put back before it acks.
-#[derive(Default)]
-struct ToKeep {
-    /// The connection the taken messages are held on; `None` if nothing was taken.
-    held: Option<Held>,
-    events: Vec<Event>,
-    dead: Vec<DeadLetter>,
-}
-
-/// How the restore phase ended.
-enum Restored {
-    /// Nothing to restore, or no lock to restore under (that step failed already).
-    NotTried,
-    /// Restored; the events first seen since the backup, to put back.
-    Done(Vec<Event>),
-    Failed,
-}
-
 /// Runs the stop; a failed step is recorded in the report, never returned
 /// as an error, so every safe step still runs.
 pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Report {
@@ -113,23 +96,19 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     report.pause = pause_workers(pool, request, &mut report.steps).await;
     let lock = wait_for_apply(pool, &mut report.steps).await;
 
-    // 2. Take the replay off the queue (the rest unacked until the end), and out of the outbox.
-    let mut to_keep = take_off_queue(endpoints, request.wait, plan_id, &mut report).await;
+    // 2. Take the replay off the queue, keeping the rest batch by batch, and out of the outbox.
+    let keeping = Keeping::choose(request.restore.backup().is_some(), lock.as_ref());
+    take_off_queue(pool, endpoints, request.wait, plan_id, keeping, &mut report).await;
     report.purged_replay_messages += drop_from_outbox(pool, lock.as_ref(), plan_id, &mut report.steps).await;
 
-    // 3. Restore, keeping what arrived after the backup.
-    let restored = match (request.restore.backup(), &lock) {
-        (Some(path), Some(_)) => restore(pool, endpoints, path, plan_id, &mut report).await,
-        _ => Restored::NotTried,
+    // 3. Restore, saving first what arrived after the backup.
+    let restore_failed = match (request.restore.backup(), &lock) {
+        (Some(path), Some(_)) => !restore(pool, endpoints, path, plan_id, &mut report).await,
+        _ => false,
     };
-    let restore_failed = matches!(restored, Restored::Failed);
-    if let Restored::Done(saved) = restored {
-        to_keep.events.extend(saved);
-    }
 
-    // 4. Put back what must survive, then let the broker forget what was taken.
-    report.kept_events = keep_then_ack(pool, &to_keep, &mut report.steps).await;
-    drop(to_keep);
+    // 4. Put back what was saved: this stop's, and any a stop that died left.
+    put_back(pool, lock.as_ref(), keeping, &mut report).await;
 
     // 5. Record it: the run is never resumed, the audit log says what happened.
     // The run is marked stopped unless its restore failed, so also when no
@@ -166,48 +145,99 @@ async fn pause_workers(pool: &PgPool, request: &Request, steps: &mut Steps) -> O
 }
 
 /// Takes the control lock once a running apply has seen the pause and
-/// exited; without it nothing is restored or dropped from the outbox.
+/// exited; without it nothing is restored, put back or dropped from the
+/// outbox. Under it, a restore left running by a stop that died is ended
+/// first (rolled back), so it cannot erase what this stop writes.
 async fn wait_for_apply(pool: &PgPool, steps: &mut Steps) -> Option<ControlLock> {
     let step = Steps::start("apply lock");
     let deadline = Instant::now() + LOCK_WAIT;
     let lock = loop {
         if let Ok(Some(lock)) = runs::try_lock(pool).await {
-            break Some(lock);
+            break lock;
         }
         if Instant::now() >= deadline {
-            break None;
+            steps.record(step, Err(StepError::ApplyStillRunning(LOCK_WAIT)));
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let outcome = match &lock {
-        Some(_) => Ok("no apply running".into()),
-        None => Err(StepError::ApplyStillRunning(LOCK_WAIT)),
-    };
-    steps.record(step, outcome);
-    lock
-}
-
-/// Takes every message off the queue: the replay's are counted as purged,
-/// the others read into what must be kept.
-async fn take_off_queue(endpoints: &Endpoints, wait: Duration, plan: Option<PlanId>, report: &mut Report) -> ToKeep {
-    let step = Steps::start("purge");
-    match queue::take(endpoints, wait, plan).await {
-        Ok(taken) => {
-            report.purged_replay_messages += taken.replay;
-            report.kept_messages = taken.events.len();
-            report.dead_lettered = taken.dead.len();
-            let detail = format!(
-                "{} replay message(s) removed, {} other message(s) kept for the ledger",
-                taken.replay, taken.others
-            );
-            report.steps.record(step, Ok(detail));
-            ToKeep { held: Some(taken.held), events: taken.events, dead: taken.dead }
-        }
+    match backup::end_orphaned_restores(pool).await {
+        Ok(0) => steps.record(step, Ok("no apply running".into())),
+        Ok(ended) => steps.record(
+            step,
+            Ok(format!("no apply running; {ended} restore(s) left running by a stop that died ended, rolled back")),
+        ),
         Err(e) => {
-            report.steps.record(step, Err(StepError::QueueNotTaken(e)));
-            ToKeep::default()
+            // Not knowing is the unsafe side: go on as without the lock.
+            steps.record(step, Err(e.into()));
+            return None;
         }
     }
+    Some(lock)
+}
+
+/// Takes the whole queue, streamed: the replay's messages are counted as
+/// purged, the others kept (`keeping` says where), each batch acked once
+/// its keep committed.
+async fn take_off_queue(
+    pool: &PgPool,
+    endpoints: &Endpoints,
+    wait: Duration,
+    plan: Option<PlanId>,
+    keeping: Keeping,
+    report: &mut Report,
+) {
+    let step = Steps::start("purge");
+    let mut replay = 0;
+    let outcome = take_and_keep(pool, endpoints, wait, plan, keeping, report, &mut replay).await;
+    report.purged_replay_messages += replay;
+    let kept = match keeping {
+        Keeping::Ledger => "kept for the ledger",
+        Keeping::Saved => "saved for the ledger",
+    };
+    let outcome = outcome.map(|batches| {
+        format!(
+            "{replay} replay message(s) removed, {} other message(s) {kept}, in {batches} batch(es)",
+            report.kept_messages + report.dead_lettered
+        )
+    });
+    report.steps.record(step, outcome);
+}
+
+/// The take's loop: one batch at a time, kept (committed), then acked.
+/// Counts into `report` and `replay` as it goes, so a take that fails half
+/// way still reports what it did. Returns how many batches there were.
+async fn take_and_keep(
+    pool: &PgPool,
+    endpoints: &Endpoints,
+    wait: Duration,
+    plan: Option<PlanId>,
+    keeping: Keeping,
+    report: &mut Report,
+    replay: &mut usize,
+) -> Result<usize, StepError> {
+    let mut taker = queue::Taker::open(endpoints, wait, plan).await.map_err(StepError::QueueNotTaken)?;
+    let mut batches = 0;
+    let taken = loop {
+        let batch = match taker.next_batch().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break Ok(batches),
+            Err(e) => break Err(StepError::QueueNotTaken(e)),
+        };
+        match keep::batch(pool, keeping, &batch.events, &batch.dead).await {
+            Ok(added) => report.kept_events += added,
+            Err(e) => break Err(StepError::NotKept(Box::new(e))),
+        }
+        if let Err(e) = taker.ack(&batch).await {
+            break Err(StepError::QueueNotTaken(e));
+        }
+        batches += 1;
+        *replay += batch.replay;
+        report.kept_messages += batch.events.len();
+        report.dead_lettered += batch.dead.len();
+    };
+    taker.close().await;
+    taken
 }
 
 /// A replay's events the broker never confirmed wait in the outbox (the
@@ -232,52 +262,47 @@ async fn drop_from_outbox(pool: &PgPool, lock: Option<&ControlLock>, plan: Optio
     }
 }
 
-/// Restores the backup, saving first the events it does not hold.
-async fn restore(
-    pool: &PgPool,
-    endpoints: &Endpoints,
-    path: &Path,
-    plan: Option<PlanId>,
-    report: &mut Report,
-) -> Restored {
+/// Restores the backup, saving first the events it does not hold; false if it failed.
+async fn restore(pool: &PgPool, endpoints: &Endpoints, path: &Path, plan: Option<PlanId>, report: &mut Report) -> bool {
     let step = Steps::start("restore");
     match restore::restore_keeping(pool, endpoints, path, plan).await {
         Ok(saved) => {
             report.restored_from = Some(path.to_path_buf());
-            let detail = format!("restored {}; {} event(s) first seen since kept", path.display(), saved.len());
+            let detail =
+                format!("restored {}; {saved} event(s) first seen since saved, to be put back", path.display());
             report.steps.record(step, Ok(detail));
-            Restored::Done(saved)
+            true
         }
         Err(e) => {
             report.steps.record(step, Err(e));
-            Restored::Failed
+            false
         }
     }
 }
 
-/// Puts back what must survive (events as pending, unreadable messages as
-/// dead letters), and only once that is committed acks the taken messages.
-/// If the keep fails nothing is acked: the messages go back to the queue
-/// when their connection drops. Returns how many events were added.
-async fn keep_then_ack(pool: &PgPool, to_keep: &ToKeep, steps: &mut Steps) -> u64 {
+/// Puts everything saved back into the ledger (as pending) and
+/// `dead_letters`, under the apply lock only: without it what is saved
+/// stays saved, and the step says so. The step's detail also counts what
+/// went straight into the ledger while the queue was taken (`keeping`).
+async fn put_back(pool: &PgPool, lock: Option<&ControlLock>, keeping: Keeping, report: &mut Report) {
     let step = Steps::start("keep");
-    match restore::keep(pool, &to_keep.events, &to_keep.dead).await {
-        Ok(added) => {
-            let detail = format!(
-                "{added} event(s) added as pending, {} unreadable message(s) dead-lettered",
-                to_keep.dead.len()
-            );
-            steps.record(step, Ok(detail));
-            if let Some(held) = &to_keep.held {
-                if let Err(e) = held.ack_all().await {
-                    steps.record(step.part("ack"), Err(e.into()));
-                }
-            }
-            added
-        }
-        Err(e) => {
-            steps.record(step, Err(StepError::NotKept(Box::new(e))));
-            0
-        }
-    }
+    let moved = match lock {
+        Some(_) => keep::put_back(pool).await.map_err(|e| StepError::NotPutBack(Box::new(e))),
+        None => Err(match emergency_saved::waiting(pool).await {
+            Ok(waiting) => StepError::PutBackWithoutLock(waiting.events, waiting.dead_letters),
+            Err(e) => StepError::NotPutBack(Box::new(e.into())),
+        }),
+    };
+    let outcome = moved.map(|moved| {
+        report.kept_events += moved.added;
+        let dead = match keeping {
+            Keeping::Ledger => report.dead_lettered as u64 + moved.dead_letters,
+            Keeping::Saved => moved.dead_letters,
+        };
+        format!(
+            "{} event(s) added as pending ({} of {} saved put back), {dead} unreadable message(s) dead-lettered",
+            report.kept_events, moved.added, moved.saved
+        )
+    });
+    report.steps.record(step, outcome);
 }

@@ -31,7 +31,9 @@ pub struct Report {
     pub kept_messages: usize,
     pub dead_lettered: usize,
     pub restored_from: Option<PathBuf>,
-    /// Events first seen since the backup, not part of the replay, kept as pending.
+    /// Events added to the ledger as pending: the kept messages and the
+    /// events first seen since the backup (not the replay's), less those the
+    /// ledger already held; with what a stop that died had saved.
     pub kept_events: u64,
     pub steps: Steps,
     pub report_path: Option<PathBuf>,

@@ -1,11 +1,12 @@
 //! Restoring the pre-replay backup without losing what came after it: the
-//! events first seen since the backup (not the replay's) are saved before
-//! the restore and put back as `pending` after it, together with the
-//! messages taken off the queue, so the workers process them on resume.
+//! events first seen since the backup (not the replay's) are saved in the
+//! control plane before the restore (`keep`), and put back as `pending`
+//! after it, together with what the stop took off the queue, so the
+//! workers process them on resume.
 //!
 //! The restore itself is one transaction (`backup::restore`); the control
-//! plane is outside every dump, so the pause, the audit log and the runs
-//! survive it.
+//! plane is outside every dump, so the pause, the audit log, the runs and
+//! what the stop saved survive it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,13 +14,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::keep::{self, Keeping};
 use super::steps::StepError;
 use crate::config::Endpoints;
 use crate::replay::plan::PlanId;
 use crate::store::backup;
-use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::ledger;
-use crate::wire::envelope::Event;
 
 /// How far before the backup's snapshot time (known to the second) events
 /// are saved: a row that the backup does hold is skipped when put back, so an
@@ -29,13 +29,13 @@ const SAVE_MARGIN: Duration = Duration::from_secs(5);
 const FILE_TIME_MARGIN: Duration = Duration::from_secs(3600);
 
 /// Saves the events first seen since the backup (not the replay's, of
-/// `plan`), then restores it. Returns the saved events, to be put back.
+/// `plan`), committed, then restores it. Returns how many were saved.
 pub(super) async fn restore_keeping(
     pool: &PgPool,
     endpoints: &Endpoints,
     path: &Path,
     plan: Option<PlanId>,
-) -> Result<Vec<Event>, StepError> {
+) -> Result<usize, StepError> {
     let modified = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .map_err(|source| StepError::BackupUnreadable { path: path.to_path_buf(), source })?;
@@ -46,18 +46,8 @@ pub(super) async fn restore_keeping(
     };
     let version = crate::store::database::schema_version(pool).await?;
     backup::check_schema(path, version).await?;
-    let saved = ledger::first_seen_since(pool, since, plan.map(PlanId::as_uuid)).await?;
+    let first_seen = ledger::first_seen_since(pool, since, plan.map(PlanId::as_uuid)).await?;
+    keep::batch(pool, Keeping::Saved, &first_seen, &[]).await?;
     backup::restore(&endpoints.database_url, path).await?;
-    Ok(saved)
-}
-
-/// Adds kept events as pending and unreadable messages as dead letters, in
-/// one transaction. Returns how many events were added (a row the ledger
-/// already holds is skipped).
-pub(super) async fn keep(pool: &PgPool, events: &[Event], dead: &[DeadLetter]) -> Result<u64, StepError> {
-    let mut tx = pool.begin().await?;
-    let added = ledger::insert_pending(&mut tx, events).await?;
-    dead_letters::insert(&mut tx, dead).await?;
-    tx.commit().await?;
-    Ok(added)
+    Ok(first_seen.len())
 }

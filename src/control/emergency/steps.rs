@@ -32,14 +32,6 @@ pub(super) struct Started {
     at: Instant,
 }
 
-impl Started {
-    /// A step that is part of this one, timed from this one's start (the
-    /// ack is the end of putting back what must survive).
-    pub(super) fn part(self, name: &'static str) -> Self {
-        Self { name, at: self.at }
-    }
-}
-
 /// The steps of one stop, in the order they ended; serialized as the list.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
@@ -98,14 +90,21 @@ pub enum StepError {
     /// A step that needs the apply lock, which the stop did not get.
     #[error("an apply still holds the lock")]
     NoLock,
-    #[error("{0}. The queue still holds the replay's messages: run the stop again once the broker is back")]
+    #[error(
+        "{0}. What was not taken yet is still in the queue: run the stop again once the broker is back, it continues"
+    )]
     QueueNotTaken(TransportError),
     #[error("{0}: the replay's events in the outbox were not removed; run the stop again")]
     OutboxNotDropped(Box<StepError>),
     #[error("the backup {} cannot be read ({source}): pass --backup FILE with a dump that exists", .path.display())]
     BackupUnreadable { path: PathBuf, source: std::io::Error },
-    #[error("{0}. The taken messages go back to the queue")]
+    #[error("{0}. The batch being kept was not acked and goes back to the queue: run the stop again, it continues")]
     NotKept(Box<StepError>),
+    /// Putting back needs the apply lock: a restore under it could erase what is put back.
+    #[error("an apply still holds the lock: {0} event(s) and {1} unreadable message(s) taken off the queue stay saved in replay_control.emergency_saved_events and emergency_saved_dead_letters; run the stop again once the apply has exited to put them back")]
+    PutBackWithoutLock(i64, i64),
+    #[error("{0}. What the stop took off the queue stays saved in replay_control.emergency_saved_events and emergency_saved_dead_letters, nothing is lost: run the stop again to put it back")]
+    NotPutBack(Box<StepError>),
     #[error("{}: {source}", .path.display())]
     ReportNotWritten { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -133,9 +132,8 @@ mod tests {
     #[test]
     fn steps_are_recorded_in_order_with_their_outcome_and_serialize_as_the_report_list() {
         let mut steps = Steps::default();
-        let keep = Steps::start("keep");
-        steps.record(keep, Ok("2 event(s) added as pending".into()));
-        steps.record(keep.part("ack"), Err(StepError::NoLock));
+        steps.record(Steps::start("keep"), Ok("2 event(s) added as pending".into()));
+        steps.record(Steps::start("ack"), Err(StepError::NoLock));
         steps.failed_untimed("audit", StepError::StillRunning(vec!["w1".into(), "w2".into()]));
         let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
         assert_eq!(names, ["keep", "ack", "audit"]);
