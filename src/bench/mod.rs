@@ -60,6 +60,8 @@ pub(crate) async fn cleanup_broker(names: &Endpoints) {
     if let Ok(connection) = transport::connect(&names.amqp_url, "replay bench cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel.queue_delete(names.queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let dead_letters = transport::dead_letter_queue(&names.queue);
+            let _ = channel.queue_delete(dead_letters.as_str().into(), QueueDeleteOptions::default()).await;
             let _ = channel.exchange_delete(names.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
             let _ = transport::answer("close a channel", channel.close(200, "cleaned".into())).await;
         }

@@ -49,6 +49,10 @@ use crate::wire::envelope::Event;
 /// Rows reset per transaction: small enough that a pause is seen within a
 /// few tens of milliseconds and a worker waits on no lock for longer.
 const ROWS_PER_CHUNK: usize = 1_000;
+/// Rows reset before the ledger's statistics are first refreshed, and
+/// between two refreshes after that (see `ledger::refresh_statistics`).
+const ANALYZE_FIRST: u64 = 20_000;
+const ANALYZE_EVERY: u64 = 200_000;
 /// How often the backup's progress is shown and a pause looked for.
 const BACKUP_TICK: Duration = Duration::from_millis(250);
 /// How long after its expected republish a reset row waits for its message
@@ -210,6 +214,7 @@ pub(super) async fn reset(
     let fallback = fallback_time(plan.events() - usize::try_from(run.published).unwrap_or(0), request.rate);
     let mut reset = u64::try_from(run.reset_rows).unwrap_or(0);
     let mut read = 0;
+    let mut next_analyze = reset + ANALYZE_FIRST;
     for chunk in plan.rows(ROWS_PER_CHUNK)? {
         let chunk = chunk?;
         let from = read;
@@ -236,6 +241,13 @@ pub(super) async fn reset(
         longest_chunk = longest_chunk.max(began.elapsed());
         reset_through.send_replace(reset);
         progress(Progress::Reset { rows: reset, total });
+        if reset >= next_analyze {
+            ledger::refresh_statistics(pool).await?;
+            next_analyze = reset + ANALYZE_EVERY;
+        }
+    }
+    if total >= ANALYZE_FIRST {
+        ledger::refresh_statistics(pool).await?;
     }
     runs::reset_done(pool, plan_id).await?;
     reset_through.send_replace(total);
