@@ -495,7 +495,7 @@ pub struct BenchArgs {
 pub enum BenchScenario {
     /// The worker's drain against consume -> batched INSERT -> ack.
     Worker,
-    /// `replay apply` (backup included) against a raw publish-with-confirms loop and the runbook's loop.
+    /// `replay apply` (backup included) with two workers, to the last confirm and to the last row processed, against a raw publish-with-confirms loop; pause latency during the apply and idle; the runbook's loop.
     Apply,
     /// `replay plan` over a large ledger against a raw streamed read of the same rows.
     Plan,

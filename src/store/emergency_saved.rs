@@ -49,6 +49,34 @@ pub async fn save_events(conn: &mut PgConnection, events: &[Event]) -> Result<u6
     Ok(done.rows_affected())
 }
 
+/// Saves, in one statement on the server, the events first seen at or after
+/// `since`, except the ones replay plan `except_plan` reset or added: what a
+/// restore of a backup taken at `since` would erase and an emergency stop
+/// must keep. Nothing passes through the stop's memory, however many there
+/// are. It reads the ledger and its history (their SQL is otherwise
+/// `store::ledger`'s) because the save is this table's. Returns how many
+/// were added.
+pub async fn save_first_seen_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    except_plan: Option<uuid::Uuid>,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO replay_control.emergency_saved_events (event_id, event_type, payload, occurred_at)
+         SELECT p.event_id, p.event_type, p.payload, p.occurred_at FROM processed_events p
+          WHERE p.received_at >= $1
+            AND NOT EXISTS (SELECT 1 FROM replay_history h WHERE h.ledger_id = p.id AND h.plan_id = $2)
+          ORDER BY p.id
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(since)
+    .bind(except_plan)
+    .execute(pool)
+    .await
+    .map_err(failed("save the events first seen since the backup"))?;
+    Ok(done.rows_affected())
+}
+
 /// Saves messages that are not events.
 pub async fn save_dead_letters(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), StoreError> {
     if letters.is_empty() {

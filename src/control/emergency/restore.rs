@@ -1,6 +1,6 @@
 //! Restoring the pre-replay backup without losing what came after it: the
 //! events first seen since the backup (not the replay's) are saved in the
-//! control plane before the restore (`keep`), and put back as `pending`
+//! control plane before the restore, on the server, and put back as `pending`
 //! after it, together with what the stop took off the queue, so the
 //! workers process them on resume.
 //!
@@ -14,12 +14,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::keep::{self, Keeping};
 use super::steps::StepError;
 use crate::config::Endpoints;
 use crate::replay::plan::PlanId;
 use crate::store::backup;
-use crate::store::ledger;
+use crate::store::emergency_saved;
 
 /// How far before the backup's snapshot time (known to the second) events
 /// are saved: a row that the backup does hold is skipped when put back, so an
@@ -46,8 +45,7 @@ pub(super) async fn restore_keeping(
     };
     let version = crate::store::database::schema_version(pool).await?;
     backup::check_schema(path, version).await?;
-    let first_seen = ledger::first_seen_since(pool, since, plan.map(PlanId::as_uuid)).await?;
-    keep::batch(pool, Keeping::Saved, &first_seen, &[]).await?;
+    let saved = emergency_saved::save_first_seen_since(pool, since, plan.map(PlanId::as_uuid)).await?;
     backup::restore(&endpoints.database_url, path).await?;
-    Ok(first_seen.len())
+    Ok(usize::try_from(saved).unwrap_or(usize::MAX))
 }

@@ -103,7 +103,8 @@ pub struct StepTimes {
     pub backup: f64,
     pub reset: f64,
     pub publish: f64,
-    /// The longest of the reset's chunk transactions.
+    /// The reset's chunk transactions: the 99th percentile and the longest.
+    pub reset_chunk_p99: f64,
     pub longest_reset_chunk: f64,
 }
 
@@ -206,9 +207,16 @@ async fn run(
             backup,
             reset: reset_seconds,
             publish: step.elapsed().as_secs_f64(),
-            longest_reset_chunk: reset.longest_chunk.as_secs_f64(),
+            reset_chunk_p99: percentile(&reset.chunks, 0.99).as_secs_f64(),
+            longest_reset_chunk: reset.chunks.last().copied().unwrap_or_default().as_secs_f64(),
         },
     })
+}
+
+/// The `p` quantile (nearest rank) of sorted durations; zero for none.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).saturating_sub(1);
+    sorted.get(rank).copied().unwrap_or_default()
 }
 
 /// How far the apply of `plan` got, from its run record (nothing yet
