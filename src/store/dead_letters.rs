@@ -6,7 +6,8 @@
 use super::{failed, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 /// A message that is not an event.
 pub struct DeadLetter {
@@ -18,28 +19,36 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// Binds the letters as the six column arrays an `unnest` insert reads, in
+/// this order: exchange, routing key, message id, headers (JSON text), body,
+/// reason. Shared with the emergency stop's save table, which has the same
+/// columns.
+pub(super) fn bind_columns<'q>(
+    query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    letters: &'q [DeadLetter],
+) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    query
+        .bind(letters.iter().map(|l| l.exchange.as_str()).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| l.routing_key.as_str()).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| l.message_id.as_deref()).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| l.headers.to_string()).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| l.body.as_slice()).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| l.reason.as_str()).collect::<Vec<_>>())
+}
+
 /// Stores the letters in one statement.
 pub async fn insert(conn: &mut PgConnection, letters: &[DeadLetter]) -> Result<(), StoreError> {
     if letters.is_empty() {
         return Ok(());
     }
-    let exchanges: Vec<&str> = letters.iter().map(|l| l.exchange.as_str()).collect();
-    let keys: Vec<&str> = letters.iter().map(|l| l.routing_key.as_str()).collect();
-    let ids: Vec<Option<&str>> = letters.iter().map(|l| l.message_id.as_deref()).collect();
-    let headers: Vec<String> = letters.iter().map(|l| l.headers.to_string()).collect();
-    let bodies: Vec<&[u8]> = letters.iter().map(|l| l.body.as_slice()).collect();
-    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO dead_letters (exchange, routing_key, message_id, headers, body, reason)
-         SELECT e, k, m, h::jsonb, b, r
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[]) AS t(e, k, m, h, b, r)",
+    bind_columns(
+        sqlx::query(
+            "INSERT INTO dead_letters (exchange, routing_key, message_id, headers, body, reason)
+             SELECT e, k, m, h::jsonb, b, r
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[]) AS t(e, k, m, h, b, r)",
+        ),
+        letters,
     )
-    .bind(&exchanges)
-    .bind(&keys)
-    .bind(&ids)
-    .bind(&headers)
-    .bind(&bodies)
-    .bind(&reasons)
     .execute(conn)
     .await
     .map_err(failed("store dead letters"))?;

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use super::dead_letters::DeadLetter;
+use super::dead_letters::{self, DeadLetter};
 use super::{failed, StoreError};
 use crate::wire::envelope::Event;
 
@@ -28,21 +28,16 @@ pub async fn save_events(conn: &mut PgConnection, events: &[Event]) -> Result<u6
     if events.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
-    let done = sqlx::query(
-        "INSERT INTO replay_control.emergency_saved_events (event_id, event_type, payload, occurred_at)
-         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-             AS e(event_id, event_type, payload, occurred_at)
-         ON CONFLICT (event_id) DO NOTHING",
+    let done = crate::store::bind_event_columns(
+        sqlx::query(
+            "INSERT INTO replay_control.emergency_saved_events (event_id, event_type, payload, occurred_at)
+             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                 AS e(event_id, event_type, payload, occurred_at)
+             ON CONFLICT (event_id) DO NOTHING",
+        ),
+        events,
     )
-    .bind(&ids)
-    .bind(&types)
-    .bind(&payloads)
-    .bind(&times)
     .execute(conn)
     .await
     .map_err(failed("save events across the restore"))?;
@@ -82,23 +77,14 @@ pub async fn save_dead_letters(conn: &mut PgConnection, letters: &[DeadLetter]) 
     if letters.is_empty() {
         return Ok(());
     }
-    let exchanges: Vec<&str> = letters.iter().map(|l| l.exchange.as_str()).collect();
-    let keys: Vec<&str> = letters.iter().map(|l| l.routing_key.as_str()).collect();
-    let ids: Vec<Option<&str>> = letters.iter().map(|l| l.message_id.as_deref()).collect();
-    let headers: Vec<String> = letters.iter().map(|l| l.headers.to_string()).collect();
-    let bodies: Vec<&[u8]> = letters.iter().map(|l| l.body.as_slice()).collect();
-    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO replay_control.emergency_saved_dead_letters (exchange, routing_key, message_id, headers, body, reason)
-         SELECT e, k, m, h::jsonb, b, r
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[]) AS t(e, k, m, h, b, r)",
+    dead_letters::bind_columns(
+        sqlx::query(
+            "INSERT INTO replay_control.emergency_saved_dead_letters (exchange, routing_key, message_id, headers, body, reason)
+             SELECT e, k, m, h::jsonb, b, r
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[]) AS t(e, k, m, h, b, r)",
+        ),
+        letters,
     )
-    .bind(&exchanges)
-    .bind(&keys)
-    .bind(&ids)
-    .bind(&headers)
-    .bind(&bodies)
-    .bind(&reasons)
     .execute(conn)
     .await
     .map_err(failed("save unreadable messages across the restore"))?;

@@ -18,6 +18,21 @@ pub mod pause;
 pub mod runs;
 pub mod topology_migrations;
 
+/// Binds events as the four column arrays an `unnest` insert of events
+/// reads first, in this order: event id, type, payload (JSON text),
+/// occurred at. The ledger, the outbox and the emergency stop's save table
+/// all store an event with these columns.
+pub(crate) fn bind_event_columns<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    events: &'q [crate::wire::envelope::Event],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.payload_json.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+}
+
 /// Unresolved DLQ entries of one kind and cause over a time window, as
 /// `replay dlq report` shows them: failed events by type and error, dead
 /// letters by routing key and reason.

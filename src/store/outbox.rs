@@ -16,24 +16,19 @@ use crate::wire::envelope::Event;
 /// replay's and an emergency stop can drop it). Returns how many rows were
 /// added or labelled.
 pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, StoreError> {
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
     // The label column is text (migration 0008): the plan id as its text.
     let plans: Vec<Option<String>> = events.iter().map(|e| e.replay_plan.map(|p| p.to_string())).collect();
-    let done = sqlx::query(
-        "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, replay_plan, reason)
-         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
-                AS e(event_id, event_type, payload, occurred_at, replay_plan)
-         ON CONFLICT (event_id) DO UPDATE SET replay_plan = EXCLUDED.replay_plan
-          WHERE outbox.replay_plan IS NULL AND EXCLUDED.replay_plan IS NOT NULL",
+    let done = crate::store::bind_event_columns(
+        sqlx::query(
+            "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, replay_plan, reason)
+             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                    AS e(event_id, event_type, payload, occurred_at, replay_plan)
+             ON CONFLICT (event_id) DO UPDATE SET replay_plan = EXCLUDED.replay_plan
+              WHERE outbox.replay_plan IS NULL AND EXCLUDED.replay_plan IS NOT NULL",
+        ),
+        events,
     )
-    .bind(&ids)
-    .bind(&types)
-    .bind(&payloads)
-    .bind(&times)
     .bind(&plans)
     .bind(reason)
     .execute(pool)

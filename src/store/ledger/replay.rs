@@ -194,21 +194,16 @@ pub async fn insert_triggers(
 /// Adds events as `pending` rows, due now; ids already in the ledger are
 /// left as they are. Returns how many were added.
 pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result<u64, StoreError> {
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let payloads: Vec<&str> = events.iter().map(|e| e.payload_json.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
-    let done = sqlx::query(
-        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status)
-         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, 'pending'
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-             AS e(event_id, event_type, payload, occurred_at)
-         ON CONFLICT (event_id) DO NOTHING",
+    let done = crate::store::bind_event_columns(
+        sqlx::query(
+            "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status)
+             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, 'pending'
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                 AS e(event_id, event_type, payload, occurred_at)
+             ON CONFLICT (event_id) DO NOTHING",
+        ),
+        events,
     )
-    .bind(&ids)
-    .bind(&types)
-    .bind(&payloads)
-    .bind(&times)
     .execute(conn)
     .await
     .map_err(failed("add pending events"))?;
