@@ -125,7 +125,8 @@ async fn a_pause_in_every_phase_of_a_large_apply_takes_effect_at_once_and_the_ap
         .await
         .unwrap();
     assert_eq!(state, "resetting");
-    assert!((9_000..ROWS).contains(&reset_rows), "stopped mid-reset, after the held chunk: {reset_rows}");
+    // The held chunk (whatever its size) ends at or after the held row, 8500.
+    assert!((8_500..ROWS).contains(&reset_rows), "stopped mid-reset, after the held chunk: {reset_rows}");
     let parked = world.scalar("SELECT count(*) FROM processed_events WHERE replay_plan IS NOT NULL").await;
     assert!(parked <= reset_rows, "no row beyond the reset's progress is reset ({parked} > {reset_rows})");
     assert_eq!(
