@@ -37,6 +37,10 @@ const IDLE_PAUSES: usize = 20;
 const PAUSE_EVERY: Duration = Duration::from_secs(3);
 /// Pauses during the apply, at most; then it runs to the end.
 const MAX_PAUSES: u32 = 8;
+/// How often the workers' sessions are looked at for lock waits.
+const LOCK_SAMPLE: Duration = Duration::from_millis(20);
+/// The `application_name` the bench's workers connect with.
+const WORKER_SESSION: &str = "replay-bench-worker";
 /// The period every seeded contribution belongs to (see [`seed`]).
 const PERIOD: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -69,6 +73,9 @@ pub struct ApplyReport {
     pub during_apply: Vec<PauseSample>,
     pub idle: Vec<PauseSample>,
     pub runbook: Drain,
+    /// The longest a worker session was seen waiting on a lock, during the
+    /// raw baseline and during the apply.
+    pub worker_lock_wait: (Duration, Duration),
 }
 
 impl std::fmt::Display for ApplyReport {
@@ -97,6 +104,13 @@ impl std::fmt::Display for ApplyReport {
             "    apply peak RSS {:.1} MiB (target <= 64 MiB); backup {:.1} MiB",
             self.apply_peak_rss_kib as f64 / 1024.0,
             self.backup_bytes as f64 / 1_048_576.0
+        )?;
+        writeln!(
+            f,
+            "    longest lock wait of a worker session: {} ms during the apply, {} ms during the raw baseline (sampled every {} ms; target <= 100 ms)",
+            self.worker_lock_wait.1.as_millis(),
+            self.worker_lock_wait.0.as_millis(),
+            LOCK_SAMPLE.as_millis()
         )?;
         line(f, "  runbook loop (psql UPDATE + new connection publish per event):", &self.runbook)?;
         for sample in &self.during_apply {
@@ -163,9 +177,13 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     channel.queue_purge(names.queue.as_str().into(), Default::default()).await?;
     back_to_processed(pool).await?;
 
+    // The workers' sessions are named, so their lock waits can be watched.
+    let mut worker_url = url::Url::parse(names.database_url.expose()).context("DATABASE_URL is not a URL")?;
+    worker_url.query_pairs_mut().append_pair("application_name", WORKER_SESSION);
     let mut workers = Vec::new();
     for id in ["bench-w1", "bench-w2"] {
-        workers.push(command(exe, names, &["worker", "--id", id, "--http", "off"]).spawn()?);
+        let mut worker = command(exe, names, &["worker", "--id", id, "--http", "off"]);
+        workers.push(worker.env("DATABASE_URL", worker_url.as_str()).spawn()?);
     }
     let live = "SELECT count(*) FROM replay_control.worker_heartbeats WHERE worker_id LIKE 'bench-w%' AND state IN ('running', 'standby')";
     wait_for(pool, live, 2).await?;
@@ -179,8 +197,10 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     // As the apply's reset does (ledger::refresh_statistics).
     crate::store::ledger::refresh_statistics(pool).await?;
     let started = Instant::now();
+    let watching = LockWaits::watch(pool.clone());
     let published = raw_publish(names, &messages, plan).await?;
     let raw = EndToEnd { published, processed: processed_by(pool, events, started).await? };
+    let raw_lock_wait = watching.stop().await;
     drop(messages);
     back_to_processed(pool).await?;
 
@@ -190,6 +210,7 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     let backups_arg = backups.display().to_string();
     let apply_args = ["apply", &plan, "--yes", "--json", "--operator", "bench", "--backup-dir", &backups_arg];
     let started = Instant::now();
+    let watching = LockWaits::watch(pool.clone());
     let child = command(exe, names, &apply_args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let (out, apply_peak_rss_kib) = wait_with_peak_rss(child).await?;
     anyhow::ensure!(out.status.success(), "replay apply failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -199,6 +220,7 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     let apply_steps =
         [step("backup"), step("reset"), step("publish"), step("reset_chunk_p99"), step("longest_reset_chunk")];
     let apply = EndToEnd { published, processed: processed_by(pool, events, started).await? };
+    let apply_lock_wait = watching.stop().await;
     let backup_bytes = dir_bytes(&backups);
     clear_backups(&backups);
     back_to_processed(pool).await?;
@@ -246,7 +268,64 @@ async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Pa
     }
     let _ = transport::answer("close a channel", channel.close(200, "bench done".into())).await;
     transport::close(&connection, "bench done").await;
-    Ok(ApplyReport { events, raw, apply, apply_steps, apply_peak_rss_kib, backup_bytes, during_apply, idle, runbook })
+    Ok(ApplyReport {
+        events,
+        raw,
+        apply,
+        apply_steps,
+        apply_peak_rss_kib,
+        backup_bytes,
+        during_apply,
+        idle,
+        runbook,
+        worker_lock_wait: (raw_lock_wait, apply_lock_wait),
+    })
+}
+
+/// Watches the workers' sessions for lock waits until stopped: a session
+/// seen waiting on a lock in the same statement (same `query_start`) at two
+/// looks waited at least the time between them.
+struct LockWaits {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl LockWaits {
+    fn watch(pool: PgPool) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen: std::collections::HashMap<(i32, chrono::DateTime<chrono::Utc>), Instant> = Default::default();
+            let mut longest = Duration::ZERO;
+            while !stopped.is_cancelled() {
+                let waiting: Vec<(i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                    "SELECT pid, query_start FROM pg_stat_activity
+                      WHERE application_name = $1 AND wait_event_type = 'Lock' AND query_start IS NOT NULL",
+                )
+                .bind(WORKER_SESSION)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                let now = Instant::now();
+                seen.retain(|key, _| waiting.contains(key));
+                for key in waiting {
+                    let since = *seen.entry(key).or_insert(now);
+                    longest = longest.max(now - since);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(LOCK_SAMPLE) => {}
+                    _ = stopped.cancelled() => {}
+                }
+            }
+            longest
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Duration {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// Every row processed again and no row parked, as after planning from a
