@@ -67,6 +67,22 @@ pub struct ReplayRun {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl ReplayRun {
+    /// Rows of the plan reset so far, in plan order: `reset_rows` while
+    /// resetting, every row of the plan (`plan_rows`) once past it.
+    pub fn rows_reset(&self, plan_rows: u64) -> u64 {
+        match self.state {
+            RunState::Resetting => u64::try_from(self.reset_rows).unwrap_or(0),
+            RunState::Publishing | RunState::Done | RunState::Stopped => plan_rows,
+        }
+    }
+
+    /// Events confirmed so far.
+    pub fn events_published(&self) -> u64 {
+        u64::try_from(self.published).unwrap_or(0)
+    }
+}
+
 /// What a new run starts from.
 pub struct NewRun<'a> {
     pub plan_id: PlanId,

@@ -1,12 +1,13 @@
 //! The refusals: every check `replay apply` makes before it changes anything,
-//! and the two (planned rows, workflow domain) the reset makes again.
+//! and the one (workflow domain) the apply's first transaction makes again.
 //!
 //! Invariant: a refusal changes nothing. [`check`] only reads (and takes the
 //! control lock), and [`Checked`] exists only once every check passed, so
-//! nothing is backed up or reset for a plan that was refused. The reset
-//! repeats [`check_domain`] inside its transaction and the reset statement
-//! itself re-checks each row's version; a change found then rolls the reset
-//! back and is named by [`check_current`].
+//! nothing is backed up or reset for a plan that was refused. The apply's
+//! first transaction repeats [`check_domain`] and rolls back on a change. A
+//! planned row that changes after [`check_current`] is no refusal: the
+//! reset statement re-checks each row's version and leaves a changed one
+//! alone, counted (`reset`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::{ApplyError, BackupSource, Refusal, Request, RESET_CHUNK};
+use super::{ApplyError, BackupSource, Refusal, Request};
 use crate::replay::plan::SealedPlan;
 use crate::replay::workflows;
 use crate::store::backup;
@@ -23,6 +24,8 @@ use crate::store::ledger;
 use crate::store::pause;
 use crate::store::runs::{self, ControlLock, ReplayRun, RunState};
 
+/// Planned rows whose versions are read per statement.
+const CHECK_CHUNK: usize = 10_000;
 /// Stale rows named in a refusal.
 const STALE_EXAMPLES: usize = 10;
 
@@ -79,7 +82,7 @@ pub async fn check(pool: &PgPool, plan_path: &Path, request: &Request) -> Result
 pub(super) async fn check_current(conn: &mut PgConnection, plan: &SealedPlan) -> Result<(), ApplyError> {
     let mut changed = 0;
     let mut examples = Vec::new();
-    for chunk in plan.rows(RESET_CHUNK)? {
+    for chunk in plan.rows(CHECK_CHUNK)? {
         let chunk = chunk?;
         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
         let now: HashMap<i64, String> =

@@ -12,9 +12,9 @@ use crate::store::StoreError;
 use crate::wire::transport::TransportError;
 
 /// A safety check said no. Nothing was changed: [`check`](super::check)
-/// runs every check before the backup, and a refusal the reset finds (a row
-/// or the domain moved since) rolls its transaction back; a dump taken
-/// meanwhile stays on disk, unused.
+/// runs every check before the backup, and a refusal the apply's first
+/// transaction finds (the workflow's domain moved since) rolls it back; a
+/// dump taken meanwhile stays on disk, unused.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     #[error("{0}")]

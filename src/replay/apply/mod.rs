@@ -36,13 +36,10 @@ pub use error::{ApplyError, Reached, Refusal};
 
 use crate::config::Endpoints;
 use crate::replay::plan::{PlanId, SealedPlan};
-use crate::store::runs::{self, ReplayRun, RunState};
+use crate::store::runs::{self, ReplayRun};
 use crate::store::{pause, StoreError};
 use crate::wire::publisher::Publisher;
 use crate::wire::transport::{self, TransportError};
-
-/// Rows checked per statement.
-const RESET_CHUNK: usize = 10_000;
 
 /// Where the pre-replay backup comes from.
 #[derive(Debug, Clone)]
@@ -165,14 +162,13 @@ async fn run(
     let (run, backup) = begun?;
 
     let step = Instant::now();
-    let already = u64::try_from(run.published).unwrap_or(0);
+    let already = run.events_published();
     let rows = plan.summary.rows as u64;
     let (connection, publisher) = match broker {
         Ok((connection, publisher)) => (Some(connection), Ok(publisher)),
         Err(error) => (None, Err(error)),
     };
-    let reset_from = if run.state == RunState::Resetting { u64::try_from(run.reset_rows).unwrap_or(0) } else { rows };
-    let (reset_through, watched) = tokio::sync::watch::channel(reset_from);
+    let (reset_through, watched) = tokio::sync::watch::channel(run.rows_reset(rows));
     let resetting = async {
         // The sender goes when the reset ends, so a republish waiting for
         // rows that will not come (the reset stopped) stops too.
@@ -225,8 +221,7 @@ async fn reached_now(pool: &PgPool, plan: &SealedPlan) -> Reached {
     let (rows, events) = (plan.summary.rows as u64, plan.events() as u64);
     let run: Option<ReplayRun> = runs::find(pool, plan.header.plan_id).await.ok().flatten();
     let Some(run) = run else { return Reached { reset: 0, rows, published: 0, events } };
-    let reset = if run.state == RunState::Resetting { u64::try_from(run.reset_rows).unwrap_or(0) } else { rows };
-    Reached { reset, rows, published: u64::try_from(run.published).unwrap_or(0), events }
+    Reached { reset: run.rows_reset(rows), rows, published: run.events_published(), events }
 }
 
 /// Whether the apply stops here, resumable, and why, in this order: it was

@@ -215,8 +215,8 @@ pub(super) async fn reset(
     if run.state != RunState::Resetting {
         return Ok(ResetDone { stale, chunks });
     }
-    let fallback = fallback_time(plan.events() - usize::try_from(run.published).unwrap_or(0), request.rate);
-    let mut reset = u64::try_from(run.reset_rows).unwrap_or(0);
+    let fallback = fallback_time(plan.events().saturating_sub(run.events_published() as usize), request.rate);
+    let mut reset = run.rows_reset(total);
     let mut read = 0;
     let mut next_analyze = reset + ANALYZE_FIRST;
     let mut next_merge = reset;

@@ -77,9 +77,10 @@ pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<RowVer
         .map_err(failed("read row versions"))
 }
 
-/// Resets rows for a replay plan, inside the caller's transaction, each only
-/// if it is still at the version planned in `rows`; returns
-/// how many were reset, so fewer than asked means the plan is stale. Each
+/// Resets rows for a replay plan, inside the caller's transaction (one chunk
+/// of the apply's reset), each only if it is still at the version planned in
+/// `rows`; returns how many were reset, so fewer than asked means some
+/// changed since planning and were left alone. Each
 /// row's prior status, error and retry count go to `replay_history`, then the
 /// row becomes `pending` with a clean slate, parked for the plan: its
 /// republished message takes it (so `--rate` paces the replay, not the
