@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::ApplyArgs;
 use crate::config::Endpoints;
 use crate::replay::apply::{self, BackupSource, Progress, Request};
+use crate::replay::planning;
 use crate::store::database;
 
 pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitCode> {
@@ -51,14 +52,14 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
                 serde_json::json!({"plan_id": plan.header.plan_id, "dry_run": true, "checks": "passed", "events": plan.events(), "would": action})
             );
         } else {
-            print!("{}", super::plan::human(plan, args.rate));
+            print!("{}", planning::human(plan, args.rate));
             println!("dry run: every check passed (intact, this database, current, not paused, no other apply); nothing was changed.");
             println!("next: `replay apply {path}` would {action} {} events", plan.events());
         }
         return Ok(ExitCode::SUCCESS);
     }
     if !args.yes {
-        confirm(&super::plan::human(plan, args.rate), &checked)?;
+        confirm(&planning::human(plan, args.rate), &checked)?;
     }
 
     let shutdown = CancellationToken::new();

@@ -81,15 +81,6 @@ fn confirm(question: &str, without_terminal: &str) -> anyhow::Result<()> {
     }
 }
 
-/// "1 row", "2 rows".
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 /// The operator's name when none is given: the OS user.
 fn os_user() -> String {
     whoami::username().unwrap_or_else(|_| "unknown".to_string())

@@ -100,6 +100,53 @@ impl Selector {
     }
 }
 
+/// A selector as an operator gives it, before parsing: `replay plan`'s
+/// flags and the console's JSON body both become one, so both are read by
+/// [`SelectorInput::selector`] alone. Errors name the CLI's flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelectorInput {
+    pub event_ids: Vec<String>,
+    pub types: Vec<String>,
+    pub statuses: Vec<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub processed_from: Option<String>,
+    pub processed_to: Option<String>,
+    /// `KEY=VALUE`, as `--payload` takes it.
+    pub payload: Vec<String>,
+    pub limit: Option<i64>,
+    /// Select the whole ledger when nothing else is given.
+    pub all: bool,
+}
+
+impl SelectorInput {
+    /// The selector these inputs describe, checked; `None` when no field
+    /// but `limit` is given and `all` is not set: nothing was selected.
+    pub fn selector(&self) -> Result<Option<Selector>, SelectorError> {
+        let time = |flag, text: &Option<String>, bound| text.as_deref().map(|t| parse_time(flag, t, bound)).transpose();
+        let selector = Selector {
+            event_ids: self.event_ids.clone(),
+            event_types: self.types.clone(),
+            occurred: TimeRange {
+                from: time("--from", &self.from, Bound::From)?,
+                to: time("--to", &self.to, Bound::To)?,
+            },
+            processed: TimeRange {
+                from: time("--processed-from", &self.processed_from, Bound::From)?,
+                to: time("--processed-to", &self.processed_to, Bound::To)?,
+            },
+            statuses: parse_statuses(&self.statuses)?,
+            payload: self.payload.iter().map(|p| PayloadField::parse(p)).collect::<Result<_, _>>()?,
+            limit: self.limit,
+            received_from: None,
+        };
+        selector.validate()?;
+        let everything = Selector { limit: selector.limit, ..Selector::default() };
+        Ok((self.all || selector != everything).then_some(selector))
+    }
+}
+
 /// Reads `--status` values by name.
 pub fn parse_statuses(names: &[String]) -> Result<Vec<Status>, SelectorError> {
     names.iter().map(|name| Status::parse(name).ok_or_else(|| SelectorError::BadStatus(name.clone()))).collect()
@@ -159,6 +206,24 @@ mod tests {
         assert_eq!(parse_statuses(&["error".into(), "pending".into()]), Ok(vec![Status::Error, Status::Pending]));
         assert_eq!(Selector { limit: Some(0), ..Selector::default() }.validate(), Err(SelectorError::BadLimit));
         assert!(Selector::default().validate().is_ok());
+    }
+
+    #[test]
+    fn selector_input_reads_a_json_body_as_the_flags_are_read() {
+        let input: SelectorInput =
+            serde_json::from_value(serde_json::json!({"types": ["period.close"], "from": "2026-01-01", "limit": 5}))
+                .unwrap();
+        let selector = input.selector().unwrap().unwrap();
+        assert_eq!(selector.event_types, vec!["period.close".to_string()]);
+        assert_eq!(selector.occurred.from, Some(parse_time("--from", "2026-01-01", Bound::From).unwrap()));
+        assert_eq!(selector.limit, Some(5));
+        // A limit alone selects nothing in particular; `all` says the whole ledger is meant.
+        assert_eq!(SelectorInput { limit: Some(5), ..SelectorInput::default() }.selector(), Ok(None));
+        let all = SelectorInput { all: true, ..SelectorInput::default() }.selector().unwrap();
+        assert_eq!(all, Some(Selector::default()));
+        let bad = SelectorInput { to: Some("soon".into()), ..SelectorInput::default() }.selector().unwrap_err();
+        assert!(bad.to_string().starts_with("--to 'soon' is not a time"), "{bad}");
+        assert!(serde_json::from_value::<SelectorInput>(serde_json::json!({"type": ["x"]})).is_err());
     }
 
     #[test]
