@@ -7,8 +7,9 @@ use serde_json::json;
 
 use crate::cli::{PauseArgs, ResumeArgs};
 use crate::config::Endpoints;
+use crate::control::pause::{self, ResumeError};
 use crate::exit::{Refused, UsageError};
-use crate::{control::pause, store::database, store::emergency_saved};
+use crate::store::database;
 
 pub async fn pause(endpoints: &Endpoints, args: PauseArgs) -> anyhow::Result<ExitCode> {
     if args.reason.trim().is_empty() {
@@ -61,17 +62,11 @@ pub async fn resume(endpoints: &Endpoints, args: ResumeArgs) -> anyhow::Result<E
     let operator = args.operator.clone().unwrap_or_else(super::os_user);
     let pool = database::connect(&endpoints.database_url, 2).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
-    // An emergency stop that died after acking what it took off the queue
-    // left it saved, not in the ledger: resumed workers would never see it.
-    let saved = emergency_saved::waiting(&pool).await?;
-    if !saved.is_empty() {
-        return Err(Refused(format!(
-            "an emergency stop did not finish: {} event(s) and {} unreadable message(s) it took off the queue are saved in replay_control, not yet in the ledger. Run the same `replay emergency-stop` again (it continues and puts them back), then resume",
-            saved.events, saved.dead_letters
-        ))
-        .into());
-    }
-    let lifted = pause::resume_workers(&pool, &operator, &args.reason).await?;
+    let lifted = match pause::resume_workers(&pool, &operator, &args.reason).await {
+        Ok(lifted) => lifted,
+        Err(error @ ResumeError::StopUnfinished { .. }) => return Err(Refused(error.to_string()).into()),
+        Err(ResumeError::Store(error)) => return Err(error.into()),
+    };
     if args.json {
         println!("{}", json!({"resumed": lifted.is_some(), "lifted": lifted}));
     } else if let Some(p) = lifted {

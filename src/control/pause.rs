@@ -1,7 +1,8 @@
 //! Operator actions on the workers: pause (and wait until every live worker
 //! stopped taking work) and resume, each audited in the same transaction as
 //! the change. `replay pause`, `replay resume` and `replay emergency-stop`
-//! share them.
+//! share them. A resume is refused while an emergency stop left events
+//! saved and not put back ([`ResumeError::StopUnfinished`]).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::heartbeats::{self, WorkerState};
 use crate::store::pause::{self, Pause};
-use crate::store::{failed, StoreError};
+use crate::store::{emergency_saved, failed, StoreError};
 
 pub use crate::store::heartbeats::LIVE_WITHIN;
 
@@ -66,8 +67,26 @@ pub async fn pause_workers(pool: &PgPool, operator: &str, reason: &str, wait: Du
     })
 }
 
+/// Why the workers were not resumed; the pause is still in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// An emergency stop that died after acking what it took off the queue
+    /// left it saved, not in the ledger: resumed workers would never see it.
+    #[error(
+        "an emergency stop did not finish: {events} event(s) and {dead_letters} unreadable message(s) it took off the queue are saved in replay_control, not yet in the ledger. Run the same `replay emergency-stop` again (it continues and puts them back), then resume"
+    )]
+    StopUnfinished { events: i64, dead_letters: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Lifts the pause (audited); returns the pause lifted, if there was one.
-pub async fn resume_workers(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, StoreError> {
+/// Refused while an emergency stop's saved events wait to be put back.
+pub async fn resume_workers(pool: &PgPool, operator: &str, reason: &str) -> Result<Option<Pause>, ResumeError> {
+    let saved = emergency_saved::waiting(pool).await?;
+    if !saved.is_empty() {
+        return Err(ResumeError::StopUnfinished { events: saved.events, dead_letters: saved.dead_letters });
+    }
     let mut tx = pool.begin().await.map_err(failed("resume"))?;
     let lifted = pause::lift(&mut tx).await?;
     if let Some(p) = &lifted {
