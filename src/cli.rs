@@ -83,6 +83,11 @@ pub enum Command {
     /// The dead-letter view: failed events and unreadable messages.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Tokens of the console and its HTTP API, by name and role.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Serve the web console and the JSON API (/api/v1/) until stopped.
+    Console(ConsoleArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -90,6 +95,48 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it once; only its SHA-256 is stored (audited).
+    Create {
+        /// What the audit log records as the operator of every write made with it.
+        #[arg(long)]
+        name: String,
+        /// viewer reads; operator also plans, applies, resolves, pauses and resumes; admin also stops, prunes and manages tokens.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Who makes it (default: the OS user).
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every token: name, role, who made it, whether revoked. Never a token.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once (audited); its name is never reused.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// Where to listen. Loopback unless told otherwise: put a TLS reverse proxy in front to serve others (README).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Where plans made from the console are written and looked up.
+    #[arg(long, default_value = "replay-plans")]
+    pub plan_dir: PathBuf,
+    /// Where the pre-replay backups of applies started from the console go.
+    #[arg(long, default_value = "backups")]
+    pub backup_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

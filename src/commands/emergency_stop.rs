@@ -8,7 +8,7 @@ use crate::config::Endpoints;
 use crate::control::emergency::{self, Request, Restore};
 use crate::exit::UsageError;
 use crate::replay::plan::SealedPlan;
-use crate::{store::database, store::runs};
+use crate::store::database;
 
 pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Result<ExitCode> {
     if args.reason.trim().is_empty() {
@@ -20,12 +20,7 @@ pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Resu
         (Some(path), _) => {
             let plan = SealedPlan::open(path)?;
             let plan_id = plan.header.plan_id;
-            let run = runs::find(&pool, plan_id).await?.ok_or_else(|| {
-                UsageError(format!(
-                    "plan {plan_id} was never applied: there is no pre-replay backup to restore. Use --backup FILE or --no-restore"
-                ))
-            })?;
-            Restore::Plan { plan_id, backup: run.backup_path.into() }
+            Restore::of_plan(&pool, plan_id).await?.ok_or_else(|| UsageError(Restore::never_applied(plan_id)))?
         }
         (None, Some(path)) => Restore::Backup(path.clone()),
         (None, None) => Restore::Nothing,

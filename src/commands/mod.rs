@@ -5,6 +5,7 @@ mod apply;
 mod audit;
 mod backup;
 mod bench;
+mod console;
 mod dlq;
 mod emergency_stop;
 mod events;
@@ -14,6 +15,7 @@ mod pause;
 mod plan;
 mod publish;
 mod status;
+mod token;
 mod topology;
 mod worker;
 
@@ -49,6 +51,8 @@ pub fn run_with(cli: Cli, handlers: Registry) -> anyhow::Result<ExitCode> {
             Command::Audit(command) => audit::run(&endpoints, command).await,
             Command::Ledger(command) => ledger::run(&endpoints, command).await,
             Command::Dlq(command) => dlq::run(&endpoints, command).await,
+            Command::Token(command) => token::run(&endpoints, command).await,
+            Command::Console(args) => console::run(&endpoints, args).await,
             Command::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "replay", &mut std::io::stdout());

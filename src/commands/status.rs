@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use chrono::Utc;
 use comfy_table::Table;
 use serde_json::json;
 use sqlx::PgPool;
@@ -14,7 +13,7 @@ use crate::cli::StatusArgs;
 use crate::config::Endpoints;
 use crate::replay::plan::SealedPlan;
 use crate::store::ledger::{self, Status};
-use crate::{store::database, store::pause, store::runs, wire::transport};
+use crate::{store::database, store::pause, wire::transport};
 
 pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 2).await?;
@@ -26,7 +25,10 @@ pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<Exit
     }
     loop {
         let (report, settled) = match &plan {
-            Some(plan) => plan_report(&pool, plan).await?,
+            Some(plan) => {
+                let progress = crate::replay::progress::plan_report(&pool, plan).await?;
+                (progress.report, progress.settled)
+            }
             None => (ledger_report(&pool, endpoints).await?, true),
         };
         if args.json {
@@ -45,46 +47,6 @@ pub async fn run(endpoints: &Endpoints, args: StatusArgs) -> anyhow::Result<Exit
             _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
         }
     }
-}
-
-/// A plan's progress, and whether it is settled (nothing left to publish or process).
-async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> anyhow::Result<(serde_json::Value, bool)> {
-    let plan_id = plan.header.plan_id;
-    let run = runs::find(pool, plan_id).await?;
-    let progress = ledger::plan_progress(pool, plan_id.as_uuid()).await?;
-    let failures = ledger::plan_failures(pool, plan_id.as_uuid()).await?;
-    let in_outbox = crate::store::outbox::count_for_plan(pool, plan_id).await?;
-    let events = plan.events() as i64;
-    let (done, open) = (progress.done(), progress.open());
-    let mut by_status: BTreeMap<&str, i64> = progress.by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();
-    if progress.waiting > 0 {
-        by_status.insert("waiting", progress.waiting);
-    }
-    let (rate, eta) = match &run {
-        Some(run) => {
-            let elapsed =
-                (run.finished_at.unwrap_or_else(Utc::now) - run.started_at).num_milliseconds().max(1) as f64 / 1000.0;
-            let rate = done as f64 / elapsed;
-            (Some(rate), (rate > 0.0 && open > 0).then(|| open as f64 / rate))
-        }
-        None => (None, None),
-    };
-    let state = run.as_ref().map_or("not applied", |r| r.state.as_str());
-    let report = json!({
-        "plan_id": plan_id,
-        "plan_path": plan.path,
-        "reason": plan.header.reason,
-        "state": state,
-        "events": events,
-        "published": run.as_ref().map_or(0, |r| r.published),
-        "in_outbox": in_outbox,
-        "by_status": by_status,
-        "rate_per_second": rate,
-        "eta_seconds": eta,
-        "failures": failures,
-    });
-    let republished = run.as_ref().is_some_and(|r| !r.state.is_open());
-    Ok((report, republished && open == 0))
 }
 
 async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<serde_json::Value> {

@@ -21,7 +21,7 @@ pub struct AuditEntry {
 }
 
 /// A stored entry.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -89,6 +89,20 @@ pub enum Verdict {
         id: i64,
         problem: String,
     },
+}
+
+/// The newest entries, newest first, from before entry `before` if given:
+/// a keyset page of the log.
+pub async fn recent(pool: &PgPool, before: Option<i64>, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, at, operator, action, details, prev_hash, entry_hash FROM replay_control.audit_log
+          WHERE id < $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("read the audit log"))
 }
 
 /// Walks the whole chain in order.

@@ -2,7 +2,8 @@
 //! restores of the domain (`backup`: the real pg_dump and pg_restore), and
 //! one module per table (the ledger, the audit log, dead letters,
 //! heartbeats, partition leaders, the outbox, replay runs, the pause,
-//! topology migrations, what an emergency stop saves across a restore). All
+//! topology migrations, what an emergency stop saves across a restore, the
+//! console's tokens). All
 //! SQL on a table lives in its module.
 
 pub mod audit;
@@ -16,6 +17,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod pause;
 pub mod runs;
+pub mod tokens;
 pub mod topology_migrations;
 
 /// Binds events as the four column arrays an `unnest` insert of events

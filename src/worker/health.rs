@@ -98,6 +98,16 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, String) {
 #[derive(Debug, serde::Serialize)]
 pub struct Snapshot {
     pub broker: BrokerView,
+    #[serde(flatten)]
+    pub system: SystemView,
+    pub outbox: OutboxView,
+}
+
+/// What every process sees the same: the database, the queue, the ledger,
+/// the pause, the workers and the DLQ. The worker's detailed view and the
+/// console's overview both show it.
+#[derive(Debug, serde::Serialize)]
+pub struct SystemView {
     pub consumer_lag_seconds: Option<f64>,
     pub database: DatabaseView,
     /// Unresolved failed events plus dead-lettered messages.
@@ -105,12 +115,55 @@ pub struct Snapshot {
     pub last_processed_at: Option<DateTime<Utc>>,
     /// Ledger rows by status (empty when unreadable).
     pub ledger: BTreeMap<String, i64>,
-    pub outbox: OutboxView,
     pub paused: Option<Pause>,
     pub queue_depth: Option<u32>,
+    /// Why the queue depth could not be read.
+    #[serde(skip)]
+    pub queue_error: Option<String>,
     pub replay_rows_waiting: Option<i64>,
     pub workers: Option<Vec<Heartbeat>>,
     pub workers_not_heard_from: Option<Vec<Heartbeat>>,
+    /// Events waiting in the outbox, and how long the oldest has waited.
+    #[serde(skip)]
+    pub outbox_backlog: Option<outbox::Backlog>,
+}
+
+impl SystemView {
+    /// Reads it once; a read that fails (the database is away) is `None`.
+    pub async fn read(pool: &PgPool, endpoints: &crate::config::Endpoints) -> Self {
+        let database = match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await {
+            Ok(_) => DatabaseView { status: "ok", url: endpoints.database_url.redacted(), error: None },
+            Err(e) => DatabaseView {
+                status: "unreachable",
+                url: endpoints.database_url.redacted(),
+                error: Some(e.to_string()),
+            },
+        };
+        let ledger = ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
+        let paused = crate::store::pause::current(pool).await.ok().flatten();
+        let workers = heartbeats::live_and_stale(pool, heartbeats::LIVE_WITHIN).await.ok();
+        let dlq = match (ledger::count_unresolved_errors(pool).await, dead_letters::count_unresolved(pool).await) {
+            (Ok(failed), Ok(dead)) => Some(failed + dead),
+            _ => None,
+        };
+        let activity = ledger::activity(pool).await.ok();
+        let queue = queue_depth(endpoints).await;
+        let (workers, workers_not_heard_from) = workers.map_or((None, None), |(live, stale)| (Some(live), Some(stale)));
+        Self {
+            consumer_lag_seconds: activity.and_then(|a| a.consumer_lag_seconds),
+            database,
+            dlq,
+            last_processed_at: activity.and_then(|a| a.last_processed_at),
+            ledger,
+            paused,
+            queue_error: queue.as_ref().err().map(ToString::to_string),
+            queue_depth: queue.ok(),
+            replay_rows_waiting: activity.map(|a| a.replay_rows_waiting),
+            workers,
+            workers_not_heard_from,
+            outbox_backlog: outbox::backlog(pool).await.ok(),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -148,74 +201,47 @@ pub struct OutboxView {
 
 impl Snapshot {
     async fn read(readiness: &Readiness) -> Self {
-        let pool = &readiness.pool;
+        let system = SystemView::read(&readiness.pool, &readiness.endpoints).await;
         let endpoints = &readiness.endpoints;
-        let database = match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool).await {
-            Ok(_) => DatabaseView { status: "ok", url: endpoints.database_url.redacted(), error: None },
-            Err(e) => DatabaseView {
-                status: "unreachable",
-                url: endpoints.database_url.redacted(),
-                error: Some(e.to_string()),
-            },
-        };
-        let ledger = ledger::count_by_status(pool).await.map(|v| v.into_iter().collect()).unwrap_or_default();
-        let paused = crate::store::pause::current(pool).await.ok().flatten();
-        let workers = heartbeats::live_and_stale(pool, heartbeats::LIVE_WITHIN).await.ok();
-        let dlq = match (ledger::count_unresolved_errors(pool).await, dead_letters::count_unresolved(pool).await) {
-            (Ok(failed), Ok(dead)) => Some(failed + dead),
-            _ => None,
-        };
-        let activity = ledger::activity(pool).await.ok();
-        let backlog = outbox::backlog(pool).await.ok();
-        let queue = queue_depth(endpoints).await;
-        let (workers, workers_not_heard_from) = workers.map_or((None, None), |(live, stale)| (Some(live), Some(stale)));
+        let backlog = system.outbox_backlog;
         Self {
             broker: BrokerView {
                 consuming: readiness.liveness.is_consuming(),
-                error: queue.as_ref().err().map(ToString::to_string),
+                error: system.queue_error.clone(),
                 leading: readiness.liveness.is_leading(),
                 queue: endpoints.queue.clone(),
                 url: endpoints.amqp_url.redacted(),
             },
-            consumer_lag_seconds: activity.and_then(|a| a.consumer_lag_seconds),
-            database,
-            dlq,
-            last_processed_at: activity.and_then(|a| a.last_processed_at),
-            ledger,
             outbox: OutboxView {
                 backlog: backlog.map(|b| b.events),
                 oldest_seconds: backlog.and_then(|b| b.oldest_seconds),
                 fallback_active: backlog.map(|b| b.events > 0),
                 relay: readiness.liveness.relay(),
             },
-            paused,
-            queue_depth: queue.ok(),
-            replay_rows_waiting: activity.map(|a| a.replay_rows_waiting),
-            workers,
-            workers_not_heard_from,
+            system,
         }
     }
 
     /// Sets the gauges refreshed at scrape from what was read.
     fn set_gauges(&self) {
         use crate::telemetry::metrics as m;
-        for (status, n) in &self.ledger {
+        for (status, n) in &self.system.ledger {
             metrics::gauge!(m::LEDGER_ROWS, "status" => status.clone()).set(*n as f64);
         }
-        if let Some(depth) = self.queue_depth {
+        if let Some(depth) = self.system.queue_depth {
             metrics::gauge!(m::QUEUE_DEPTH).set(f64::from(depth));
         }
-        if let Some(dlq) = self.dlq {
+        if let Some(dlq) = self.system.dlq {
             metrics::gauge!(m::DLQ_SIZE).set(dlq as f64);
         }
-        if let Some(waiting) = self.replay_rows_waiting {
+        if let Some(waiting) = self.system.replay_rows_waiting {
             metrics::gauge!(m::REPLAY_WAITING).set(waiting as f64);
         }
         // No pause row is no pause, no due row no lag; but an unreachable
         // database is neither, and keeps the last values.
-        if self.database.error.is_none() {
-            metrics::gauge!(m::PAUSED).set(if self.paused.is_some() { 1.0 } else { 0.0 });
-            metrics::gauge!(m::CONSUMER_LAG).set(self.consumer_lag_seconds.unwrap_or(0.0));
+        if self.system.database.error.is_none() {
+            metrics::gauge!(m::PAUSED).set(if self.system.paused.is_some() { 1.0 } else { 0.0 });
+            metrics::gauge!(m::CONSUMER_LAG).set(self.system.consumer_lag_seconds.unwrap_or(0.0));
         }
         if let Some(events) = self.outbox.backlog {
             metrics::gauge!(m::OUTBOX_BACKLOG).set(events as f64);

@@ -5,11 +5,13 @@
 //! One file per concern: `world` (the [`World`], its set-up, the binaries run
 //! against it, its waits and assertions), `events` (event builders),
 //! `process` (the probed binary, spawned processes' output and signals),
-//! `http` (health endpoints, free ports), `desk` (one test's plans and
+//! `http` (health endpoints, free ports), `console` (the console served
+//! in process, tokens of each role, API calls), `desk` (one test's plans and
 //! backups), `proxy` (a TCP proxy for injected faults) and `probe` (the
 //! effect probe, also compiled into `examples/probed_replay.rs`). Everything
 //! is re-exported here, so a test reads `use crate::common::*`.
 
+mod console;
 mod desk;
 mod events;
 mod http;
@@ -18,6 +20,7 @@ mod process;
 mod proxy;
 mod world;
 
+pub use console::*;
 pub use desk::*;
 pub use events::*;
 pub use http::*;

@@ -5,7 +5,7 @@
 
 // The fault suite uses a subset of the shared helpers. The `it` binary
 // compiles them with no dead-code allowance, which proves none is dead.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
 

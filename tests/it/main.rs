@@ -9,6 +9,7 @@ mod common;
 mod apply;
 mod audit;
 mod backup;
+mod console;
 mod emergency;
 mod ledger;
 mod monitoring;

@@ -74,6 +74,19 @@ impl Restore {
             Self::Nothing => None,
         }
     }
+
+    /// The pre-replay backup of `plan_id`'s run; `None` if the plan was
+    /// never applied (there is then nothing of it to restore).
+    pub async fn of_plan(pool: &PgPool, plan_id: PlanId) -> Result<Option<Self>, crate::store::StoreError> {
+        Ok(runs::find(pool, plan_id).await?.map(|run| Self::Plan { plan_id, backup: run.backup_path.into() }))
+    }
+
+    /// What an operator is told when [`Restore::of_plan`] finds no run.
+    pub fn never_applied(plan_id: PlanId) -> String {
+        format!(
+            "plan {plan_id} was never applied: there is no pre-replay backup to restore. Use --backup FILE or --no-restore"
+        )
+    }
 }
 
 #[derive(Debug, Clone)]

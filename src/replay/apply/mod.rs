@@ -113,7 +113,7 @@ pub async fn execute(
     checked: Checked,
     request: &Request,
     shutdown: &CancellationToken,
-    progress: impl FnMut(Progress),
+    progress: impl FnMut(Progress) + Send,
 ) -> Result<Outcome, ApplyError> {
     let plan = &checked.plan;
     let outcome = run(pool, endpoints, &checked, request, shutdown, progress).await;
@@ -134,16 +134,18 @@ async fn run(
     checked: &Checked,
     request: &Request,
     shutdown: &CancellationToken,
-    progress: impl FnMut(Progress),
+    progress: impl FnMut(Progress) + Send,
 ) -> Result<Outcome, ApplyError> {
     let started = Instant::now();
     let plan = &checked.plan;
     let plan_id = plan.header.plan_id;
     let total = plan.events() as u64;
     let resumed = checked.run.is_some();
-    // The reset and the republish report from the same task, never at once.
-    let progress = std::cell::RefCell::new(progress);
-    let progress = |p: Progress| (progress.borrow_mut())(p);
+    // The reset and the republish report from the same task, never at once,
+    // so the lock is never contended; a Mutex (not a RefCell) keeps the
+    // apply's future Send, for the console to run it as a task.
+    let progress = std::sync::Mutex::new(progress);
+    let progress = |p: Progress| (progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner))(p);
     // The broker connection opens while the backup runs.
     let broker = async {
         let connection = transport::connect(&endpoints.amqp_url, &format!("replay apply {plan_id}")).await?;

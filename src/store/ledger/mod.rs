@@ -56,10 +56,11 @@ fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryB
         }
         query.push(")");
     }
-    query.push(match order {
-        Order::EventTime => " ORDER BY occurred_at, id",
-        Order::NewestFirst => " ORDER BY id DESC",
-    });
+    match order {
+        Order::EventTime => query.push(" ORDER BY occurred_at, id"),
+        Order::NewestFirst => query.push(" ORDER BY id DESC"),
+        Order::NewestBefore(id) => query.push(" AND id < ").push_bind(id).push(" ORDER BY id DESC"),
+    };
     if let Some(limit) = selector.limit {
         query.push(" LIMIT ").push_bind(limit);
     }

@@ -18,6 +18,9 @@ pub enum Order {
     EventTime,
     /// Latest received first: what an operator looking around wants.
     NewestFirst,
+    /// Latest received first, from the row before ledger id `.0`: the next
+    /// page of a keyset-paged listing.
+    NewestBefore(i64),
 }
 
 /// A selected row as a plan records it, borrowed from the result row.

@@ -1,0 +1,184 @@
+//! `replay console`: the HTTP API (`/api/v1/`, JSON, bearer tokens with
+//! roles) over the same library the CLI calls — every check, plan, apply,
+//! pause and audit entry is the library's, none is written twice.
+//!
+//! The caller binds the listener and owns the shutdown token (tests bind
+//! port 0). Applies started over the API run in this process as tasks the
+//! console tracks; its shutdown interrupts them between two chunks, and a
+//! re-run of the same apply resumes them.
+
+mod api;
+mod auth;
+mod error;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::Caller;
+pub use error::ApiError;
+
+use crate::config::Endpoints;
+use crate::replay::apply::{self, Checked, Request};
+use crate::replay::plan::{PlanId, SealedPlan};
+
+/// Where the console keeps what it makes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Plans are written here and looked up here by id (`replay-plans/`).
+    pub plan_dir: PathBuf,
+    /// Pre-replay backups of applies started from the console (`backups/`).
+    pub backup_dir: PathBuf,
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct Console(Arc<Inner>);
+
+struct Inner {
+    pool: PgPool,
+    endpoints: Endpoints,
+    settings: Settings,
+    /// Cancelled when the console stops: running applies stop between chunks.
+    shutdown: CancellationToken,
+    /// The applies started over the API, awaited before the console exits.
+    applies: TaskTracker,
+    /// How each apply the console ran last ended, if not done (an
+    /// interrupt, a pause, a refusal): the status report shows it.
+    endings: Mutex<HashMap<PlanId, ApplyEnding>>,
+    /// Plans read and checked once: a sealed plan file never changes (an
+    /// edited one fails `replay apply`'s digest check, which reads it again).
+    plans: Mutex<HashMap<PathBuf, Arc<SealedPlan>>>,
+}
+
+/// How an apply the console ran ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyEnding {
+    pub finished: bool,
+    /// What the CLI would have printed on stderr, if it did not finish.
+    pub error: Option<String>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Console {
+    pub fn new(pool: PgPool, endpoints: Endpoints, settings: Settings, shutdown: CancellationToken) -> Self {
+        Self(Arc::new(Inner {
+            pool,
+            endpoints,
+            settings,
+            shutdown,
+            applies: TaskTracker::new(),
+            endings: Mutex::default(),
+            plans: Mutex::default(),
+        }))
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.0.pool
+    }
+
+    fn endpoints(&self) -> &Endpoints {
+        &self.0.endpoints
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// The plan at `path`, read once.
+    fn plan_at(&self, path: &Path) -> Result<Arc<SealedPlan>, ApiError> {
+        if let Some(plan) = lock(&self.0.plans).get(path) {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(SealedPlan::open(path).map_err(|e| ApiError::refused(e.to_string()))?);
+        lock(&self.0.plans).insert(path.to_path_buf(), plan.clone());
+        Ok(plan)
+    }
+
+    /// The plan `plan_id` of the plan directory (its file ends in the id).
+    fn plan(&self, plan_id: PlanId) -> Result<Arc<SealedPlan>, ApiError> {
+        let suffix = format!("-{plan_id}.jsonl");
+        let found = self.plan_files()?.into_iter().find(|p| p.to_string_lossy().ends_with(&suffix));
+        match found {
+            Some(path) => self.plan_at(&path),
+            None => Err(ApiError::not_found(format!(
+                "no plan {plan_id} in {}: GET /api/v1/plans lists the plans",
+                self.settings().plan_dir.display()
+            ))),
+        }
+    }
+
+    /// Every readable plan of the plan directory, newest first.
+    fn plans(&self) -> Result<Vec<Arc<SealedPlan>>, ApiError> {
+        let mut plans: Vec<_> = self.plan_files()?.iter().filter_map(|p| self.plan_at(p).ok()).collect();
+        plans.sort_by_key(|p| std::cmp::Reverse(p.header.created_at));
+        Ok(plans)
+    }
+
+    fn plan_files(&self) -> Result<Vec<PathBuf>, ApiError> {
+        let dir = &self.settings().plan_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(anyhow::anyhow!("reading the plan directory {}: {e}", dir.display()).into()),
+        };
+        Ok(entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect())
+    }
+
+    /// Runs a checked apply in a task of the console; its ending is kept.
+    fn start_apply(&self, checked: Checked, request: Request) {
+        let console = self.clone();
+        let plan_id = checked.plan.header.plan_id;
+        lock(&self.0.endings).remove(&plan_id);
+        self.0.applies.spawn(async move {
+            let inner = &console.0;
+            let outcome =
+                apply::execute(&inner.pool, &inner.endpoints, checked, &request, &inner.shutdown, |_| {}).await;
+            let error = outcome.err().map(|e| crate::exit::render(&anyhow::Error::from(e)));
+            match &error {
+                None => tracing::info!(plan = %plan_id, operator = %request.operator, "console apply finished"),
+                Some(error) => tracing::warn!(plan = %plan_id, error = %error, "console apply stopped"),
+            }
+            let ending = ApplyEnding { finished: error.is_none(), error, at: chrono::Utc::now() };
+            lock(&inner.endings).insert(plan_id, ending);
+        });
+    }
+
+    /// How the console's last apply of `plan_id` ended, if it ran one.
+    fn apply_ended(&self, plan_id: PlanId) -> Option<ApplyEnding> {
+        lock(&self.0.endings).get(&plan_id).cloned()
+    }
+}
+
+/// A mutex of plain maps: a panic while it was held left nothing half-done
+/// that matters, so a poisoned lock is taken as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every route of the console.
+pub fn router(console: Console) -> Router {
+    Router::new().nest("/api/v1", api::routes()).with_state(console)
+}
+
+/// Serves until `shutdown` is cancelled, then waits for the applies it
+/// started to stop at their next chunk.
+pub async fn serve(listener: TcpListener, console: Console) -> std::io::Result<()> {
+    let shutdown = console.0.shutdown.clone();
+    let served = axum::serve(listener, router(console.clone()))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    console.0.applies.close();
+    console.0.applies.wait().await;
+    served
+}
