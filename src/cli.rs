@@ -521,7 +521,7 @@ pub struct BenchArgs {
     /// Events per measured run (worker, apply).
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
-    /// Ledger rows to plan over (plan).
+    /// Ledger rows to plan over (plan) or to list (console).
     #[arg(long, default_value_t = 1_000_000)]
     pub rows: usize,
     /// Messages to queue for `stop`: time `emergency-stop --no-restore` taking
@@ -549,4 +549,6 @@ pub enum BenchScenario {
     /// `replay emergency-stop` (two workers running) against a plain pg_restore of the same dump; --events ledger rows.
     /// With --queued N: `emergency-stop --no-restore` over N queued messages against a raw consume.
     Stop,
+    /// The console's events API with each filter on a --rows ledger against the same query read directly.
+    Console,
 }

@@ -183,23 +183,26 @@ async fn events_are_filtered_and_paged_and_hostile_filters_select_nothing(pool: 
     let console = RunningConsole::start(&world).await;
     let viewer = console.token(&world, "vera", Role::Viewer).await;
 
-    // Three pages of three, newest first, each row once.
-    let mut seen = Vec::new();
+    // Three pages of three, latest event time first, each row once.
+    let mut seen: Vec<(String, i64)> = Vec::new();
     let mut path = "/api/v1/events?type=contribution.submitted&limit=3".to_string();
     loop {
         let page = call(&console, Some(&viewer), "GET", &path, None).await;
         assert_eq!(page.status, 200, "{:?}", page.body);
-        let ids: Vec<i64> = page.body["events"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
-        seen.extend(ids);
+        for e in page.body["events"].as_array().unwrap() {
+            seen.push((e["occurred_at"].as_str().unwrap().to_string(), e["id"].as_i64().unwrap()));
+        }
         match page.body["next"].as_i64() {
             Some(next) => path = format!("/api/v1/events?type=contribution.submitted&limit=3&after={next}"),
             None => break,
         }
     }
+    let timestamp = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
     let mut sorted = seen.clone();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted.sort_by(|a, b| (timestamp(&b.0), b.1).cmp(&(timestamp(&a.0), a.1)));
     sorted.dedup();
-    assert_eq!((seen.len(), seen.clone()), (7, sorted), "seven rows, newest first, none twice");
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_eq!(seen, sorted, "seven rows, latest event time first, none twice");
 
     let member_filter = format!("/api/v1/events?payload=member_id={member}&status=processed");
     let by_member = call(&console, Some(&viewer), "GET", &member_filter, None).await;

@@ -60,15 +60,15 @@ impl EventFilters {
     }
 }
 
-/// `GET /events`: newest first, a keyset page at a time (`next` is the
-/// `after` of the following page, `null` on the last).
+/// `GET /events`: latest event time first, a keyset page at a time (`next`
+/// is the `after` of the following page, `null` on the last).
 pub(super) async fn events(
     _: Caller,
     State(console): State<Console>,
     Query(filters): Query<EventFilters>,
 ) -> Result<Json<Value>, ApiError> {
     let selector = filters.selector()?;
-    let order = filters.after.map_or(ledger::Order::NewestFirst, ledger::Order::NewestBefore);
+    let order = ledger::Order::LatestFirst { after: filters.after };
     let rows = ledger::select(console.pool(), &selector, order).await?;
     let full = Some(rows.len() as i64) == selector.limit;
     let next = rows.last().filter(|_| full).map(|r| r.id);

@@ -31,8 +31,17 @@ fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryB
     if !selector.event_ids.is_empty() {
         query.push(" AND event_id = ANY(").push_bind(&selector.event_ids).push(")");
     }
-    if !selector.event_types.is_empty() {
-        query.push(" AND event_type = ANY(").push_bind(&selector.event_types).push(")");
+    match selector.event_types.as_slice() {
+        [] => {}
+        // One type as `=`, not `= ANY`: an index scan on an array match
+        // returns rows out of index order (before Postgres 17), so the
+        // console's latest-first page of one type would sort every row of it.
+        [one] => {
+            query.push(" AND event_type = ").push_bind(one);
+        }
+        many => {
+            query.push(" AND event_type = ANY(").push_bind(many).push(")");
+        }
     }
     for (column, range) in [("occurred_at", &selector.occurred), ("processed_at", &selector.processed)] {
         if let Some(from) = range.from {
@@ -59,7 +68,11 @@ fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryB
     match order {
         Order::EventTime => query.push(" ORDER BY occurred_at, id"),
         Order::NewestFirst => query.push(" ORDER BY id DESC"),
-        Order::NewestBefore(id) => query.push(" AND id < ").push_bind(id).push(" ORDER BY id DESC"),
+        Order::LatestFirst { after: None } => query.push(" ORDER BY occurred_at DESC, id DESC"),
+        Order::LatestFirst { after: Some(id) } => query
+            .push(" AND (occurred_at, id) < (SELECT occurred_at, id FROM processed_events WHERE id = ")
+            .push_bind(id)
+            .push(") ORDER BY occurred_at DESC, id DESC"),
     };
     if let Some(limit) = selector.limit {
         query.push(" LIMIT ").push_bind(limit);

@@ -18,9 +18,13 @@ pub enum Order {
     EventTime,
     /// Latest received first: what an operator looking around wants.
     NewestFirst,
-    /// Latest received first, from the row before ledger id `.0`: the next
-    /// page of a keyset-paged listing.
-    NewestBefore(i64),
+    /// Latest event time first (then latest received), from the row after
+    /// ledger row `after` in that order if given: the console's keyset pages.
+    /// Each filter an operator uses has an index in this order: the event
+    /// time, the type and event time, and failed or skipped rows by event
+    /// time (migration 0015); a page is one index range, never a scan back
+    /// through the ledger to old rows.
+    LatestFirst { after: Option<i64> },
 }
 
 /// A selected row as a plan records it, borrowed from the result row.
