@@ -24,7 +24,11 @@ impl RunningConsole {
     /// Serves the console over `world` on a free port.
     pub async fn start(world: &World) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings { plan_dir: dir.path().join("plans"), backup_dir: dir.path().join("backups") };
+        let settings = Settings {
+            plan_dir: dir.path().join("plans"),
+            backup_dir: dir.path().join("backups"),
+            secure_cookies: false,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
