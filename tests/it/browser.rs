@@ -213,9 +213,15 @@ async fn a_plan_made_from_a_dlq_group_is_applied_with_its_typed_confirmation_unt
 
     browser.client.goto(&console.at(&plan_path)).await.unwrap();
     browser.fill("#confirm", &plan_id[..8]).await;
+    // Paced at 2 events a second, the page opens before the replay is done
+    // and its live view (the event stream, no reload) follows it to the end.
+    browser.fill("#apply input[name=rate]", "2").await;
     browser.follow("#apply-button").await;
     assert_eq!(browser.path().await, plan_path);
+    let first = browser.text("#progress-state").await;
+    assert_ne!(first, "done", "the page opened while the replay ran");
     browser.wait_for_text("#progress-state", "done", Duration::from_secs(60)).await;
+    assert_eq!(browser.text("#progress-settled").await, "settled", "the stream's last event arrived");
     browser.wait_for_text("#progress-processed", "4", WAIT).await;
     assert_eq!(browser.text("#progress-total").await, "4");
     browser.screenshot("plan").await;
