@@ -263,9 +263,10 @@ pub struct MinuteCount {
 }
 
 /// Processed and failed rows per minute since `since`, for the console's
-/// charts. The condition on `processed_at` lets the planner use
-/// `processed_events_processed_at_idx` (partial on `processed_at IS NOT
-/// NULL`), so the read stays bounded by the window, not the ledger.
+/// charts. Both conditions are on `processed_events_status_processed_at_idx`
+/// (`(status, processed_at)`, partial on `status <> 'pending'`), which the
+/// planner picks (checked with EXPLAIN on 200,000 rows), so the read is
+/// bounded by the window, not by the size of the ledger.
 pub async fn per_minute(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<MinuteCount>, StoreError> {
     sqlx::query_as(
         "SELECT date_trunc('minute', processed_at) AS minute, status, count(*) AS count
