@@ -137,6 +137,9 @@ pub struct ConsoleArgs {
     /// Where the pre-replay backups of applies started from the console go.
     #[arg(long, default_value = "backups")]
     pub backup_dir: PathBuf,
+    /// The console is served behind TLS (a reverse proxy): mark session cookies `Secure`.
+    #[arg(long)]
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,7 +21,8 @@ pub async fn run(endpoints: &Endpoints, args: ConsoleArgs) -> anyhow::Result<Exi
     }
     let shutdown = CancellationToken::new();
     super::spawn_signal_listener(shutdown.clone())?;
-    let settings = Settings { plan_dir: args.plan_dir, backup_dir: args.backup_dir };
+    let settings =
+        Settings { plan_dir: args.plan_dir, backup_dir: args.backup_dir, secure_cookies: args.secure_cookies };
     eprintln!("console on http://{} (API at /api/v1/); stop with Ctrl-C", listener.local_addr()?);
     console::serve(listener, Console::new(pool, endpoints.clone(), settings, shutdown)).await?;
     Ok(ExitCode::SUCCESS)

@@ -22,17 +22,22 @@ pub struct Caller {
 impl Caller {
     /// 403 unless the caller's role includes `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if self.role >= needed {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token '{}' has the role {}; this needs {needed}: ask an admin for a token with that role (`replay token create --role {needed}`)",
-                self.name, self.role
-            ),
-        ))
+        require(&self.name, self.role, needed)
     }
+}
+
+/// 403 unless `role` includes `needed`, in the words the API and the pages
+/// share (the token's name, its role, the role needed, how to get one).
+pub(crate) fn require(name: &str, role: Role, needed: Role) -> Result<(), ApiError> {
+    if role >= needed {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "token '{name}' has the role {role}; this needs {needed}: ask an admin for a token with that role (`replay token create --role {needed}`)"
+        ),
+    ))
 }
 
 impl<S> FromRequestParts<S> for Caller

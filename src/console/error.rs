@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::control::tokens::TokenError;
 use crate::replay::apply::ApplyError;
+use crate::replay::planning::PlanningError;
 use crate::store::StoreError;
 
 /// An answer other than success.
@@ -82,5 +83,15 @@ impl From<TokenError> for ApiError {
 impl From<ApplyError> for ApiError {
     fn from(error: ApplyError) -> Self {
         anyhow::Error::from(error).into()
+    }
+}
+
+impl From<PlanningError> for ApiError {
+    fn from(error: PlanningError) -> Self {
+        match error {
+            PlanningError::Usage(message) => ApiError::bad_request(message),
+            PlanningError::Refused(message) => ApiError::refused(format!("refused: {message}")),
+            other => anyhow::Error::from(other).into(),
+        }
     }
 }

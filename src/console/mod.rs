@@ -1,6 +1,9 @@
 //! `replay console`: the HTTP API (`/api/v1/`, JSON, bearer tokens with
-//! roles) over the same library the CLI calls — every check, plan, apply,
-//! pause and audit entry is the library's, none is written twice.
+//! roles) and the web pages (`/`, server-rendered, browser sessions) over
+//! the same library the CLI calls — every check, plan, apply, pause and
+//! audit entry is the library's, none is written twice. Where the API and a
+//! page need the same step (reading filters, starting an apply, following
+//! progress), it lives here once (`filters`, `live`, [`Console::apply_plan`]).
 //!
 //! The caller binds the listener and owns the shutdown token (tests bind
 //! port 0). Applies started over the API run in this process as tasks the
@@ -10,10 +13,16 @@
 mod api;
 mod auth;
 mod error;
+mod filters;
+mod live;
+mod pages;
+mod session;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use sqlx::PgPool;
@@ -23,10 +32,14 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::Caller;
 pub use error::ApiError;
+pub use session::Visitor;
 
 use crate::config::Endpoints;
-use crate::replay::apply::{self, Checked, Request};
+use crate::replay::apply::{self, BackupSource, Checked, Request};
 use crate::replay::plan::{PlanId, SealedPlan};
+
+/// How long requests in flight may take to finish once the console stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the console keeps what it makes.
 #[derive(Debug, Clone)]
@@ -35,6 +48,30 @@ pub struct Settings {
     pub plan_dir: PathBuf,
     /// Pre-replay backups of applies started from the console (`backups/`).
     pub backup_dir: PathBuf,
+    /// The console is served behind TLS (a reverse proxy): session cookies
+    /// carry `Secure`, so a browser never sends them over plain HTTP.
+    pub secure_cookies: bool,
+}
+
+/// How long a pause waits for the workers when not told.
+pub(crate) const PAUSE_WAIT: Duration = Duration::from_secs(30);
+
+/// A request's reason, which every write needs.
+pub(crate) fn reason(text: &str, why: &str) -> Result<String, ApiError> {
+    match text.trim() {
+        "" => Err(ApiError::bad_request(format!("reason is empty: say why {why}"))),
+        reason => Ok(reason.to_string()),
+    }
+}
+
+/// What asking for an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Every check passed and the apply runs in the console (`resumed`: it
+    /// goes on with a run an earlier apply left open).
+    Running { resumed: bool },
+    /// The plan's replay was applied already; nothing was started.
+    AlreadyDone,
 }
 
 /// What every request handler shares.
@@ -55,6 +92,9 @@ struct Inner {
     /// Plans read and checked once: a sealed plan file never changes (an
     /// edited one fails `replay apply`'s digest check, which reads it again).
     plans: Mutex<HashMap<PathBuf, Arc<SealedPlan>>>,
+    /// Browser sessions and failed logins, in memory only: a restart signs
+    /// everyone out, which is the safe way to forget.
+    sessions: session::Sessions,
 }
 
 /// How an apply the console ran ended.
@@ -76,6 +116,7 @@ impl Console {
             applies: TaskTracker::new(),
             endings: Mutex::default(),
             plans: Mutex::default(),
+            sessions: session::Sessions::default(),
         }))
     }
 
@@ -135,6 +176,35 @@ impl Console {
             .collect())
     }
 
+    /// `replay apply` of `plan_id` for `operator`: every check now (a refusal
+    /// is the error and changes nothing), then the apply in a task of the
+    /// console. The API and the plan page both ask through here.
+    async fn apply_plan(
+        &self,
+        plan_id: PlanId,
+        operator: &str,
+        rate: Option<u32>,
+        allow_external_effects: bool,
+    ) -> Result<Started, ApiError> {
+        if rate == Some(0) {
+            return Err(ApiError::bad_request("rate must be at least 1 event per second"));
+        }
+        let plan = self.plan(plan_id)?;
+        let request = apply::Request {
+            operator: operator.to_string(),
+            allow_external_effects,
+            backup: BackupSource::Fresh { dir: self.settings().backup_dir.clone() },
+            rate,
+        };
+        let checked = apply::check(self.pool(), &plan.path, &request).await?;
+        if checked.is_done() {
+            return Ok(Started::AlreadyDone);
+        }
+        let resumed = checked.run.is_some();
+        self.start_apply(checked, request);
+        Ok(Started::Running { resumed })
+    }
+
     /// Runs a checked apply in a task of the console; its ending is kept.
     fn start_apply(&self, checked: Checked, request: Request) {
         let console = self.clone();
@@ -168,16 +238,27 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every route of the console.
 pub fn router(console: Console) -> Router {
-    Router::new().nest("/api/v1", api::routes()).with_state(console)
+    Router::new().nest("/api/v1", api::routes()).merge(session::routes()).merge(pages::routes()).with_state(console)
 }
 
 /// Serves until `shutdown` is cancelled, then waits for the applies it
-/// started to stop at their next chunk.
+/// started to stop at their next chunk. Each request knows its peer's
+/// address, which failed logins are counted by.
 pub async fn serve(listener: TcpListener, console: Console) -> std::io::Result<()> {
     let shutdown = console.0.shutdown.clone();
-    let served = axum::serve(listener, router(console.clone()))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let app = router(console.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    // Requests in flight get SHUTDOWN_GRACE to finish; a client holding a
+    // connection open (keep-alive, an event stream) does not keep the
+    // console running past it.
+    let served = tokio::select! {
+        served = served => served,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace: closing them");
+            Ok(())
+        }
+    };
     console.0.applies.close();
     console.0.applies.wait().await;
     served

@@ -23,8 +23,18 @@ pub struct RunningConsole {
 impl RunningConsole {
     /// Serves the console over `world` on a free port.
     pub async fn start(world: &World) -> Self {
+        Self::serve(world, false).await
+    }
+
+    /// Serves it as behind a TLS proxy (`--secure-cookies`).
+    pub async fn start_behind_tls(world: &World) -> Self {
+        Self::serve(world, true).await
+    }
+
+    async fn serve(world: &World, secure_cookies: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings { plan_dir: dir.path().join("plans"), backup_dir: dir.path().join("backups") };
+        let settings =
+            Settings { plan_dir: dir.path().join("plans"), backup_dir: dir.path().join("backups"), secure_cookies };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();

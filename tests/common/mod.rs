@@ -6,11 +6,13 @@
 //! against it, its waits and assertions), `events` (event builders),
 //! `process` (the probed binary, spawned processes' output and signals),
 //! `http` (health endpoints, free ports), `console` (the console served
-//! in process, tokens of each role, API calls), `desk` (one test's plans and
+//! in process, tokens of each role, API calls), `browser` (headless
+//! Chromium over WebDriver, for the console's pages), `desk` (one test's plans and
 //! backups), `proxy` (a TCP proxy for injected faults) and `probe` (the
 //! effect probe, also compiled into `examples/probed_replay.rs`). Everything
 //! is re-exported here, so a test reads `use crate::common::*`.
 
+mod browser;
 mod console;
 mod desk;
 mod events;
@@ -20,6 +22,7 @@ mod process;
 mod proxy;
 mod world;
 
+pub use browser::*;
 pub use console::*;
 pub use desk::*;
 pub use events::*;

@@ -199,7 +199,7 @@ async fn events_are_filtered_and_paged_and_hostile_filters_select_nothing(pool: 
     }
     let timestamp = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
     let mut sorted = seen.clone();
-    sorted.sort_by(|a, b| (timestamp(&b.0), b.1).cmp(&(timestamp(&a.0), a.1)));
+    sorted.sort_by_key(|(at, id)| std::cmp::Reverse((timestamp(at), *id)));
     sorted.dedup();
     assert_eq!(seen.len(), 7, "{seen:?}");
     assert_eq!(seen, sorted, "seven rows, latest event time first, none twice");

@@ -11,24 +11,13 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::console::{ApiError, Caller, Console};
+use crate::console::{reason, ApiError, Caller, Console, PAUSE_WAIT};
 use crate::control::emergency::{self, Restore};
 use crate::control::pause::{self, ResumeError};
 use crate::control::resolve::{self, Entry};
 use crate::control::tokens as token_control;
 use crate::replay::plan::PlanId;
 use crate::store::tokens::{self, Role};
-
-/// How long a pause waits for the workers when not told.
-const PAUSE_WAIT: Duration = Duration::from_secs(30);
-
-/// A request's reason, which every write needs.
-fn reason(text: &str, why: &str) -> Result<String, ApiError> {
-    match text.trim() {
-        "" => Err(ApiError::bad_request(format!("reason is empty: say why {why}"))),
-        reason => Ok(reason.to_string()),
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

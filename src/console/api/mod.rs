@@ -11,11 +11,6 @@ use axum::Router;
 
 use super::Console;
 
-/// Most rows a listing returns in one page.
-const MAX_PAGE: i64 = 500;
-/// Rows a listing returns when not told.
-const DEFAULT_PAGE: i64 = 50;
-
 pub(super) fn routes() -> Router<Console> {
     Router::new()
         .route("/overview", get(read::overview))
@@ -35,9 +30,4 @@ pub(super) fn routes() -> Router<Console> {
         .route("/tokens", get(control::tokens).post(control::create_token))
         .route("/tokens/{name}", axum::routing::delete(control::revoke_token))
         .fallback(|| async { super::ApiError::not_found("no such API route: see the README's API section") })
-}
-
-/// A page size as asked, within bounds.
-fn page_size(limit: Option<i64>) -> i64 {
-    limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
 }

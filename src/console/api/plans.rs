@@ -4,29 +4,21 @@
 //! `replay::progress` (JSON, or `text/event-stream` for live progress).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::console::{ApiError, Caller, Console};
-use crate::replay::apply::{self, BackupSource};
-use crate::replay::plan::{PlanId, SealedPlan};
-use crate::replay::planning::{self, PlanRequest, Planned, PlanningError};
-use crate::replay::progress;
+use crate::console::{live, ApiError, Caller, Console, Started};
+use crate::replay::plan::PlanId;
+use crate::replay::planning::{self, PlanRequest, Planned};
 use crate::replay::selector::SelectorInput;
 use crate::store::runs;
 use crate::store::tokens::Role;
-
-/// How often a live status stream sends the report.
-const STREAM_EVERY: Duration = Duration::from_secs(1);
 
 /// The body of `POST /plans`: the selectors of `replay plan`, as JSON.
 #[derive(Debug, Default, Deserialize)]
@@ -86,16 +78,6 @@ impl PlanBody {
             rate: None,
             out_dir,
         })
-    }
-}
-
-impl From<PlanningError> for ApiError {
-    fn from(error: PlanningError) -> Self {
-        match error {
-            PlanningError::Usage(message) => ApiError::bad_request(message),
-            PlanningError::Refused(message) => ApiError::refused(format!("refused: {message}")),
-            other => anyhow::Error::from(other).into(),
-        }
     }
 }
 
@@ -167,27 +149,15 @@ pub(super) async fn apply(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Role::Operator)?;
     let Json(body) = body.unwrap_or_default();
-    if body.rate == Some(0) {
-        return Err(ApiError::bad_request("rate must be at least 1 event per second"));
-    }
-    let plan = console.plan(plan_id)?;
-    let request = apply::Request {
-        operator: caller.name.clone(),
-        allow_external_effects: body.allow_external_effects,
-        backup: BackupSource::Fresh { dir: console.settings().backup_dir.clone() },
-        rate: body.rate,
-    };
-    let checked = apply::check(console.pool(), &plan.path, &request).await?;
     let status_url = format!("/api/v1/plans/{plan_id}/status");
-    if checked.is_done() {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"plan_id": plan_id, "already_applied": true, "status_url": status_url})),
-        ));
+    match console.apply_plan(plan_id, &caller.name, body.rate, body.allow_external_effects).await? {
+        Started::AlreadyDone => {
+            Ok((StatusCode::OK, Json(json!({"plan_id": plan_id, "already_applied": true, "status_url": status_url}))))
+        }
+        Started::Running { resumed } => {
+            Ok((StatusCode::ACCEPTED, Json(json!({"plan_id": plan_id, "resumed": resumed, "status_url": status_url}))))
+        }
     }
-    let resumed = checked.run.is_some();
-    console.start_apply(checked, request);
-    Ok((StatusCode::ACCEPTED, Json(json!({"plan_id": plan_id, "resumed": resumed, "status_url": status_url}))))
 }
 
 /// `GET /plans/{plan_id}/status`: `replay status PLAN --json`, with how the
@@ -203,32 +173,7 @@ pub(super) async fn status(
     let streamed =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
     if !streamed {
-        return Ok(Json(report(&console, &plan).await?.0).into_response());
+        return Ok(Json(live::report(&console, &plan).await?.0).into_response());
     }
-    let stream = futures::stream::unfold(Some((console, plan)), |state| async move {
-        let (console, plan) = state?;
-        let (report, settled) = match report(&console, &plan).await {
-            Ok(read) => read,
-            Err(error) => (json!({"error": error.message}), true),
-        };
-        let event = SseEvent::default().event(if settled { "settled" } else { "progress" }).data(report.to_string());
-        let next = if settled {
-            None
-        } else {
-            tokio::time::sleep(STREAM_EVERY).await;
-            Some((console, plan))
-        };
-        Some((Ok::<_, Infallible>(event), next))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
-}
-
-/// The plan's report, with the console's last word on its apply.
-async fn report(console: &Console, plan: &SealedPlan) -> Result<(Value, bool), ApiError> {
-    let progress = progress::plan_report(console.pool(), plan).await?;
-    let mut report = progress.report;
-    if let Some(ended) = console.apply_ended(plan.header.plan_id) {
-        report["console_apply"] = json!(ended);
-    }
-    Ok((report, progress.settled))
+    Ok(live::stream(console, plan).into_response())
 }

@@ -7,9 +7,8 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::page_size;
+use crate::console::filters::{page_size, EventFilters};
 use crate::console::{ApiError, Caller, Console};
-use crate::replay::selector::{parse_statuses, parse_time, Bound, PayloadField, Selector, TimeRange};
 use crate::store::audit::{self, Verdict};
 use crate::store::{dead_letters, ledger};
 use crate::worker::health::SystemView;
@@ -20,46 +19,6 @@ pub(super) async fn overview(_: Caller, State(console): State<Console>) -> Json<
     Json(SystemView::read(console.pool(), console.endpoints()).await)
 }
 
-/// The filters of `GET /events`; lists are comma-separated.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct EventFilters {
-    status: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    /// `KEY=VALUE`.
-    payload: Option<String>,
-    limit: Option<i64>,
-    /// The `next` of the page before: rows older than it.
-    after: Option<i64>,
-}
-
-fn list(text: &Option<String>) -> Vec<String> {
-    text.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
-}
-
-impl EventFilters {
-    fn selector(&self) -> Result<Selector, ApiError> {
-        let bad = |e: crate::replay::selector::SelectorError| ApiError::bad_request(e.to_string());
-        let time = |flag, text: &Option<String>, bound| text.as_deref().map(|t| parse_time(flag, t, bound)).transpose();
-        let selector = Selector {
-            event_types: list(&self.event_type),
-            statuses: parse_statuses(&list(&self.status)).map_err(bad)?,
-            occurred: TimeRange {
-                from: time("from", &self.from, Bound::From).map_err(bad)?,
-                to: time("to", &self.to, Bound::To).map_err(bad)?,
-            },
-            payload: self.payload.iter().map(|p| PayloadField::parse(p)).collect::<Result<_, _>>().map_err(bad)?,
-            limit: Some(page_size(self.limit)),
-            ..Selector::default()
-        };
-        selector.validate().map_err(bad)?;
-        Ok(selector)
-    }
-}
-
 /// `GET /events`: latest event time first, a keyset page at a time (`next`
 /// is the `after` of the following page, `null` on the last).
 pub(super) async fn events(
@@ -67,12 +26,8 @@ pub(super) async fn events(
     State(console): State<Console>,
     Query(filters): Query<EventFilters>,
 ) -> Result<Json<Value>, ApiError> {
-    let selector = filters.selector()?;
-    let order = ledger::Order::LatestFirst { after: filters.after };
-    let rows = ledger::select(console.pool(), &selector, order).await?;
-    let full = Some(rows.len() as i64) == selector.limit;
-    let next = rows.last().filter(|_| full).map(|r| r.id);
-    Ok(Json(json!({"events": rows, "next": next})))
+    let page = filters.page(console.pool()).await?;
+    Ok(Json(json!({"events": page.rows, "next": page.next})))
 }
 
 /// `GET /events/{event_id}`: every field, and the replay history.
