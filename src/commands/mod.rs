@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn run_with(cli: Cli, handlers: Registry) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let endpoints = cli.global.endpoints();
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Migrate => migrate::run(&endpoints).await,
             Command::Publish(args) => publish::run(&endpoints, args).await,
@@ -64,8 +64,15 @@ pub fn run_with(cli: Cli, handlers: Registry) -> anyhow::Result<ExitCode> {
             }
             Command::Backup(args) => backup::run(&endpoints, args).await,
         }
-    })
+    });
+    // The command is done: a blocking task still running (a DNS lookup, a
+    // file read of a dropped connection) must not keep the process alive.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    outcome
 }
+
+/// How long a finished command waits for blocking tasks before it exits.
+const RUNTIME_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Asks `question` on the terminal and goes on only on "yes"; with no
 /// terminal, refuses and says what flag to pass (`without_terminal`).

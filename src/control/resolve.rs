@@ -1,6 +1,7 @@
-//! Resolving a DLQ entry: a failed event or a dead letter marked resolved
-//! with the operator's note. The change and its `dlq.resolve` audit entry
-//! commit in one transaction, or neither does.
+//! Resolving a DLQ entry (a failed event or a dead letter), or a whole
+//! group of failed events, marked resolved with the operator's note. The
+//! change and its audit entry (`dlq.resolve`, `dlq.resolve_group`) commit in
+//! one transaction, or neither does.
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -53,4 +54,30 @@ pub async fn resolve(
     audit::append(&mut tx, &audited).await?;
     tx.commit().await.map_err(failed("resolve a DLQ entry"))?;
     Ok(true)
+}
+
+/// Resolves every unresolved failed event of `event_type` whose normalized
+/// error is `error` (a group of `replay dlq report`), audited once as
+/// `dlq.resolve_group` with how many; returns how many (0: nothing changed,
+/// nothing audited).
+pub async fn resolve_group(
+    pool: &PgPool,
+    event_type: &str,
+    error: &str,
+    note: &str,
+    operator: &str,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await.map_err(failed("resolve a group of failed events"))?;
+    let resolved = ledger::resolve_error_group(&mut tx, event_type, error, note).await?;
+    if resolved == 0 {
+        return Ok(0);
+    }
+    let audited = AuditEntry {
+        operator: operator.to_string(),
+        action: "dlq.resolve_group".into(),
+        details: json!({"type": event_type, "error": error, "resolved": resolved, "note": note}),
+    };
+    audit::append(&mut tx, &audited).await?;
+    tx.commit().await.map_err(failed("resolve a group of failed events"))?;
+    Ok(resolved)
 }

@@ -260,7 +260,7 @@ async fn tokens_are_kept_only_as_hashes_and_never_printed(pool: PgPool) {
 
     // A console logging everything, used with the token: it never prints it.
     let port = free_port();
-    let console = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+    let mut console = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
         .args(["console", "--listen", &format!("127.0.0.1:{port}")])
         .envs(world.env())
         .env("RUST_LOG", "trace")
@@ -269,6 +269,9 @@ async fn tokens_are_kept_only_as_hashes_and_never_printed(pool: PgPool) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // Its output is read from the start: at trace level it would fill a pipe.
+    let stdout = tokio::spawn(read_all(console.stdout.take().unwrap()));
+    let stderr = tokio::spawn(read_all(console.stderr.take().unwrap()));
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let answer = loop {
@@ -283,10 +286,9 @@ async fn tokens_are_kept_only_as_hashes_and_never_printed(pool: PgPool) {
         client.get(format!("http://127.0.0.1:{port}/api/v1/overview")).bearer_auth("rpl_guess").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
     signal(&console, "-TERM");
-    // Read while it exits: at trace level its logs would fill a pipe.
-    let output = tokio::time::timeout(Duration::from_secs(20), console.wait_with_output()).await.unwrap().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let output = format!("{}{}", stdout_of(&output), stderr_of(&output));
+    let status = tokio::time::timeout(Duration::from_secs(20), console.wait()).await.unwrap().unwrap();
+    let output = format!("{}{}", stdout.await.unwrap(), stderr.await.unwrap());
+    assert!(status.success(), "{status:?}: {output}");
     assert!(output.contains("console on http://"), "{output}");
     assert!(!output.contains(&token) && !output.contains("rpl_guess"), "a token was printed:\n{output}");
     let audit: String =
@@ -296,4 +298,65 @@ async fn tokens_are_kept_only_as_hashes_and_never_printed(pool: PgPool) {
             .unwrap();
     assert!(audit.contains("ci-bot") && !audit.contains(&token), "{audit}");
     world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn a_dlq_group_is_resolved_whole_by_its_normalized_error_and_audited_once(pool: PgPool) {
+    let world = World::new(pool).await;
+    let failed = |n: u32, error: String| {
+        format!(
+            "('fail-{n}', 'payment.initiated', '{{}}', now(), 'error', now(), '{error}', now() - interval '{n} seconds')"
+        )
+    };
+    let mut rows: Vec<String> =
+        (1..=3).map(|n| failed(n, format!("provider timeout for payment {} after {n}0 ms", Uuid::new_v4()))).collect();
+    rows.push(failed(4, "provider refused the card".into()));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, processed_at, error_message, updated_at) VALUES {}",
+        rows.join(", ")
+    )))
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    let console = RunningConsole::start(&world).await;
+    let viewer = console.token(&world, "vera", Role::Viewer).await;
+    let operator = console.token(&world, "otto", Role::Operator).await;
+
+    let groups = call(&console, Some(&viewer), "GET", "/api/v1/dlq/groups", None).await;
+    let groups = groups.body["groups"].as_array().unwrap().clone();
+    let timeouts = groups.iter().find(|g| g["count"] == 3).unwrap_or_else(|| panic!("{groups:?}"));
+    assert_eq!(timeouts["error"], "provider timeout for payment <id> after <n> ms");
+    let body = json!({"type": "payment.initiated", "error": timeouts["error"], "note": "provider fixed, INC-12"});
+    assert_eq!(
+        call(&console, Some(&viewer), "POST", "/api/v1/dlq/groups/resolve", Some(body.clone())).await.status,
+        403
+    );
+    let resolved = call(&console, Some(&operator), "POST", "/api/v1/dlq/groups/resolve", Some(body.clone())).await;
+    assert_eq!((resolved.status, resolved.body["resolved"].clone()), (200, json!(3)), "{:?}", resolved.body);
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT event_id FROM processed_events WHERE status = 'error' AND resolved_at IS NULL ORDER BY event_id",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, vec!["fail-4".to_string()], "only the other group is left");
+    let audited: Vec<(String, Value)> =
+        sqlx::query_as("SELECT operator, details FROM replay_control.audit_log WHERE action = 'dlq.resolve_group'")
+            .fetch_all(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!(audited.len(), 1);
+    assert_eq!((audited[0].0.as_str(), audited[0].1["resolved"].clone()), ("otto", json!(3)));
+    let again = call(&console, Some(&operator), "POST", "/api/v1/dlq/groups/resolve", Some(body)).await;
+    assert_eq!(again.status, 404, "{:?}", again.body);
+    console.stop().await;
+    world.cleanup().await;
+}
+
+/// Everything `pipe` gives until it closes.
+async fn read_all(mut pipe: impl tokio::io::AsyncRead + Unpin) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    pipe.read_to_string(&mut text).await.unwrap();
+    text
 }

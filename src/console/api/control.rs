@@ -44,6 +44,37 @@ pub(super) async fn resolve(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct GroupNote {
+    #[serde(rename = "type")]
+    event_type: String,
+    /// The group's error as `GET /dlq/groups` shows it (ids and numbers blanked).
+    error: String,
+    note: String,
+}
+
+/// `POST /dlq/groups/resolve {type, error, note}` (operator): every
+/// unresolved failed event of that group, however many, audited once.
+pub(super) async fn resolve_group(
+    caller: Caller,
+    State(console): State<Console>,
+    Json(body): Json<GroupNote>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    if body.note.trim().is_empty() {
+        return Err(ApiError::bad_request("note is empty: say what was done about them"));
+    }
+    let resolved =
+        resolve::resolve_group(console.pool(), &body.event_type, &body.error, body.note.trim(), &caller.name).await?;
+    if resolved == 0 {
+        return Err(ApiError::not_found(
+            "no unresolved failed event is in this group: GET /api/v1/dlq/groups lists them",
+        ));
+    }
+    Ok(Json(json!({"type": body.event_type, "error": body.error, "resolved": resolved})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct PauseBody {
     reason: String,
     /// Longest wait for every live worker to report paused.

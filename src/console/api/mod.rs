@@ -18,6 +18,7 @@ pub(super) fn routes() -> Router<Console> {
         .route("/events/{event_id}", get(read::event))
         .route("/dlq", get(read::dlq))
         .route("/dlq/groups", get(read::dlq_groups))
+        .route("/dlq/groups/resolve", post(control::resolve_group))
         .route("/dlq/{id}/resolve", post(control::resolve))
         .route("/audit", get(read::audit))
         .route("/plans", get(plans::list).post(plans::create))

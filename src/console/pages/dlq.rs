@@ -59,6 +59,13 @@ pub(super) async fn page(
                                 button type="submit" { "Plan a replay of this group" }
                             }
                             span.muted { "every failed " (g.what) " event; the plan page shows them before anything is applied" }
+                            form.inline.resolve-group method="post" action="/dlq/resolve-group" {
+                                (csrf(&visitor))
+                                input type="hidden" name="type" value=(g.what);
+                                input type="hidden" name="error" value=(g.why);
+                                input name="note" size="24" placeholder="what was done about them" aria-label="note";
+                                button type="submit" { "Resolve all " (g.count) }
+                            }
                         }
                     }
                 }
@@ -159,6 +166,36 @@ pub(super) async fn plan_group(
         ))
         .into()),
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct GroupNote {
+    #[serde(rename = "type")]
+    event_type: String,
+    error: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /dlq/resolve-group` (operator): every unresolved failed event of
+/// the group resolved with the note, however many (not only those shown),
+/// audited once under the visitor's token name.
+pub(super) async fn resolve_group(
+    State(console): State<Console>,
+    posted: Posted<GroupNote>,
+) -> Result<Response, PageError> {
+    let Posted { visitor, form } = posted;
+    visitor.require(Role::Operator)?;
+    let note = form.note.trim();
+    if note.is_empty() {
+        return Err(ApiError::bad_request("note is empty: say what was done about them").into());
+    }
+    if resolve::resolve_group(console.pool(), &form.event_type, &form.error, note, &visitor.name).await? == 0 {
+        return Err(
+            ApiError::not_found("no unresolved failed event is left in this group: the DLQ page lists them").into()
+        );
+    }
+    Ok(see("/dlq"))
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,7 @@ pub(super) fn routes() -> Router<Console> {
         .route("/events/{event_id}", get(events::event))
         .route("/dlq", get(dlq::page))
         .route("/dlq/plan", post(dlq::plan_group))
+        .route("/dlq/resolve-group", post(dlq::resolve_group))
         .route("/dlq/{id}/resolve", post(dlq::resolve))
         .route("/plans", get(plans::list))
         .route("/plans/{plan_id}", get(plans::page))

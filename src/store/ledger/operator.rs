@@ -122,15 +122,27 @@ pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(failed("count failed events"))
 }
 
-/// Unresolved failures since `since`, grouped by type and error.
+/// A failed event's error with the ids and numbers in it blanked (`<id>`,
+/// `<n>`): failures that differ only in the row they name are one group.
+/// A macro, so the statements below are literals that embed it once each.
+macro_rules! normalized_error {
+    () => {
+        "regexp_replace(regexp_replace(coalesce(error_message, ''), \
+         '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'gi'), '[0-9]+', '<n>', 'g')"
+    };
+}
+
+/// Unresolved failed events since `since`, by type and normalized error.
 pub async fn error_report(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<crate::store::ReportGroup>, StoreError> {
-    sqlx::query_as(
-        "SELECT event_type AS what, coalesce(error_message, '') AS why, count(*) AS count,
-                min(processed_at) AS first_seen, max(processed_at) AS last_seen
-           FROM processed_events
-          WHERE status = 'error' AND resolved_at IS NULL AND processed_at >= $1
-          GROUP BY 1, 2 ORDER BY 3 DESC, 1",
-    )
+    sqlx::query_as(concat!(
+        "SELECT event_type AS what, ",
+        normalized_error!(),
+        " AS why, count(*) AS count,
+                    min(processed_at) AS first_seen, max(processed_at) AS last_seen
+               FROM processed_events
+              WHERE status = 'error' AND resolved_at IS NULL AND processed_at >= $1
+              GROUP BY 1, 2 ORDER BY 3 DESC, 1"
+    ))
     .bind(since)
     .fetch_all(pool)
     .await
@@ -159,6 +171,31 @@ pub async fn resolve_error(conn: &mut PgConnection, event_id: &str, note: &str) 
         }
         None => Ok(false),
     }
+}
+
+/// Marks every unresolved failed event of `event_type` whose normalized
+/// error is `error` (as [`error_report`] groups them) resolved, inside the
+/// caller's transaction, releasing what each held; returns how many.
+pub async fn resolve_error_group(
+    conn: &mut PgConnection,
+    event_type: &str,
+    error: &str,
+    note: &str,
+) -> Result<u64, StoreError> {
+    let ids: Vec<i64> = sqlx::query_scalar(concat!(
+        "UPDATE processed_events SET resolved_at = now(), resolved_note = $3, sequence_state = NULL
+          WHERE status = 'error' AND resolved_at IS NULL AND event_type = $1 AND ",
+        normalized_error!(),
+        " = $2 RETURNING id"
+    ))
+    .bind(event_type)
+    .bind(error)
+    .bind(note)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(failed("resolve a group of failed events"))?;
+    release_held_behind(conn, &ids).await?;
+    Ok(ids.len() as u64)
 }
 
 /// A row held behind an earlier event of its sequence key, as the DLQ shows it.
