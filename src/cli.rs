@@ -140,6 +140,9 @@ pub struct ConsoleArgs {
     /// The console is served behind TLS (a reverse proxy): mark session cookies `Secure`.
     #[arg(long)]
     pub secure_cookies: bool,
+    /// The two-person rule: a plan is applied from the console only after an operator other than its maker approved it.
+    #[arg(long)]
+    pub require_approval: bool,
 }
 
 #[derive(Debug, Subcommand)]

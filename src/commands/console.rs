@@ -21,8 +21,12 @@ pub async fn run(endpoints: &Endpoints, args: ConsoleArgs) -> anyhow::Result<Exi
     }
     let shutdown = CancellationToken::new();
     super::spawn_signal_listener(shutdown.clone())?;
-    let settings =
-        Settings { plan_dir: args.plan_dir, backup_dir: args.backup_dir, secure_cookies: args.secure_cookies };
+    let settings = Settings {
+        plan_dir: args.plan_dir,
+        backup_dir: args.backup_dir,
+        secure_cookies: args.secure_cookies,
+        require_approval: args.require_approval,
+    };
     eprintln!("console on http://{} (API at /api/v1/); stop with Ctrl-C", listener.local_addr()?);
     console::serve(listener, Console::new(pool, endpoints.clone(), settings, shutdown)).await?;
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::control::approvals::ApprovalError;
 use crate::control::tokens::TokenError;
 use crate::replay::apply::ApplyError;
 use crate::replay::planning::PlanningError;
@@ -76,6 +77,15 @@ impl From<TokenError> for ApiError {
             TokenError::NameTaken(_) => Self::refused(error.to_string()),
             TokenError::Unknown(_) => Self::not_found(error.to_string()),
             TokenError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(error: ApprovalError) -> Self {
+        match error {
+            ApprovalError::Store(store) => store.into(),
+            refusal => Self::refused(refusal.to_string()),
         }
     }
 }

@@ -35,6 +35,7 @@ pub use error::ApiError;
 pub use session::Visitor;
 
 use crate::config::Endpoints;
+use crate::control::approvals;
 use crate::replay::apply::{self, BackupSource, Checked, Request};
 use crate::replay::plan::{PlanId, SealedPlan};
 
@@ -51,6 +52,10 @@ pub struct Settings {
     /// The console is served behind TLS (a reverse proxy): session cookies
     /// carry `Secure`, so a browser never sends them over plain HTTP.
     pub secure_cookies: bool,
+    /// The two-person rule (`--require-approval`): a plan is applied only
+    /// once an operator other than its maker approved it
+    /// (`control::approvals`).
+    pub require_approval: bool,
 }
 
 /// How long a pause waits for the workers when not told.
@@ -176,7 +181,8 @@ impl Console {
             .collect())
     }
 
-    /// `replay apply` of `plan_id` for `operator`: every check now (a refusal
+    /// `replay apply` of `plan_id` for `operator`: the two-person rule's
+    /// check when it is on, then every check of `replay apply` (a refusal
     /// is the error and changes nothing), then the apply in a task of the
     /// console. The API and the plan page both ask through here.
     async fn apply_plan(
@@ -190,6 +196,9 @@ impl Console {
             return Err(ApiError::bad_request("rate must be at least 1 event per second"));
         }
         let plan = self.plan(plan_id)?;
+        if self.settings().require_approval {
+            approvals::check(self.pool(), &plan, operator).await?;
+        }
         let request = apply::Request {
             operator: operator.to_string(),
             allow_external_effects,

@@ -240,8 +240,9 @@ async fn login(
     Ok(with_cookie(Redirect::to("/"), &set))
 }
 
+/// A form with no field but its CSRF token (logout, approve).
 #[derive(Deserialize)]
-struct Nothing {}
+pub(crate) struct Nothing {}
 
 /// `POST /logout`: the session ends here, whatever the browser keeps.
 async fn logout(State(console): State<Console>, posted: Posted<Nothing>) -> Response {

@@ -3,9 +3,10 @@
 //! one module per table (the ledger, the audit log, dead letters,
 //! heartbeats, partition leaders, the outbox, replay runs, the pause,
 //! topology migrations, what an emergency stop saves across a restore, the
-//! console's tokens). All
+//! console's tokens, the approvals of the two-person rule). All
 //! SQL on a table lives in its module.
 
+pub mod approvals;
 pub mod audit;
 pub mod backup;
 pub mod database;

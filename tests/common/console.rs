@@ -23,18 +23,26 @@ pub struct RunningConsole {
 impl RunningConsole {
     /// Serves the console over `world` on a free port.
     pub async fn start(world: &World) -> Self {
-        Self::serve(world, false).await
+        Self::start_with(world, |_| {}).await
     }
 
     /// Serves it as behind a TLS proxy (`--secure-cookies`).
     pub async fn start_behind_tls(world: &World) -> Self {
-        Self::serve(world, true).await
+        Self::start_with(world, |settings| settings.secure_cookies = true).await
     }
 
-    async fn serve(world: &World, secure_cookies: bool) -> Self {
+    /// Serves it with the default settings as `adjust` changes them (e.g.
+    /// `require_approval`, `--require-approval`); the plan and backup
+    /// directories are the test's own.
+    pub async fn start_with(world: &World, adjust: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let settings =
-            Settings { plan_dir: dir.path().join("plans"), backup_dir: dir.path().join("backups"), secure_cookies };
+        let mut settings = Settings {
+            plan_dir: dir.path().join("plans"),
+            backup_dir: dir.path().join("backups"),
+            secure_cookies: false,
+            require_approval: false,
+        };
+        adjust(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -46,6 +54,11 @@ impl RunningConsole {
     /// A new token of `role`, named `name`.
     pub async fn token(&self, world: &World, name: &str, role: Role) -> String {
         tokens::create(&world.pool, name, role, "test-admin").await.unwrap().secret.reveal().to_string()
+    }
+
+    /// Where the console writes the pre-replay backups of its applies.
+    pub fn backups(&self) -> std::path::PathBuf {
+        self._dir.path().join("backups")
     }
 
     /// `url` + `path`.

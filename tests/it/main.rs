@@ -7,6 +7,7 @@
 mod common;
 
 mod apply;
+mod approval;
 mod audit;
 mod backup;
 mod browser;

@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<Console> {
         .route("/audit", get(read::audit))
         .route("/plans", get(plans::list).post(plans::create))
         .route("/plans/{plan_id}", get(plans::show))
+        .route("/plans/{plan_id}/approve", post(plans::approve))
         .route("/plans/{plan_id}/apply", post(plans::apply))
         .route("/plans/{plan_id}/status", get(plans::status))
         .route("/pause", post(control::pause))

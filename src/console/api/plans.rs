@@ -1,7 +1,9 @@
 //! Plans over the API: made by `replay::planning` (the CLI's `replay plan`),
-//! listed from the plan directory, applied by `replay::apply` (the same
-//! checks; a refusal is 409) in a task of the console, and followed by
-//! `replay::progress` (JSON, or `text/event-stream` for live progress).
+//! listed from the plan directory, approved by another operator
+//! (`control::approvals`, the two-person rule), applied by `replay::apply`
+//! (the same checks; a refusal is 409) in a task of the console, and
+//! followed by `replay::progress` (JSON, or `text/event-stream` for live
+//! progress).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,11 +16,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::console::{live, ApiError, Caller, Console, Started};
+use crate::control::approvals;
 use crate::replay::plan::PlanId;
 use crate::replay::planning::{self, PlanRequest, Planned};
 use crate::replay::selector::SelectorInput;
-use crate::store::runs;
 use crate::store::tokens::Role;
+use crate::store::{approvals as approval_rows, runs};
 
 /// The body of `POST /plans`: the selectors of `replay plan`, as JSON.
 #[derive(Debug, Default, Deserialize)]
@@ -116,7 +119,8 @@ pub(super) async fn list(_: Caller, State(console): State<Console>) -> Result<Js
     Ok(Json(json!({"plans": plans})))
 }
 
-/// `GET /plans/{plan_id}`: the plan's summary, and its run if applied.
+/// `GET /plans/{plan_id}`: the plan's summary, its approval (or `null`),
+/// whether the console needs one before applying, and its run if applied.
 pub(super) async fn show(
     _: Caller,
     State(console): State<Console>,
@@ -124,10 +128,27 @@ pub(super) async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let plan = console.plan(plan_id)?;
     let run = runs::find(console.pool(), plan_id).await?;
+    let approval = approval_rows::find(console.pool(), plan_id).await?;
     let mut answer = planning::summary_json(&plan, None);
+    answer["approval"] = json!(approval);
+    answer["requires_approval"] = json!(console.settings().require_approval);
     answer["run"] = json!(run);
     answer["human"] = json!(planning::human(&plan, None));
     Ok(Json(answer))
+}
+
+/// `POST /plans/{plan_id}/approve` (operator, not the plan's maker): 200
+/// with the approval, audited as `plan.approve`; the maker's own approval,
+/// or a second one, is 409 and changes nothing.
+pub(super) async fn approve(
+    caller: Caller,
+    State(console): State<Console>,
+    Path(plan_id): Path<PlanId>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    let plan = console.plan(plan_id)?;
+    let approval = approvals::approve(console.pool(), &plan, &caller.name).await?;
+    Ok(Json(json!(approval)))
 }
 
 #[derive(Debug, Default, Deserialize)]

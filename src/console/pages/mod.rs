@@ -40,6 +40,7 @@ pub(super) fn routes() -> Router<Console> {
         .route("/plans", get(plans::list))
         .route("/plans/{plan_id}", get(plans::page))
         .route("/plans/{plan_id}/events", get(plans::progress))
+        .route("/plans/{plan_id}/approve", post(plans::approve))
         .route("/plans/{plan_id}/apply", post(plans::apply))
         .route("/plans/{plan_id}/stop", post(plans::emergency_stop))
         .route("/pause", get(pause::page).post(pause::pause))

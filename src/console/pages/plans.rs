@@ -1,8 +1,10 @@
 //! `/plans` and `/plans/{plan_id}`: the plans of the plan directory, and a
 //! plan's page — the five-second read (`planning::human`), its warnings,
 //! where its run stands with live progress (`console::live`, the API's
-//! status stream, here on the session), the apply form with a typed
-//! confirmation (operator), and the emergency stop (admin).
+//! status stream, here on the session), its approval (the two-person rule:
+//! an Approve form for operators other than its maker), the apply form with
+//! a typed confirmation (operator; under `--require-approval` only once the
+//! plan is approved), and the emergency stop (admin).
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -11,13 +13,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{csrf, layout, number, see, status_label, time, PageError};
-use crate::console::session::Posted;
+use crate::console::session::{Nothing, Posted};
 use crate::console::{live, reason, ApiError, Console, Visitor, PAUSE_WAIT};
+use crate::control::approvals;
 use crate::control::emergency::{self, Restore};
 use crate::replay::plan::PlanId;
 use crate::replay::planning;
-use crate::store::runs;
+use crate::store::approvals::Approval;
 use crate::store::tokens::Role;
+use crate::store::{approvals as approval_rows, runs};
 
 /// How many characters of the plan id the operator types to confirm.
 const CONFIRM_CHARS: usize = 8;
@@ -87,6 +91,11 @@ pub(super) async fn page(
     let open = !settled && state != "done";
     let id = plan_id.to_string();
     let failures: i64 = report["failures"].as_array().into_iter().flatten().filter_map(|f| f["count"].as_i64()).sum();
+    let approval = approval_rows::find(console.pool(), plan_id).await?;
+    let maker = plan.header.created_by.as_str();
+    let approved = approval.as_ref().is_some_and(|a| a.plan_digest == plan.digest);
+    let required = console.settings().require_approval;
+    let may_apply = visitor.may(Role::Operator) && state != "done";
     let body = html! {
         h1 { "Plan " code #plan-id { (id) } }
         h2 { "What it replays" }
@@ -108,7 +117,21 @@ pub(super) async fn page(
         @if report["failures"].as_array().is_some_and(|f| !f.is_empty()) {
             pre #failures { (serde_json::to_string_pretty(&report["failures"]).unwrap_or_default()) }
         }
-        @if visitor.may(Role::Operator) && state != "done" {
+        h2 { "Approval" }
+        p #approval-state { (approval_state(approval.as_ref(), approved, maker, required)) }
+        @if visitor.may(Role::Operator) && visitor.name != maker && approval.is_none() {
+            form #approve method="post" action={ "/plans/" (id) "/approve" } {
+                (csrf(&visitor))
+                p.inline {
+                    "You did not make this plan: approving it says you read it and agree it may be applied. "
+                    button #approve-button type="submit" { "Approve this plan" }
+                }
+            }
+        }
+        @if may_apply && required && !approved {
+            p #apply-blocked .muted { "Apply opens once an operator other than " (maker) " approved this plan (two-person rule)." }
+        }
+        @if may_apply && (approved || !required) {
             h2 { "Apply" }
             form #apply method="post" action={ "/plans/" (id) "/apply" } {
                 (csrf(&visitor))
@@ -136,6 +159,21 @@ pub(super) async fn page(
         @if open { script { (PreEscaped(PROGRESS_SCRIPT)) } }
     };
     Ok(layout::render(&console, &visitor, "/plans", &format!("Plan {id}"), body).await)
+}
+
+/// The plan's approval in words: who approved it and when, or who may.
+fn approval_state(approval: Option<&Approval>, approved: bool, maker: &str, required: bool) -> String {
+    match approval {
+        Some(a) if approved => format!("approved by {} at {}", a.approved_by, time(&a.approved_at)),
+        Some(a) => format!(
+            "approved by {} for another file (digest {}): this file changed after it was approved; make a new plan",
+            a.approved_by, a.plan_digest
+        ),
+        None if required => format!("needs approval by an operator other than {maker} before it is applied"),
+        None => format!(
+            "not approved (an operator other than {maker} may approve it; this console applies plans without approval)"
+        ),
+    }
 }
 
 fn count(value: &Value) -> i64 {
@@ -179,6 +217,20 @@ pub(super) async fn apply(
     }
     let rate = number::<u32>("rate", &form.rate)?;
     console.apply_plan(plan_id, &visitor.name, rate, form.allow_external_effects.is_some()).await?;
+    Ok(see(&format!("/plans/{plan_id}")))
+}
+
+/// `POST /plans/{plan_id}/approve` (operator, not the maker): the API's
+/// approval, then back to the plan's page.
+pub(super) async fn approve(
+    State(console): State<Console>,
+    Path(plan_id): Path<PlanId>,
+    posted: Posted<Nothing>,
+) -> Result<Response, PageError> {
+    let Posted { visitor, .. } = posted;
+    visitor.require(Role::Operator)?;
+    let plan = console.plan(plan_id)?;
+    approvals::approve(console.pool(), &plan, &visitor.name).await?;
     Ok(see(&format!("/plans/{plan_id}")))
 }
 
