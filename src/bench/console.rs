@@ -47,17 +47,17 @@ pub struct ConsoleReport {
 
 impl std::fmt::Display for ConsoleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "events API on a {}-row ledger, {REQUESTS} requests per filter (ms):", self.rows)?;
+        writeln!(f, "events API and page on a {}-row ledger, {REQUESTS} requests per filter (ms):", self.rows)?;
         writeln!(
             f,
-            "  {:<34} {:>5} {:>9} {:>9} {:>9} {:>9}",
-            "filter", "rows", "api p50", "api p95", "raw p50", "raw p95"
+            "  {:<34} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "filter", "rows", "api p50", "api p95", "page p50", "page p95", "raw p50", "raw p95"
         )?;
         for t in &self.filters {
             writeln!(
                 f,
-                "  {:<34} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                t.name, t.rows, t.api.0, t.api.1, t.raw.0, t.raw.1
+                "  {:<34} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                t.name, t.rows, t.api.0, t.api.1, t.page.0, t.page.1, t.raw.0, t.raw.1
             )?;
         }
         let worst = self.filters.iter().map(|t| t.api.1).fold(0.0, f64::max);

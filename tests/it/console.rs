@@ -88,6 +88,19 @@ async fn every_route_refuses_a_missing_or_wrong_token_and_a_role_below_its_own(p
     let revoked = call(&console, Some(&admin), "DELETE", "/api/v1/tokens/vera", None).await;
     assert_eq!(revoked.status, 200, "{:?}", revoked.body);
     assert_eq!(call(&console, Some(&viewer), "GET", "/api/v1/overview", None).await.status, 401);
+    // The admin's stop runs (no restore asked): every step passed, the pause
+    // is in force, and the stop is audited under the admin token's name.
+    let stop = json!({"reason": "roles test: stop", "no_restore": true, "wait_seconds": 1});
+    let stopped = call(&console, Some(&admin), "POST", "/api/v1/emergency-stop", Some(stop)).await;
+    assert_eq!(stopped.status, 200, "{:?}", stopped.body);
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.pause").await, 1);
+    let stopped_by: String = sqlx::query_scalar(
+        "SELECT operator FROM replay_control.audit_log WHERE action LIKE 'emergency%' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(stopped_by, "ada");
     console.stop().await;
     world.cleanup().await;
 }
