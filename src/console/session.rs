@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use super::pages::{self, PageError};
 use super::{auth, lock, ApiError, Console};
 use crate::control::tokens;
-use crate::store::tokens::Role;
+use crate::store::tokens::{self as stored_tokens, Role};
 
 /// The session cookie's name.
 const COOKIE: &str = "replay_session";
@@ -98,7 +98,15 @@ impl Sessions {
     }
 
     fn failed_login(&self, ip: IpAddr) {
-        lock(&self.failed_logins).entry(ip).or_default().push(Instant::now());
+        let now = Instant::now();
+        let mut failed = lock(&self.failed_logins);
+        // Addresses whose failures all aged out are forgotten, so the map
+        // holds only the last window's addresses.
+        failed.retain(|_, at| {
+            at.retain(|t| now.duration_since(*t) < FAILED_LOGIN_WINDOW);
+            !at.is_empty()
+        });
+        failed.entry(ip).or_default().push(now);
     }
 }
 
@@ -146,9 +154,19 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let console = Console::from_ref(state);
         let jar = CookieJar::from_headers(&parts.headers);
-        jar.get(COOKIE)
-            .and_then(|cookie| console.0.sessions.find(cookie.value()))
-            .ok_or_else(|| Redirect::to("/login").into_response())
+        let to_login = || Redirect::to("/login").into_response();
+        let visitor =
+            jar.get(COOKIE).and_then(|cookie| console.0.sessions.find(cookie.value())).ok_or_else(to_login)?;
+        // A session lasts only as long as its token: one revoked since the
+        // login (here or by `replay token revoke` anywhere) ends it.
+        match stored_tokens::role_in_force(console.pool(), &visitor.name).await {
+            Ok(Some(role)) if role == visitor.role => Ok(visitor),
+            Ok(_) => {
+                console.0.sessions.close(&visitor.key);
+                Err(to_login())
+            }
+            Err(error) => Err(PageError::from(ApiError::from(error)).into_response()),
+        }
     }
 }
 

@@ -127,6 +127,16 @@ pub async fn holder(pool: &PgPool, hash: &TokenHash) -> Result<Option<Holder>, S
         .map_err(failed("look up an API token"))
 }
 
+/// The role of the token named `name`, if it is in force: a browser session
+/// opened with a token lasts only as long as the token.
+pub async fn role_in_force(pool: &PgPool, name: &str) -> Result<Option<Role>, StoreError> {
+    sqlx::query_scalar("SELECT role FROM replay_control.api_tokens WHERE name = $1 AND revoked_at IS NULL")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(failed("look up an API token by name"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

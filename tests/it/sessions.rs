@@ -190,3 +190,22 @@ async fn behind_tls_the_session_cookie_is_also_secure(pool: PgPool) {
     console.stop().await;
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn revoking_a_token_ends_its_open_sessions(pool: PgPool) {
+    let world = World::new(pool).await;
+    let console = RunningConsole::start(&world).await;
+    let token = console.token(&world, "otto", Role::Operator).await;
+    let other = console.token(&world, "olga", Role::Operator).await;
+    let (_, cookie) = sign_in(&console, &token).await;
+    let (_, kept) = sign_in(&console, &other).await;
+    assert_eq!(get(&console, &cookie, "/").await.status(), 200);
+    // Revoked by the CLI, another process: the console hears of it at once.
+    let out = world.replay(&["token", "revoke", "otto"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let after = get(&console, &cookie, "/").await;
+    assert_eq!((after.status().as_u16(), after.headers()[LOCATION].to_str().unwrap()), (303, "/login"));
+    assert_eq!(get(&console, &kept, "/").await.status(), 200, "another token's session goes on");
+    console.stop().await;
+    world.cleanup().await;
+}
