@@ -135,6 +135,14 @@ async fn dead_letters_are_grouped_and_one_is_resolved_with_a_note(pool: PgPool) 
     .execute(&world.pool)
     .await
     .unwrap();
+    // A close held behind the first failed approval of its period.
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, sequence_key, sequence_state, held_behind)
+         SELECT 'close-1', 'period.closed', '{}', now(), 'pending', 'period-1', 'held', id FROM processed_events WHERE event_id = 'appr-1'",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
     let console = RunningConsole::start(&world).await;
     let token = console.token(&world, "otto", Role::Operator).await;
     let browser = Browser::start().await;
@@ -148,6 +156,8 @@ async fn dead_letters_are_grouped_and_one_is_resolved_with_a_note(pool: PgPool) 
     assert!(groups.contains("payment.initiated provider down 1"), "{groups}");
     assert_eq!(browser.count("#letter-groups tr.group").await, 1);
     assert_eq!(browser.count("#failed-events tr[data-entry]").await, 4);
+    let held = browser.text("#held-events").await;
+    assert!(held.contains("close-1 period.closed period-1 appr-1"), "{held}");
     browser.screenshot("dlq").await;
 
     browser.fill("#failed-events tr[data-entry='pay-1'] input[name=note]", "refunded by hand (INC-12)").await;

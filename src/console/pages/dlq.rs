@@ -37,6 +37,7 @@ pub(super) async fn page(
     let letter_groups = dead_letters::report(pool, since).await?;
     let failed = ledger::unresolved_errors(pool, page_size(None)).await?;
     let letters = dead_letters::unresolved(pool, page_size(None)).await?;
+    let held = ledger::held(pool, page_size(None)).await?;
     let operator = visitor.may(Role::Operator);
     let body = html! {
         h1 { "Dead letters" }
@@ -90,6 +91,20 @@ pub(super) async fn page(
                 }
             }
             @if failed.is_empty() { tr { td colspan="6" .muted { "none" } } }
+        }
+        h2 { "Held events" }
+        p.muted { "each waits for an earlier event of its sequence key that failed; it is applied once that one is (replayed or resolved)" }
+        table #held-events {
+            tr { th { "event" } th { "type" } th { "sequence key" } th { "held behind" } th { "since" } }
+            @for h in &held {
+                tr data-entry=(h.event_id) {
+                    td { a href={ "/events/" (super::segment(&h.event_id)) } { (h.event_id) } }
+                    td { (h.event_type) } td { (h.sequence_key.as_deref().unwrap_or("")) }
+                    td { a href={ "/events/" (super::segment(&h.held_behind)) } { (h.held_behind) } }
+                    td { (time(&h.since)) }
+                }
+            }
+            @if held.is_empty() { tr { td colspan="5" .muted { "none" } } }
         }
         h2 { "Unresolved dead-lettered messages" }
         table #dead-letters {
