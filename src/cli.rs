@@ -143,6 +143,9 @@ pub struct ConsoleArgs {
     /// The two-person rule: a plan is applied from the console only after an operator other than its maker approved it.
     #[arg(long)]
     pub require_approval: bool,
+    /// POST a JSON event to this webhook (http://host[:port]/path) when the console applies a plan, and when it halts or finishes; never fails an apply.
+    #[arg(long, value_name = "URL", env = "REPLAY_NOTIFY_URL", hide_env_values = true, value_parser = crate::control::notify::parse_url)]
+    pub notify: Option<url::Url>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +259,9 @@ pub struct ApplyArgs {
     /// Who applies it, for the audit log (default: the OS user).
     #[arg(long)]
     pub operator: Option<String>,
+    /// POST a JSON event to this webhook (http://host[:port]/path) when the plan is applied, halted or finished; never fails the apply.
+    #[arg(long, value_name = "URL", env = "REPLAY_NOTIFY_URL", hide_env_values = true, value_parser = crate::control::notify::parse_url)]
+    pub notify: Option<url::Url>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -304,6 +310,9 @@ pub struct EmergencyStopArgs {
     /// Where the incident report goes (default: next to the backup when its directory exists, else backups/).
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
+    /// POST a JSON event to this webhook (http://host[:port]/path) when the stop ends; never fails the stop.
+    #[arg(long, value_name = "URL", env = "REPLAY_NOTIFY_URL", hide_env_values = true, value_parser = crate::control::notify::parse_url)]
+    pub notify: Option<url::Url>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

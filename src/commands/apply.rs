@@ -1,5 +1,6 @@
 //! `replay apply PLAN`: checks the plan, asks (or takes `--yes`), then backs
-//! up, resets and republishes, with a progress bar on a terminal.
+//! up, resets and republishes, with a progress bar on a terminal; with
+//! `--notify`, a webhook hears that it started and how it ended.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::ApplyArgs;
 use crate::config::Endpoints;
+use crate::control::notify::{AppliedPlan, Notifier};
 use crate::replay::apply::{self, BackupSource, Progress, Request};
 use crate::replay::planning;
 use crate::store::database;
@@ -65,8 +67,12 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
     let shutdown = CancellationToken::new();
     super::spawn_signal_listener(shutdown.clone())?;
     let mut shown = Shown::new(plan.summary.rows as u64, plan.events() as u64, args.json);
+    let (notifier, applied) = (Notifier::new(args.notify.clone()), AppliedPlan::of(plan, &request.operator));
+    notifier.send(applied.started());
     let outcome = apply::execute(&pool, endpoints, checked, &request, &shutdown, |p| shown.show(p)).await;
     shown.finish();
+    notifier.send(applied.ended(&outcome));
+    notifier.close().await;
     let outcome = outcome?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);

@@ -26,6 +26,7 @@ pub async fn run(endpoints: &Endpoints, args: ConsoleArgs) -> anyhow::Result<Exi
         backup_dir: args.backup_dir,
         secure_cookies: args.secure_cookies,
         require_approval: args.require_approval,
+        notify: args.notify,
     };
     eprintln!("console on http://{} (API at /api/v1/); stop with Ctrl-C", listener.local_addr()?);
     console::serve(listener, Console::new(pool, endpoints.clone(), settings, shutdown)).await?;

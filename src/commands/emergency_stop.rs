@@ -1,11 +1,12 @@
 //! `replay emergency-stop`: what to restore, a confirmation, the stop, and
-//! what to do next.
+//! what to do next (and, with `--notify`, to a webhook).
 
 use std::process::ExitCode;
 
 use crate::cli::EmergencyStopArgs;
 use crate::config::Endpoints;
 use crate::control::emergency::{self, Request, Restore};
+use crate::control::notify::{Notification, Notifier};
 use crate::exit::UsageError;
 use crate::replay::plan::SealedPlan;
 use crate::store::database;
@@ -47,17 +48,24 @@ pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Resu
         }
     }
     let failed = report.failed();
-    if failed.is_empty() {
-        if !args.json {
-            println!("workers stay paused. next: check the state, then `replay resume --reason ...`");
-        }
-        return Ok(ExitCode::SUCCESS);
+    let next = if failed.is_empty() {
+        "workers stay paused. next: check the state, then `replay resume --reason ...`".to_string()
+    } else {
+        format!(
+            "emergency stop incomplete: {} failed (see above). The pause stays in force; fix the cause and run the same command again to continue",
+            failed.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let notifier = Notifier::new(args.notify.clone());
+    notifier.send(Notification::emergency_stopped(&report, next.clone()));
+    notifier.close().await;
+    if !failed.is_empty() {
+        anyhow::bail!(next)
     }
-    let names: Vec<&str> = failed.iter().map(|s| s.name).collect();
-    anyhow::bail!(
-        "emergency stop incomplete: {} failed (see above). The pause stays in force; fix the cause and run the same command again to continue",
-        names.join(", ")
-    )
+    if !args.json {
+        println!("{next}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn confirm(restore: &Restore) -> anyhow::Result<()> {

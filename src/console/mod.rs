@@ -36,6 +36,7 @@ pub use session::Visitor;
 
 use crate::config::Endpoints;
 use crate::control::approvals;
+use crate::control::notify::{AppliedPlan, Notifier};
 use crate::replay::apply::{self, BackupSource, Checked, Request};
 use crate::replay::plan::{PlanId, SealedPlan};
 
@@ -56,6 +57,8 @@ pub struct Settings {
     /// once an operator other than its maker approved it
     /// (`control::approvals`).
     pub require_approval: bool,
+    /// The webhook told of the console's applies (`--notify`, `control::notify`).
+    pub notify: Option<url::Url>,
 }
 
 /// How long a pause waits for the workers when not told.
@@ -219,10 +222,14 @@ impl Console {
         let console = self.clone();
         let plan_id = checked.plan.header.plan_id;
         lock(&self.0.endings).remove(&plan_id);
+        let (notifier, applied) =
+            (Notifier::new(self.settings().notify.clone()), AppliedPlan::of(&checked.plan, &request.operator));
         self.0.applies.spawn(async move {
             let inner = &console.0;
+            notifier.send(applied.started());
             let outcome =
                 apply::execute(&inner.pool, &inner.endpoints, checked, &request, &inner.shutdown, |_| {}).await;
+            notifier.send(applied.ended(&outcome));
             let error = outcome.err().map(|e| crate::exit::render(&anyhow::Error::from(e)));
             match &error {
                 None => tracing::info!(plan = %plan_id, operator = %request.operator, "console apply finished"),
@@ -230,6 +237,7 @@ impl Console {
             }
             let ending = ApplyEnding { finished: error.is_none(), error, at: chrono::Utc::now() };
             lock(&inner.endings).insert(plan_id, ending);
+            notifier.close().await;
         });
     }
 

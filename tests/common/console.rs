@@ -41,6 +41,7 @@ impl RunningConsole {
             backup_dir: dir.path().join("backups"),
             secure_cookies: false,
             require_approval: false,
+            notify: None,
         };
         adjust(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

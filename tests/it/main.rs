@@ -15,6 +15,7 @@ mod console;
 mod emergency;
 mod ledger;
 mod monitoring;
+mod notify;
 mod operate;
 mod ordering;
 mod pause;
