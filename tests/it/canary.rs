@@ -161,3 +161,36 @@ async fn a_bad_canary_policy_is_a_usage_error_and_changes_nothing(pool: sqlx::Pg
     assert!(desk.backup_files().is_empty());
     world.cleanup().await;
 }
+
+#[sqlx::test]
+async fn failures_after_a_passing_canary_halt_the_rest(pool: sqlx::PgPool) {
+    let world = World::new(pool).await;
+    let desk = Desk::new();
+    let worker = world.start_worker(world.worker_config("w1"));
+    let (period, contributions, _) = approvals_before_submissions(&world, 12).await;
+    // Only the first two (the canary, in plan order) are fixed.
+    publish_submissions(&world, period, &contributions[..2]).await;
+    let (plan, plan_id) = plan_of_errors(&world, &desk).await;
+    let path = plan["plan_path"].as_str().unwrap();
+
+    // Paced at one event a batch, so the guard counts between batches.
+    let out = desk.apply(&world, path, &["--yes", "--canary", "2", "--rate", "4"]).await;
+    let stderr = stderr_of(&out);
+    worker.stop().await;
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("halted during the apply: "), "{stderr}");
+    assert!(stderr.contains("events settled so far failed"), "{stderr}");
+    let published =
+        world.scalar(&format!("SELECT published FROM replay_control.replay_runs WHERE plan_id = '{plan_id}'")).await;
+    assert!((3..12).contains(&published), "the canary passed and the rest stopped part-way: {published}");
+    let parked =
+        format!("SELECT count(*) FROM processed_events WHERE status = 'pending' AND replay_plan = '{plan_id}'");
+    assert_eq!(world.scalar(&parked).await, 12 - published);
+    for contribution in &contributions[..2] {
+        assert_eq!(world.contribution_status(*contribution).await, "approved");
+    }
+    let halted = halts(&world, plan_id).await;
+    assert_eq!(halted.len(), 1, "{halted:?}");
+    assert!(halted[0]["reason"].as_str().unwrap().starts_with("during the apply: "), "{}", halted[0]);
+    world.cleanup().await;
+}

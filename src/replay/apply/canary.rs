@@ -59,7 +59,7 @@ impl Canary {
         if events == 0 {
             return Err("--canary must be at least 1 event (e.g. --canary 10)".into());
         }
-        parse_failure_rate(&max_failure_rate.to_string())?;
+        checked_rate(max_failure_rate, &max_failure_rate.to_string())?;
         if wait.is_zero() {
             return Err("--canary-wait must be longer than 0 s (e.g. --canary-wait 60s)".into());
         }
@@ -81,9 +81,13 @@ impl Canary {
 
 /// Reads `--max-failure-rate`: a fraction from 0 to 1.
 pub fn parse_failure_rate(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
-        _ => Err(format!("--max-failure-rate must be a fraction from 0 to 1 (e.g. 0.05 for 5%), not {text}")),
+    checked_rate(text.trim().parse::<f64>().unwrap_or(f64::NAN), text)
+}
+
+fn checked_rate(rate: f64, text: &str) -> Result<f64, String> {
+    match (0.0..=1.0).contains(&rate) {
+        true => Ok(rate),
+        false => Err(format!("--max-failure-rate must be a fraction from 0 to 1 (e.g. 0.05 for 5%), not {text}")),
     }
 }
 
@@ -244,4 +248,35 @@ pub(super) async fn halt(
     tx.commit().await.map_err(failed("auditing a halt"))?;
     tracing::warn!(plan = %plan.header.plan_id, reason = %reason, "apply halted");
     Ok(ApplyError::Halted { reason, reached: Reached::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(policy: Result<Canary, String>, wanted: &str) -> bool {
+        policy.err().is_some_and(|e| e.contains(wanted))
+    }
+
+    #[test]
+    fn a_policy_out_of_range_names_its_flag_and_the_fix() {
+        assert!(refused(Canary::new(0, 0.0, DEFAULT_WAIT), "--canary must be at least 1"));
+        assert!(refused(Canary::new(5, 2.0, DEFAULT_WAIT), "--max-failure-rate must be a fraction from 0 to 1"));
+        assert!(refused(Canary::new(5, 0.1, Duration::ZERO), "--canary-wait"));
+        assert!(parse_failure_rate("-0.1").is_err() && parse_failure_rate("NaN").is_err());
+        assert_eq!(parse_failure_rate("0.05"), Ok(0.05));
+    }
+
+    #[test]
+    fn the_rate_is_a_ceiling_and_the_reason_says_by_how_much() -> Result<(), String> {
+        let canary = Canary::new(5, 0.0, DEFAULT_WAIT)?;
+        assert!(canary.allows(0, 5) && !canary.allows(1, 5) && canary.allows(0, 0));
+        let tenth = Canary::new(10, 0.1, DEFAULT_WAIT)?;
+        assert!(tenth.allows(1, 10) && !tenth.allows(2, 10));
+        assert_eq!(
+            canary.over(3, 5, "canary events", Some("contribution.approved: contribution x not found")),
+            "3 of 5 canary events failed (60% > 0%): contribution.approved: contribution x not found"
+        );
+        Ok(())
+    }
 }
