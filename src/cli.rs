@@ -256,6 +256,15 @@ pub struct ApplyArgs {
     /// Republish at most N events per second.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
+    /// Publish the first N events, wait until they are settled, and go on only if few enough failed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub canary: Option<u64>,
+    /// Highest share (0 to 1) of failures the canary and the rest may have; above it the apply halts (exit 4).
+    #[arg(long, value_name = "R", default_value = "0", requires = "canary", value_parser = crate::replay::apply::parse_failure_rate)]
+    pub max_failure_rate: f64,
+    /// Longest wait for the canary's events to be settled before halting.
+    #[arg(long, default_value = "60s", requires = "canary", value_parser = humantime::parse_duration)]
+    pub canary_wait: Duration,
     /// Who applies it, for the audit log (default: the OS user).
     #[arg(long)]
     pub operator: Option<String>,

@@ -1,7 +1,8 @@
 //! Exit codes, documented in the README and mapped in one place.
 //!
 //! 0 done; 1 runtime failure (database or broker unreachable); 2 bad usage;
-//! 3 refused by a safety check; 4 stopped by an emergency stop.
+//! 3 refused by a safety check; 4 stopped by a pause, an emergency stop or a
+//! canary apply's halt.
 
 use std::process::ExitCode;
 
@@ -19,7 +20,7 @@ pub struct Refused(pub String);
 
 /// Exit code 3: a safety check refused (or found something wrong).
 pub const REFUSED: u8 = 3;
-/// Exit code 4: stopped by a pause or an emergency stop.
+/// Exit code 4: stopped by a pause, an emergency stop or a canary's halt.
 pub const STOPPED: u8 = 4;
 
 /// An error chain as one line: each cause once, skipping a cause whose text
@@ -68,7 +69,7 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
         }
         match cause.downcast_ref::<ApplyError>() {
             Some(ApplyError::Refused(_)) => return ExitCode::from(REFUSED),
-            Some(ApplyError::Paused { .. }) => return ExitCode::from(STOPPED),
+            Some(ApplyError::Paused { .. } | ApplyError::Halted { .. }) => return ExitCode::from(STOPPED),
             _ => {}
         }
     }

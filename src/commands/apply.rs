@@ -25,6 +25,12 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
             None => BackupSource::Fresh { dir: args.backup_dir.clone() },
         },
         rate: args.rate,
+        canary: match args.canary {
+            Some(events) => Some(
+                apply::Canary::new(events, args.max_failure_rate, args.canary_wait).map_err(crate::exit::UsageError)?,
+            ),
+            None => None,
+        },
     };
     let pool = database::connect(&endpoints.database_url, 4).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;

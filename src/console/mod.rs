@@ -194,6 +194,7 @@ impl Console {
         operator: &str,
         rate: Option<u32>,
         allow_external_effects: bool,
+        canary: Option<apply::Canary>,
     ) -> Result<Started, ApiError> {
         if rate == Some(0) {
             return Err(ApiError::bad_request("rate must be at least 1 event per second"));
@@ -207,6 +208,7 @@ impl Console {
             allow_external_effects,
             backup: BackupSource::Fresh { dir: self.settings().backup_dir.clone() },
             rate,
+            canary,
         };
         let checked = apply::check(self.pool(), &plan.path, &request).await?;
         if checked.is_done() {

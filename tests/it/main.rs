@@ -11,6 +11,7 @@ mod approval;
 mod audit;
 mod backup;
 mod browser;
+mod canary;
 mod console;
 mod emergency;
 mod ledger;

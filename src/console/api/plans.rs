@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::console::{live, ApiError, Caller, Console, Started};
 use crate::control::approvals;
+use crate::replay::apply::{self, Canary};
 use crate::replay::plan::PlanId;
 use crate::replay::planning::{self, PlanRequest, Planned};
 use crate::replay::selector::SelectorInput;
@@ -157,6 +158,10 @@ pub(super) struct ApplyBody {
     /// Events per second; unpaced when absent.
     rate: Option<u32>,
     allow_external_effects: bool,
+    /// `replay apply --canary N`: the first N events settle before the rest.
+    canary: Option<u64>,
+    /// `--max-failure-rate R` (0 to 1, default 0), with `canary` only.
+    max_failure_rate: Option<f64>,
 }
 
 /// `POST /plans/{plan_id}/apply` (operator): every check of `replay apply`
@@ -171,7 +176,14 @@ pub(super) async fn apply(
     caller.require(Role::Operator)?;
     let Json(body) = body.unwrap_or_default();
     let status_url = format!("/api/v1/plans/{plan_id}/status");
-    match console.apply_plan(plan_id, &caller.name, body.rate, body.allow_external_effects).await? {
+    let canary = match (body.canary, body.max_failure_rate) {
+        (Some(events), rate) => {
+            Some(Canary::new(events, rate.unwrap_or(0.0), apply::DEFAULT_CANARY_WAIT).map_err(ApiError::bad_request)?)
+        }
+        (None, Some(_)) => return Err(ApiError::bad_request("max_failure_rate needs canary (e.g. \"canary\": 10)")),
+        (None, None) => None,
+    };
+    match console.apply_plan(plan_id, &caller.name, body.rate, body.allow_external_effects, canary).await? {
         Started::AlreadyDone => {
             Ok((StatusCode::OK, Json(json!({"plan_id": plan_id, "already_applied": true, "status_url": status_url}))))
         }

@@ -216,7 +216,7 @@ pub(super) async fn apply(
         .into());
     }
     let rate = number::<u32>("rate", &form.rate)?;
-    console.apply_plan(plan_id, &visitor.name, rate, form.allow_external_effects.is_some()).await?;
+    console.apply_plan(plan_id, &visitor.name, rate, form.allow_external_effects.is_some(), None).await?;
     Ok(see(&format!("/plans/{plan_id}")))
 }
 

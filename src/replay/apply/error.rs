@@ -1,6 +1,7 @@
 //! Why an apply did not happen or did not finish: a [`Refusal`] (a check
 //! said no, nothing changed: exit 3), a stop that can be resumed (paused,
-//! interrupted, the broker refused), or a failure of what it stands on.
+//! interrupted, the broker refused, a canary's failures halted it), or a
+//! failure of what it stands on.
 
 use std::path::PathBuf;
 
@@ -55,6 +56,9 @@ pub enum ApplyError {
     Interrupted(Reached),
     #[error("RabbitMQ refused the republish after {reached} ({cause}); nothing else was sent. Fix the cause, then run the same `replay apply` again to continue")]
     BrokerRefused { reached: Reached, cause: String },
+    /// A canary apply's failures were above its rate: exit 4, resumable.
+    #[error("halted {reason}. Fix the cause, then run the same `replay apply` again; the other {} events were not published", .reached.events.saturating_sub(.reached.published))]
+    Halted { reason: String, reached: Reached },
     #[error(transparent)]
     Plan(PlanError),
     #[error(transparent)]
@@ -90,9 +94,10 @@ impl ApplyError {
     /// How far it got, when it is a stop a re-run continues.
     pub fn reached_mut(&mut self) -> Option<&mut Reached> {
         match self {
-            Self::Paused { reached, .. } | Self::Interrupted(reached) | Self::BrokerRefused { reached, .. } => {
-                Some(reached)
-            }
+            Self::Paused { reached, .. }
+            | Self::Interrupted(reached)
+            | Self::BrokerRefused { reached, .. }
+            | Self::Halted { reached, .. } => Some(reached),
             _ => None,
         }
     }

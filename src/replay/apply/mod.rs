@@ -12,13 +12,19 @@
 //! - `republish`: the confirmed, paced republish, never ahead of the reset,
 //!   and the outbox hand-off; a run is done only once every event is
 //!   confirmed or in the outbox.
+//! - `canary`: the canary apply's policy, its wait and judgement, the guard
+//!   over the rest, and the audited halt.
 //! - `error`: what an apply answers when it does not finish.
 //!
 //! A resumed apply (its run record exists) never repeats the backup or the
 //! audit entry: [`execute`] goes on with the reset where it stopped, then
 //! with the republish. Whether to stop (interrupt, pause, broker refusal) is
-//! decided in one place, [`stop_here`], between two chunks or two batches.
+//! decided in one place, [`stop_here`], between two chunks or two batches;
+//! a canary's halt is the republish's own, and stops the reset at its next
+//! chunk too. A halted plan's parked rows are held from claimers (their
+//! fallback time put off) until the same apply runs again.
 
+mod canary;
 mod checks;
 mod error;
 mod republish;
@@ -31,11 +37,13 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub use canary::{parse_failure_rate, Canary, DEFAULT_WAIT as DEFAULT_CANARY_WAIT};
 pub use checks::{check, Checked};
 pub use error::{ApplyError, Reached, Refusal};
 
 use crate::config::Endpoints;
 use crate::replay::plan::{PlanId, SealedPlan};
+use crate::store::ledger;
 use crate::store::runs::{self, ReplayRun};
 use crate::store::{pause, StoreError};
 use crate::wire::publisher::Publisher;
@@ -58,6 +66,8 @@ pub struct Request {
     pub backup: BackupSource,
     /// Events per second; unpaced when `None`.
     pub rate: Option<u32>,
+    /// Publish this canary first and go on only if it passes (`--canary`).
+    pub canary: Option<Canary>,
 }
 
 /// Progress of an apply's phases, for a bar or plain lines.
@@ -162,6 +172,11 @@ async fn run(
     };
     let (broker, begun) = tokio::join!(broker, begun);
     let (run, backup) = begun?;
+    if resumed {
+        // A halt held the parked rows from claimers: they may fall back again.
+        let left = plan.events().saturating_sub(run.events_published() as usize);
+        ledger::release_parked(pool, plan_id.as_uuid(), reset::fallback_time(left, request.rate)).await?;
+    }
 
     let step = Instant::now();
     let already = run.events_published();
@@ -171,16 +186,30 @@ async fn run(
         Err(error) => (None, Err(error)),
     };
     let (reset_through, watched) = tokio::sync::watch::channel(run.rows_reset(rows));
+    // Cancelled when a canary halts the republish, so the reset stops too.
+    let halting = shutdown.child_token();
     let resetting = async {
         // The sender goes when the reset ends, so a republish waiting for
         // rows that will not come (the reset stopped) stops too.
         let reset_through = reset_through;
-        let done = reset::reset(pool, plan, &run, request, shutdown, &reset_through, &progress).await;
+        let done = reset::reset(pool, plan, &run, request, &halting, &reset_through, &progress).await;
         (done, step.elapsed().as_secs_f64())
     };
     let following = republish::ResetThrough { rows: watched, total: rows };
-    let republishing = republish::republish(pool, plan, request, shutdown, publisher, already, following, &progress);
+    let republishing = async {
+        let sent = republish::republish(pool, plan, request, shutdown, publisher, already, following, &progress).await;
+        if matches!(sent, Err(ApplyError::Halted { .. })) {
+            halting.cancel();
+        }
+        sent
+    };
     let ((reset, reset_seconds), sent) = tokio::join!(resetting, republishing);
+    // A halt is the republish's own: the reset only stopped behind it. Its
+    // parked rows wait for the same apply to run again, not for claimers.
+    if let Err(halted @ ApplyError::Halted { .. }) = sent {
+        ledger::hold_parked(pool, plan_id.as_uuid()).await?;
+        return Err(halted);
+    }
     // The reset's stop comes first: the republish only stopped behind it.
     let reset = reset?;
     let sent = sent?;

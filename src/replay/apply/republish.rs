@@ -12,6 +12,11 @@
 //!   a pause or a broker refusal stops before that, with nothing handed off,
 //!   its progress recorded, and the same apply resumes; which of them stops
 //!   it is decided in one place, [`stop_here`].
+//! - With a canary (`canary`), the first phase publishes exactly the
+//!   canary's events and nothing more until they settled within the rate;
+//!   the rest is then published with the plan's failures checked every few
+//!   batches. A broker failure before the canary passed halts (the canary
+//!   could not be watched); after it, the rest goes to the outbox as above.
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +24,9 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::canary::{self, Canary, Guard};
 use super::{stop_here, ApplyError, Progress, Reached, Request};
-use crate::replay::plan::{PlanId, SealedPlan};
+use crate::replay::plan::{EventIds, PlanError, PlanId, SealedPlan};
 use crate::store::runs;
 use crate::store::{ledger, outbox, StoreError};
 use crate::wire::envelope::Event;
@@ -49,10 +55,10 @@ struct Confirmed {
 }
 
 /// A batch of the plan's events, read from the ledger and labelled.
-struct Batch {
+pub(super) struct Batch {
     /// How many of the plan's events it stands for.
     planned: u64,
-    events: Vec<Event>,
+    pub events: Vec<Event>,
 }
 
 /// How far the reset got, as the republish follows it.
@@ -90,9 +96,18 @@ pub(super) async fn republish(
     progress: &impl Fn(Progress),
 ) -> Result<Republished, ApplyError> {
     let plan_id = plan.header.plan_id;
-    let Confirmed { published, failure } = match publisher {
-        Ok(publisher) => publish(pool, plan, request, shutdown, &publisher, already, &mut reset, progress).await?,
-        Err(error) => Confirmed { published: already, failure: Some(error) },
+    let total = plan.events() as u64;
+    let Confirmed { published, failure } = match (publisher, &request.canary) {
+        (Ok(publisher), None) => {
+            publish(pool, plan, request, shutdown, &publisher, (already, total), None, &mut reset, progress).await?
+        }
+        (Ok(publisher), Some(canary)) => {
+            watched(pool, plan, request, canary, shutdown, &publisher, already, &mut reset, progress).await?
+        }
+        (Err(error), Some(canary)) if already < canary.events.min(total) => {
+            return Err(broken_canary(pool, plan, request, canary, shutdown, already, &error).await?);
+        }
+        (Err(error), _) => Confirmed { published: already, failure: Some(error) },
     };
     let Some(error) = failure else {
         return Ok(Republished { published, kept_in_outbox: 0, broker_error: None });
@@ -111,10 +126,65 @@ pub(super) async fn republish(
     Ok(Republished { published, kept_in_outbox, broker_error: Some(error.cause()) })
 }
 
-/// Publishes the plan's events from `already` on, paced and confirmed, each
-/// batch once its rows are reset. Returns how many are confirmed in all, and
-/// the broker's failure if it stopped confirming (the rest is then the
-/// outbox's).
+/// A canary apply's republish: the canary (or, resumed past it, the plan's
+/// failed rows retried), judged, then the rest under a [`Guard`].
+#[allow(clippy::too_many_arguments)]
+async fn watched(
+    pool: &PgPool,
+    plan: &SealedPlan,
+    request: &Request,
+    canary: &Canary,
+    shutdown: &CancellationToken,
+    publisher: &Publisher,
+    already: u64,
+    reset: &mut ResetThrough,
+    progress: &impl Fn(Progress),
+) -> Result<Confirmed, ApplyError> {
+    let plan_id = plan.header.plan_id;
+    let total = plan.events() as u64;
+    let first = canary.events.min(total);
+    if already < first {
+        let sent = publish(pool, plan, request, shutdown, publisher, (already, first), None, reset, progress).await?;
+        if let Some(error) = sent.failure {
+            return Err(broken_canary(pool, plan, request, canary, shutdown, sent.published, &error).await?);
+        }
+        runs::advance(pool, plan_id, sent.published as i64).await?;
+        let ids = plan.event_ids(first as usize)?.next_batch()?.unwrap_or_default();
+        canary::judge(pool, plan, request, canary, shutdown, &ids, "canary").await?;
+    } else {
+        let retried = canary::retry_failed(pool, plan, request, canary, shutdown, publisher).await?;
+        if !retried.is_empty() {
+            canary::judge(pool, plan, request, canary, shutdown, &retried, "retried canary").await?;
+        }
+    }
+    let mut guard = Guard::new(*canary);
+    let from = already.max(first);
+    publish(pool, plan, request, shutdown, publisher, (from, total), Some(&mut guard), reset, progress).await
+}
+
+/// A broker failure before the canary passed: a refusal stops as without a
+/// canary; an outage halts, since the canary could not be watched.
+async fn broken_canary(
+    pool: &PgPool,
+    plan: &SealedPlan,
+    request: &Request,
+    canary: &Canary,
+    shutdown: &CancellationToken,
+    published: u64,
+    error: &TransportError,
+) -> Result<ApplyError, ApplyError> {
+    runs::advance(pool, plan.header.plan_id, published as i64).await?;
+    if let Some(stop) = stop_here(pool, shutdown, Some(error)).await? {
+        return Ok(stop);
+    }
+    let reason = format!("during the canary: RabbitMQ failed ({}), so the canary could not be watched", error.cause());
+    Ok(canary::halt(pool, plan, request, canary, reason, &Default::default()).await?)
+}
+
+/// Publishes the plan's events `from` through `until` (exclusive), paced
+/// and confirmed, each batch once its rows are reset, halting if `guard`
+/// says so. Returns how many are confirmed in all, and the broker's failure
+/// if it stopped confirming (the rest is then the outbox's).
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     pool: &PgPool,
@@ -122,7 +192,8 @@ async fn publish(
     request: &Request,
     shutdown: &CancellationToken,
     publisher: &Publisher,
-    already: u64,
+    (already, until): (u64, u64),
+    mut guard: Option<&mut Guard>,
     reset: &mut ResetThrough,
     progress: &impl Fn(Progress),
 ) -> Result<Confirmed, ApplyError> {
@@ -134,8 +205,9 @@ async fn publish(
     let paced_from = Instant::now();
     let mut batches = plan.event_ids(batch)?;
     batches.skip_events(already)?;
+    let mut read = already;
     // While the broker confirms one batch, the next is released and read.
-    let mut ready = match batches.next_batch()? {
+    let mut ready = match next_until(&mut batches, &mut read, until)? {
         Some(ids) => Some(labelled(pool, ids, plan_id).await?),
         None => None,
     };
@@ -147,11 +219,17 @@ async fn publish(
             record(published).await?;
             return Err(stop);
         }
+        if let Some(guard) = guard.as_deref_mut() {
+            if let Some(halt) = guard.check(pool, plan, request).await? {
+                record(published).await?;
+                return Err(halt);
+            }
+        }
         if let Err(stopped) = reset.reached(published + planned).await {
             record(published).await?;
             return Err(stopped);
         }
-        let following = batches.next_batch()?;
+        let following = next_until(&mut batches, &mut read, until)?;
         let (sent, next, recorded) = tokio::join!(
             publisher.publish_all(&events, |_| {}),
             async {
@@ -180,6 +258,17 @@ async fn publish(
     Ok(Confirmed { published, failure: None })
 }
 
+/// The next batch of event ids, cut at `until`; none once `read` reached it.
+fn next_until(batches: &mut EventIds<'_>, read: &mut u64, until: u64) -> Result<Option<Vec<String>>, PlanError> {
+    if *read >= until {
+        return Ok(None);
+    }
+    let Some(mut ids) = batches.next_batch()? else { return Ok(None) };
+    ids.truncate(usize::try_from(until - *read).unwrap_or(usize::MAX));
+    *read += ids.len() as u64;
+    Ok(Some(ids))
+}
+
 /// Keeps the plan's events from `from` on in the outbox, with the plan's
 /// label, and returns how many: the workers' relay publishes them.
 async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, reason: &str) -> Result<u64, ApplyError> {
@@ -195,7 +284,7 @@ async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, reason: &str) -> 
 }
 
 /// Reads a batch's events to publish, labelled with their plan.
-async fn labelled(pool: &PgPool, ids: Vec<String>, plan: PlanId) -> Result<Batch, StoreError> {
+pub(super) async fn labelled(pool: &PgPool, ids: Vec<String>, plan: PlanId) -> Result<Batch, StoreError> {
     let events = ledger::events(pool, &ids).await?;
     let events = events.into_iter().map(|e| Event { replay_plan: Some(plan), ..e }).collect();
     Ok(Batch { planned: ids.len() as u64, events })

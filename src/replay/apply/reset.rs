@@ -14,7 +14,9 @@
 //!   and never comes here again.
 //! - Each chunk of rows is reset in its own transaction together with the
 //!   run's progress (`reset_rows`), so a re-run resumes right after the last
-//!   committed chunk and no row is reset twice. A row is reset only at the
+//!   committed chunk and the reset never resets a row twice (a resumed
+//!   canary apply resets again only the plan's rows that failed for good,
+//!   in `canary`, each with its own history entry). A row is reset only at the
 //!   version it was planned at, checked by the reset statement under its row
 //!   lock: one changed since the check is left alone and counted
 //!   (`stale_rows`). Its republished message then finds no row parked for
@@ -25,6 +27,9 @@
 //! - A reset row stays parked for its plan: its republished message takes it
 //!   at once, claimers only after the plan's fallback time, so `--rate`
 //!   paces the replay and a row whose message is lost is still processed.
+//!   A canary's halt stops the reset at its next chunk (`mod.rs` cancels
+//!   the token it is given) and puts the fallback of the rows parked so far
+//!   off until the same apply runs again, which restores it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -270,7 +275,7 @@ pub(super) async fn reset(
 /// When claimers may take a reset row whose replayed message never came: the
 /// republish's expected end (at `rate`, or at a conservative 1,000 events/s)
 /// plus [`FALLBACK_GRACE`].
-fn fallback_time(events: usize, rate: Option<u32>) -> DateTime<Utc> {
+pub(super) fn fallback_time(events: usize, rate: Option<u32>) -> DateTime<Utc> {
     let seconds = events as f64 / f64::from(rate.unwrap_or(1_000));
     let publish = chrono::Duration::milliseconds((seconds * 1000.0) as i64);
     Utc::now() + publish + chrono::Duration::from_std(FALLBACK_GRACE).unwrap_or_default()

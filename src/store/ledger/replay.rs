@@ -1,6 +1,7 @@
 //! The replay side of the ledger: a selector's rows streamed for a plan,
 //! their versions, the versioned reset with its history, workflow
-//! triggers, a plan's progress, and what the emergency stop keeps.
+//! triggers, a plan's progress and the canary's counts, and what the
+//! emergency stop keeps.
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -297,4 +298,114 @@ pub async fn plan_failures(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<Fai
     .fetch_all(pool)
     .await
     .map_err(failed("group a plan's failures"))
+}
+
+/// How many of some rows of a plan are settled, and how many of those failed:
+/// what a canary apply decides on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettledCount {
+    /// The rows counted.
+    pub rows: i64,
+    /// Settled: processed, skipped, in error, or failing with retries left.
+    pub settled: i64,
+    /// In error, or failing with retries left.
+    pub failed: i64,
+    /// One failure as `event_type: error`, for the operator.
+    pub example: Option<String>,
+}
+
+/// The settled share of the rows of `event_ids` (a canary: the first events
+/// of a plan, all reset for it). A row still parked for its plan or being
+/// processed is not settled; one that failed once is, as a failure.
+pub async fn settled_events(pool: &PgPool, event_ids: &[String]) -> Result<SettledCount, StoreError> {
+    let (rows, settled, failed, example): (i64, i64, i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE status IN ('processed', 'skipped', 'error')
+                                    OR (status = 'pending' AND error_message IS NOT NULL)),
+                count(*) FILTER (WHERE status = 'error' OR (status = 'pending' AND error_message IS NOT NULL)),
+                min(event_type || ': ' || error_message) FILTER (WHERE error_message IS NOT NULL)
+           FROM processed_events WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids)
+    .fetch_one(pool)
+    .await
+    .map_err(failed("count a canary's settled rows"))?;
+    Ok(SettledCount { rows, settled, failed, example })
+}
+
+/// The settled share of every row a plan reset so far (its replay history):
+/// how the rest of a canary apply is watched.
+pub async fn plan_settled(pool: &PgPool, plan_id: uuid::Uuid) -> Result<SettledCount, StoreError> {
+    let (rows, settled, failed, example): (i64, i64, i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE p.status IN ('processed', 'skipped', 'error')
+                                    OR (p.status = 'pending' AND p.error_message IS NOT NULL)),
+                count(*) FILTER (WHERE p.status = 'error' OR (p.status = 'pending' AND p.error_message IS NOT NULL)),
+                min(p.event_type || ': ' || p.error_message) FILTER (WHERE p.error_message IS NOT NULL)
+           FROM (SELECT DISTINCT ledger_id FROM replay_history WHERE plan_id = $1) h
+           JOIN processed_events p ON p.id = h.ledger_id",
+    )
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .map_err(failed("count a plan's settled rows"))?;
+    Ok(SettledCount { rows, settled, failed, example })
+}
+
+/// A row of a plan that failed for good, at its current version.
+#[derive(Debug, Clone)]
+pub struct FailedRow {
+    pub row: RowVersion,
+    pub event_id: String,
+}
+
+/// A plan's rows in error (failed for good since it reset them), at their
+/// current versions: what a resumed canary retries.
+pub async fn failed_of_plan(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<FailedRow>, StoreError> {
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT p.id, p.xmin::text, p.event_id
+           FROM (SELECT DISTINCT ledger_id FROM replay_history WHERE plan_id = $1) h
+           JOIN processed_events p ON p.id = h.ledger_id
+          WHERE p.status = 'error' ORDER BY p.id",
+    )
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("find a plan's failed rows"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, version, event_id)| FailedRow { row: RowVersion { id, version }, event_id })
+        .collect())
+}
+
+/// Keeps a halted plan's parked rows for its republish: claimers never take
+/// them until [`release_parked`] (the resumed apply) gives them a fallback
+/// time again. Returns how many rows are held.
+pub async fn hold_parked(pool: &PgPool, plan_id: uuid::Uuid) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE processed_events SET next_attempt_at = $2, updated_at = now()
+          WHERE replay_plan = $1 AND status = 'pending' AND next_attempt_at < $2",
+    )
+    .bind(plan_id)
+    .bind(super::worker::never())
+    .execute(pool)
+    .await
+    .map_err(failed("hold a halted plan's parked rows"))?;
+    Ok(done.rows_affected())
+}
+
+/// Gives the rows [`hold_parked`] held for a plan the fallback time
+/// `fallback` again; returns how many.
+pub async fn release_parked(pool: &PgPool, plan_id: uuid::Uuid, fallback: DateTime<Utc>) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE processed_events SET next_attempt_at = $3, updated_at = now()
+          WHERE replay_plan = $1 AND status = 'pending' AND next_attempt_at >= $2",
+    )
+    .bind(plan_id)
+    .bind(super::worker::never())
+    .bind(fallback)
+    .execute(pool)
+    .await
+    .map_err(failed("release a resumed plan's parked rows"))?;
+    Ok(done.rows_affected())
 }

@@ -96,7 +96,7 @@ impl SequenceState {
 
 /// When a held row is due: never, until released (`release_held_behind`).
 /// A date rather than `infinity`, which chrono cannot read back.
-fn never() -> DateTime<Utc> {
+pub(super) fn never() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
