@@ -237,6 +237,16 @@ async fn a_plan_made_from_a_dlq_group_is_applied_with_its_typed_confirmation_unt
     assert_eq!(browser.text("#progress-total").await, "4");
     browser.screenshot("plan").await;
     world.wait_for_count("SELECT count(*) FROM processed_events WHERE event_type = 'contribution.submitted' AND status = 'processed'", 4, WAIT).await;
+    // Read again, the page says how the console's apply ended.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        browser.client.goto(&console.at(&plan_path)).await.unwrap();
+        if browser.text("#progress-ending").await == "finished" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", browser.text("#progress-ending").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let operator: String = sqlx::query_scalar(
         "SELECT operator FROM replay_control.audit_log WHERE action = 'replay.apply' AND details->>'plan_id' = $1",
     )

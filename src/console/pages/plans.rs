@@ -69,7 +69,7 @@ const PROGRESS_SCRIPT: &str = r#"
     set("progress-failures", failures);
     var f = document.getElementById("progress-failures");
     if (f) f.className = failures > 0 ? "status error" : "status";
-    if (r.console_apply && r.console_apply.error) set("progress-ending", r.console_apply.error);
+    if (r.console_apply) set("progress-ending", r.console_apply.finished ? "finished" : "stopped: " + r.console_apply.error);
   }
   source.addEventListener("progress", function (e) { show(JSON.parse(e.data)); });
   source.addEventListener("settled", function (e) {
@@ -112,7 +112,7 @@ pub(super) async fn page(
             tr { th { "rate" } td #progress-rate { (report["rate_per_second"].as_f64().map_or("—".into(), |r| format!("{r:.1} events/s"))) } }
             tr { th { "time left" } td #progress-eta { (report["eta_seconds"].as_f64().map_or("—".into(), |s| format!("{} s", s.ceil()))) } }
             tr { th { "new failures" } td { span #progress-failures class=(if failures > 0 { "status error" } else { "status" }) { (failures) } } }
-            tr { th { "console apply" } td #progress-ending { (report["console_apply"]["error"].as_str().unwrap_or("")) } }
+            tr { th { "console apply" } td #progress-ending { (ending(&report["console_apply"])) } }
         }
         @if report["failures"].as_array().is_some_and(|f| !f.is_empty()) {
             pre #failures { (serde_json::to_string_pretty(&report["failures"]).unwrap_or_default()) }
@@ -265,4 +265,14 @@ pub(super) async fn emergency_stop(
         p { a href={ "/plans/" (plan_id) } { "Back to the plan" } }
     };
     Ok(layout::render(&console, &visitor, "/plans", "Emergency stop", body).await)
+}
+
+/// How this console's last apply of the plan ended, as the progress table
+/// shows it (the script writes the same words).
+fn ending(ended: &serde_json::Value) -> String {
+    match (ended["finished"].as_bool(), ended["error"].as_str()) {
+        (Some(true), _) => "finished".to_string(),
+        (Some(false), Some(error)) => format!("stopped: {error}"),
+        _ => "— (not applied from this console since it started)".to_string(),
+    }
 }
