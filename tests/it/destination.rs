@@ -134,6 +134,58 @@ async fn a_destination_replay_fills_only_the_named_queue_and_leaves_the_ledger_a
 }
 
 #[sqlx::test]
+async fn a_paused_destination_replay_stops_between_batches_and_resumes_where_it_stopped(pool: PgPool) {
+    let world = World::new(pool).await;
+    let desk = Desk::new();
+    let events = processed(&world, 30).await;
+    let subscriber = Subscriber::declare(&world).await;
+    let destination = format!("queue:{}", subscriber.queue);
+    let plan = desk.plan(&world, &["--all", "--reason", "new subscriber", "--destination", &destination]).await;
+    let path = plan["plan_path"].as_str().unwrap();
+    let ledger = world.ledger_digest().await;
+
+    let apply = desk.spawn_apply(&world, path, "10", &[]);
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 2",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    sqlx::query("INSERT INTO replay_control.pause (operator, reason) VALUES ('carol', 'INC-15')")
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let out = apply.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    let published = world.scalar("SELECT published FROM replay_control.replay_runs").await;
+    assert!(published < 30, "{published}");
+    let mut taken = subscriber.take_all(&world).await;
+    assert_eq!(taken.len() as i64, published);
+
+    sqlx::query("DELETE FROM replay_control.pause").execute(&world.pool).await.unwrap();
+    let out = desk.apply(&world, path, &["--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("(resumed)"), "{}", stdout_of(&out));
+    taken.extend(subscriber.take_all(&world).await);
+    let mut ids: Vec<String> = taken.into_iter().map(|(id, _)| id).collect();
+    ids.sort();
+    let mut wanted: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    wanted.sort();
+    assert_eq!(ids, wanted, "every event once, none twice");
+    assert_eq!(world.ledger_digest().await, ledger);
+    assert_eq!(world.queue_depth().await, 0);
+    assert_eq!(audit_entries_of(&world, "replay.apply").await, 1, "a resumed apply writes no second entry");
+
+    subscriber.delete(&world).await;
+    world.cleanup().await;
+}
+
+async fn audit_entries_of(world: &World, action: &str) -> i64 {
+    world.scalar(&format!("SELECT count(*) FROM replay_control.audit_log WHERE action = '{action}'")).await
+}
+
+#[sqlx::test]
 async fn an_emergency_stop_of_a_destination_plan_restores_nothing_and_says_its_messages_stay(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
@@ -213,5 +265,23 @@ async fn a_destination_that_is_not_queue_colon_name_is_a_usage_error(pool: PgPoo
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr_of(&out));
         assert!(stderr_of(&out).contains("--destination takes queue:NAME"), "{}", stderr_of(&out));
     }
+    // A workflow resets rows here: it cannot go to one subscriber.
+    let out = world
+        .replay(&[
+            "plan",
+            "--out-dir",
+            &plans,
+            "--workflow",
+            "period-close",
+            "--period",
+            "latest-closed",
+            "--reason",
+            "r",
+            "--destination",
+            "queue:x",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("plan them apart"), "{}", stderr_of(&out));
     world.cleanup().await;
 }
