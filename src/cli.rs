@@ -460,6 +460,9 @@ pub struct PlanArgs {
     /// Directory the plan file is written to.
     #[arg(long, default_value = "replay-plans")]
     pub out_dir: PathBuf,
+    /// Publish to one subscriber's queue (queue:NAME) instead of our workers; nothing in this database is reset.
+    #[arg(long, value_name = "queue:NAME")]
+    pub destination: Option<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

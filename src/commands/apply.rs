@@ -53,7 +53,7 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
         return Ok(ExitCode::SUCCESS);
     }
     if args.dry_run {
-        let action = if checked.run.is_some() { "resume publishing" } else { "back up, reset and republish" };
+        let action = action(&checked);
         if args.json {
             println!(
                 "{}",
@@ -106,20 +106,40 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
                 outcome.stale_rows
             );
         }
-        println!("  backup:     {}", outcome.backup_path);
+        match &outcome.destination {
+            None => println!("  backup:     {}", outcome.backup_path),
+            Some(destination) => {
+                println!("  to:         {destination} only (default exchange); our workers' queue got nothing");
+                println!("  no backup:  a destination replay changes nothing in this database (no backup, no ledger row reset)");
+            }
+        }
         println!("  audit:      entry {}", outcome.audit_id);
-        println!("next: `replay status {path} --watch` follows the workers processing them");
+        if outcome.destination.is_none() {
+            println!("next: `replay status {path} --watch` follows the workers processing them");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Asks on the terminal; refuses when there is none.
 fn confirm(summary: &str, checked: &apply::Checked) -> anyhow::Result<()> {
-    let action = if checked.run.is_some() { "resume publishing" } else { "back up, reset and republish" };
+    let action = action(checked);
     super::confirm(
         &format!("{summary}{action} {} events now?", checked.plan.events()),
         "read the plan, then pass --yes to apply it",
     )
+}
+
+/// What applying it now would do, in words.
+fn action(checked: &apply::Checked) -> String {
+    match (apply::Target::of(&checked.plan), checked.run.is_some()) {
+        (apply::Target::Workers, true) => "resume publishing".into(),
+        (apply::Target::Workers, false) => "back up, reset and republish".into(),
+        (apply::Target::Queue(queue), true) => format!("resume publishing to queue {queue}"),
+        (apply::Target::Queue(queue), false) => {
+            format!("publish to queue {queue} (no backup, no reset: this database does not change)")
+        }
+    }
 }
 
 /// The apply's progress: on a terminal a spinner for the backup and a bar

@@ -72,6 +72,9 @@ fn confirm(restore: &Restore) -> anyhow::Result<()> {
     let what = match restore {
         Restore::Plan { backup, .. } | Restore::Backup(backup) => format!("and restore {}", backup.display()),
         Restore::Nothing => "without restoring".to_string(),
+        Restore::Destination { destination, .. } => {
+            format!("without restoring (a destination replay took no backup; its messages in {destination} are NOT removed)")
+        }
     };
     super::confirm(&format!("pause every worker, purge the replay's messages {what}?"), "pass --yes to stop")
 }

@@ -23,6 +23,10 @@ pub async fn run(endpoints: &Endpoints, args: PlanArgs) -> anyhow::Result<ExitCo
         force: args.force,
         rate: args.rate,
         out_dir: args.out_dir.clone(),
+        destination: match &args.destination {
+            Some(text) => Some(text.parse().map_err(UsageError)?),
+            None => None,
+        },
     };
     // A usage error is reported before connecting, as it needs no database.
     request.validate().map_err(planning_error)?;

@@ -145,7 +145,8 @@ impl AppliedPlan {
                 let counts = match error {
                     ApplyError::Paused { reached, .. }
                     | ApplyError::Interrupted(reached)
-                    | ApplyError::BrokerRefused { reached, .. } => reached_counts(reached),
+                    | ApplyError::BrokerRefused { reached, .. }
+                    | ApplyError::BrokerLost { reached, .. } => reached_counts(reached),
                     _ => Counts { events: Some(self.events), ..Counts::default() },
                 };
                 self.notification(Event::Halted, counts, chain(error))

@@ -134,6 +134,59 @@ pub struct Header {
     pub workflow: Option<WorkflowPlan>,
     pub database: DatabaseIdentity,
     pub row_fields: Vec<String>,
+    /// Where `apply` publishes the events instead of our workers' exchange
+    /// (`--destination queue:NAME`); absent in plans for our own workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+}
+
+/// Where a plan's events go when not to our own workers: one subscriber's
+/// queue, reached through the default exchange. Written `queue:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Destination {
+    Queue(String),
+}
+
+/// What `--destination` takes, said when it is given something else.
+pub const DESTINATION_USAGE: &str = "--destination takes queue:NAME";
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            // AMQP queue names are at most 255 bytes; `amq.` ones are the broker's.
+            Some(("queue", name))
+                if !name.trim().is_empty() && name.len() <= 255 && !name.chars().any(char::is_control) =>
+            {
+                Ok(Self::Queue(name.to_string()))
+            }
+            _ => Err(DESTINATION_USAGE.to_string()),
+        }
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Destination> for String {
+    fn from(destination: Destination) -> Self {
+        destination.to_string()
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Queue(name) => write!(f, "queue:{name}"),
+        }
+    }
 }
 
 impl Header {
@@ -155,6 +208,7 @@ impl Header {
             workflow: None,
             database,
             row_fields: ROW_FIELDS.iter().map(|f| f.to_string()).collect(),
+            destination: None,
         }
     }
 
@@ -633,5 +687,36 @@ mod tests {
 
         let forced = write(dir.path(), true, &rows);
         assert!(forced.summary.warnings.iter().any(|w| w.starts_with("--force")));
+    }
+
+    #[test]
+    fn a_destination_is_sealed_with_the_header_and_older_headers_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = header(false);
+        header.destination = Some("queue:billing.history".parse().unwrap());
+        let mut writer = PlanWriter::create(dir.path(), header).unwrap();
+        writer.push((&row(1, "period.opened", "processed")).into(), "2026-01-02T03:04:05Z".parse().unwrap()).unwrap();
+        let sealed = writer.seal(vec![], &Registry::reference()).unwrap();
+        let opened = SealedPlan::open(&sealed.path).unwrap();
+        assert_eq!(opened.header.destination, Some(Destination::Queue("billing.history".into())));
+        let text = std::fs::read_to_string(&sealed.path).unwrap();
+        assert!(text.lines().next().unwrap().contains("\"destination\":\"queue:billing.history\""), "{text}");
+        std::fs::write(&sealed.path, text.replacen("queue:billing.history", "queue:billing.other", 1)).unwrap();
+        assert!(SealedPlan::open(&sealed.path).is_err(), "the destination is part of the digest");
+
+        // A plan for our own workers writes no destination, as plans did before it existed.
+        let plain = write(dir.path(), false, &[row(1, "period.opened", "processed")]);
+        let text = std::fs::read_to_string(&plain.path).unwrap();
+        assert!(!text.contains("destination"), "{text}");
+        assert_eq!(SealedPlan::open(&plain.path).unwrap().header.destination, None);
+    }
+
+    #[test]
+    fn a_destination_is_queue_colon_name_and_nothing_else() {
+        assert_eq!("queue:a.b".parse::<Destination>(), Ok(Destination::Queue("a.b".into())));
+        assert_eq!(Destination::Queue("a.b".into()).to_string(), "queue:a.b");
+        for bad in ["nonsense", "queue:", "queue: ", "exchange:x", ":x", "queue:a\nb"] {
+            assert_eq!(bad.parse::<Destination>(), Err(DESTINATION_USAGE.to_string()), "{bad}");
+        }
     }
 }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::handlers::Registry;
-use crate::replay::plan::{Header, PlanError, PlanWriter, RowRef, SealedPlan, Trigger, WorkflowPlan};
+use crate::replay::plan::{Destination, Header, PlanError, PlanWriter, RowRef, SealedPlan, Trigger, WorkflowPlan};
 use crate::replay::selector::Selector;
 use crate::replay::workflows::{self, Params, Workflow, WorkflowError};
 use crate::store::{database, ledger, StoreError};
@@ -51,6 +51,9 @@ pub struct PlanRequest {
     pub rate: Option<u32>,
     /// The directory the plan file is written to.
     pub out_dir: PathBuf,
+    /// One subscriber's queue to publish to instead of our workers
+    /// (`--destination queue:NAME`): recorded in the plan's header.
+    pub destination: Option<Destination>,
 }
 
 /// What [`make`] did.
@@ -121,6 +124,11 @@ impl PlanRequest {
         if self.rate == Some(0) {
             return Err(PlanningError::Usage("--rate must be at least 1 event per second".into()));
         }
+        if let (Some(destination), Some(_)) = (&self.destination, &self.workflow) {
+            return Err(PlanningError::Usage(format!(
+                "--destination {destination} replays ledger events to one subscriber; a --workflow resets rows in this database: plan them apart"
+            )));
+        }
         Ok(self.workflow.as_deref().map(workflows::find).transpose()?)
     }
 
@@ -149,6 +157,7 @@ pub async fn make(pool: &PgPool, request: &PlanRequest) -> Result<Planned, Plann
         request.selector.clone(),
         identity,
     );
+    header.destination = request.destination.clone();
     if let Some(workflow) = workflow {
         header.workflow = Some(inspect(pool, workflow.as_ref(), request.params(), &header).await?);
     }
@@ -239,6 +248,7 @@ pub fn summary_json(plan: &SealedPlan, rate: Option<u32>) -> Value {
         "last_occurred_at": s.last_occurred_at,
         "samples": s.samples,
         "workflow": plan.header.workflow,
+        "destination": plan.header.destination,
         "estimated_seconds": rate.map(|r| plan.events() as f64 / f64::from(r)),
         "warnings": s.warnings,
         "digest": plan.digest,
@@ -264,6 +274,12 @@ pub fn human(plan: &SealedPlan, rate: Option<u32>) -> String {
         count(plan.events(), "event"),
         plan.header.reason
     );
+    if let Some(destination) = &plan.header.destination {
+        let _ = writeln!(
+            out,
+            "  destination: {destination} (published to that queue only; our workers and this database are not touched)"
+        );
+    }
     if s.rows > 0 {
         let _ = writeln!(out, "  by type:    {}", counts(&s.by_type));
         let _ = writeln!(out, "  by status:  {}", counts(&s.by_status));

@@ -65,6 +65,9 @@ pub struct ReplayRun {
     pub state: RunState,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Where a destination replay published (`queue:NAME`); `None` for
+    /// a replay to our own workers, which has a backup.
+    pub destination: Option<String>,
 }
 
 impl ReplayRun {
@@ -91,6 +94,7 @@ pub struct NewRun<'a> {
     pub backup_path: &'a str,
     pub audit_id: i64,
     pub events: i64,
+    pub destination: Option<&'a str>,
 }
 
 /// The control lock, held for as long as this value lives: its connection
@@ -129,8 +133,8 @@ pub async fn find(pool: &PgPool, plan_id: PlanId) -> Result<Option<ReplayRun>, S
 /// Records a run, `resetting`, inside the apply's first transaction.
 pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<ReplayRun, StoreError> {
     sqlx::query_as(
-        "INSERT INTO replay_control.replay_runs (plan_id, digest, operator, backup_path, audit_id, events, state)
-         VALUES ($1, $2, $3, $4, $5, $6, 'resetting')
+        "INSERT INTO replay_control.replay_runs (plan_id, digest, operator, backup_path, audit_id, events, state, destination)
+         VALUES ($1, $2, $3, $4, $5, $6, 'resetting', $7)
          RETURNING *",
     )
     .bind(run.plan_id)
@@ -139,6 +143,7 @@ pub async fn start(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<ReplayRu
     .bind(run.backup_path)
     .bind(run.audit_id)
     .bind(run.events)
+    .bind(run.destination)
     .fetch_one(conn)
     .await
     .map_err(failed("record a replay run"))

@@ -3,6 +3,10 @@
 //! Every publish is `mandatory`, so an event that routes to no queue comes back
 //! as a return instead of being silently confirmed and dropped. A publish is
 //! only reported done once the broker confirmed every event.
+//!
+//! A publisher routes by event type through our exchange (the workers'
+//! topology), or straight to one named queue through the default exchange
+//! (a destination replay to one subscriber).
 
 use futures::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -23,6 +27,16 @@ pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct Publisher {
     channel: Channel,
     exchange: String,
+    route: Route,
+}
+
+/// How a publisher picks each event's routing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    /// The event's type, on a topic exchange.
+    ByType,
+    /// This queue's name, on the default exchange, which routes to it alone.
+    Queue(String),
 }
 
 impl Publisher {
@@ -37,7 +51,31 @@ impl Publisher {
     /// Puts the channel in confirm mode.
     pub async fn new(channel: Channel, exchange: &str) -> Result<Self, TransportError> {
         transport::answer("enable publisher confirms", channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        Ok(Self { channel, exchange: exchange.to_string() })
+        Ok(Self { channel, exchange: exchange.to_string(), route: Route::ByType })
+    }
+
+    /// A publisher on a new confirm-mode channel of `connection` that sends
+    /// every event to `queue` alone, through the default exchange. It
+    /// declares nothing: the queue is its subscriber's; a missing one makes
+    /// each `mandatory` publish come back, a refusal.
+    pub async fn to_queue(connection: &lapin::Connection, queue: &str) -> Result<Self, TransportError> {
+        let channel = transport::channel(connection).await?;
+        let publisher = Self::new(channel, "").await?;
+        Ok(Self { route: Route::Queue(queue.to_string()), ..publisher })
+    }
+
+    fn routing_key<'a>(&'a self, event: &'a Event) -> &'a str {
+        match &self.route {
+            Route::ByType => &event.event_type,
+            Route::Queue(queue) => queue,
+        }
+    }
+
+    fn target(&self) -> String {
+        match &self.route {
+            Route::ByType => format!("exchange '{}'", self.exchange),
+            Route::Queue(queue) => format!("queue '{queue}' (default exchange)"),
+        }
     }
 
     /// Publishes events in order, keeping up to [`IN_FLIGHT`] confirms
@@ -71,7 +109,7 @@ impl Publisher {
                 .channel
                 .basic_publish(
                     self.exchange.as_str().into(),
-                    event.event_type.as_str().into(),
+                    self.routing_key(event).into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     event.payload_json.as_bytes(),
                     event.properties(),
@@ -86,8 +124,10 @@ impl Publisher {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
                 Confirmation::Ack(Some(_)) => {
                     return Err(Failure::refusal(format!(
-                        "event {} (type {}) routed to no queue on exchange '{}'",
-                        event.event_id, event.event_type, self.exchange
+                        "event {} (type {}) routed to no queue on {}",
+                        event.event_id,
+                        event.event_type,
+                        self.target()
                     )))
                 }
                 Confirmation::Nack(_) => {

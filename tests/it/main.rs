@@ -13,6 +13,7 @@ mod backup;
 mod browser;
 mod canary;
 mod console;
+mod destination;
 mod emergency;
 mod ledger;
 mod monitoring;

@@ -81,6 +81,7 @@ impl PlanBody {
             force: self.force,
             rate: None,
             out_dir,
+            destination: None,
         })
     }
 }

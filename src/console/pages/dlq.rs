@@ -172,6 +172,7 @@ pub(super) async fn plan_group(
         force: false,
         rate: None,
         out_dir: console.settings().plan_dir.clone(),
+        destination: None,
     };
     match planning::make(console.pool(), &request).await? {
         Planned::Written(plan) => Ok(see(&format!("/plans/{}", plan.header.plan_id))),

@@ -56,13 +56,18 @@ pub enum Restore {
     Backup(PathBuf),
     /// Pause and purge only.
     Nothing,
+    /// A destination replay's plan (`queue:NAME`): it took no backup and
+    /// reset nothing here, so there is nothing to restore. Its messages in
+    /// the subscriber's queue are not removed (the stop takes only our
+    /// workers' queue): its `destination` step says so.
+    Destination { plan_id: PlanId, destination: String },
 }
 
 impl Restore {
     /// The plan whose replay is stopped; `None`: every replay's.
     pub fn plan_id(&self) -> Option<PlanId> {
         match self {
-            Self::Plan { plan_id, .. } => Some(*plan_id),
+            Self::Plan { plan_id, .. } | Self::Destination { plan_id, .. } => Some(*plan_id),
             Self::Backup(_) | Self::Nothing => None,
         }
     }
@@ -71,14 +76,18 @@ impl Restore {
     pub fn backup(&self) -> Option<&Path> {
         match self {
             Self::Plan { backup, .. } | Self::Backup(backup) => Some(backup),
-            Self::Nothing => None,
+            Self::Nothing | Self::Destination { .. } => None,
         }
     }
 
-    /// The pre-replay backup of `plan_id`'s run; `None` if the plan was
-    /// never applied (there is then nothing of it to restore).
+    /// The pre-replay backup of `plan_id`'s run (or, for a destination
+    /// replay, where it published); `None` if the plan was never applied
+    /// (there is then nothing of it to restore).
     pub async fn of_plan(pool: &PgPool, plan_id: PlanId) -> Result<Option<Self>, crate::store::StoreError> {
-        Ok(runs::find(pool, plan_id).await?.map(|run| Self::Plan { plan_id, backup: run.backup_path.into() }))
+        Ok(runs::find(pool, plan_id).await?.map(|run| match run.destination {
+            Some(destination) => Self::Destination { plan_id, destination },
+            None => Self::Plan { plan_id, backup: run.backup_path.into() },
+        }))
     }
 
     /// What an operator is told when [`Restore::of_plan`] finds no run.
@@ -113,6 +122,12 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     let keeping = Keeping::choose(request.restore.backup().is_some(), lock.as_ref());
     take_off_queue(pool, endpoints, request.wait, plan_id, keeping, &mut report).await;
     report.purged_replay_messages += drop_from_outbox(pool, lock.as_ref(), plan_id, &mut report.steps).await;
+    if let Restore::Destination { destination, .. } = &request.restore {
+        // Not done (see `Restore::Destination`): said in a step of its own,
+        // which running the stop again would not change.
+        let step = Steps::start("destination");
+        report.steps.record(step, Ok(destination_not_purged(destination, plan_id)));
+    }
 
     // 3. Restore, saving first what arrived after the backup.
     let restore_failed = match (request.restore.backup(), &lock) {
@@ -134,6 +149,14 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     report.file(pool, request).await;
     drop(lock);
     report
+}
+
+/// What the stop says of a destination replay's messages: they stay.
+fn destination_not_purged(destination: &str, plan: Option<PlanId>) -> String {
+    let plan = plan.map_or_else(|| "this plan".to_string(), |p| p.to_string());
+    format!(
+        "NOT REMOVED: this plan published to {destination}, and its messages there are not removed (the stop takes only our workers' queue; a destination replay took no backup, so nothing is restored). Its subscriber must drop the messages whose x-replay-plan header is {plan}"
+    )
 }
 
 /// Pauses every worker and waits for them; the step fails if some are

@@ -42,6 +42,10 @@ pub enum Refusal {
     BackupTooOld { path: PathBuf, age: String, max: String },
     #[error("the backup {path} cannot be used: {reason}. Omit --backup to take a fresh one")]
     BackupUnusable { path: PathBuf, reason: String },
+    #[error("queue {queue} does not exist on the broker: declare it (its subscriber's deployment does) or fix --destination")]
+    NoSuchQueue { queue: String },
+    #[error("--canary watches our workers settle the events; a plan with a destination publishes to a subscriber we cannot watch: apply it without --canary")]
+    CanaryToDestination,
 }
 
 /// Why an apply did not finish.
@@ -56,6 +60,10 @@ pub enum ApplyError {
     Interrupted(Reached),
     #[error("RabbitMQ refused the republish after {reached} ({cause}); nothing else was sent. Fix the cause, then run the same `replay apply` again to continue")]
     BrokerRefused { reached: Reached, cause: String },
+    /// A destination replay has no outbox to hand the rest to (the workers'
+    /// relay publishes to our exchange, not to the subscriber's queue).
+    #[error("RabbitMQ went away after {reached} ({cause}); a destination replay keeps nothing in the outbox. Once RabbitMQ is back, run the same `replay apply` again to continue")]
+    BrokerLost { reached: Reached, cause: String },
     /// A canary apply's failures were above its rate: exit 4, resumable.
     #[error("halted {reason}. Fix the cause, then run the same `replay apply` again; the other {} events were not published", .reached.events.saturating_sub(.reached.published))]
     Halted { reason: String, reached: Reached },
@@ -97,6 +105,7 @@ impl ApplyError {
             Self::Paused { reached, .. }
             | Self::Interrupted(reached)
             | Self::BrokerRefused { reached, .. }
+            | Self::BrokerLost { reached, .. }
             | Self::Halted { reached, .. } => Some(reached),
             _ => None,
         }

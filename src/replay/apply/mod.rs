@@ -14,6 +14,8 @@
 //!   confirmed or in the outbox.
 //! - `canary`: the canary apply's policy, its wait and judgement, the guard
 //!   over the rest, and the audited halt.
+//! - `destination`: a plan with a destination queue: no backup, no reset,
+//!   its events published to that queue alone (see [`Target`]).
 //! - `error`: what an apply answers when it does not finish.
 //!
 //! A resumed apply (its run record exists) never repeats the backup or the
@@ -26,6 +28,7 @@
 
 mod canary;
 mod checks;
+mod destination;
 mod error;
 mod republish;
 mod reset;
@@ -42,7 +45,7 @@ pub use checks::{check, Checked};
 pub use error::{ApplyError, Reached, Refusal};
 
 use crate::config::Endpoints;
-use crate::replay::plan::{PlanId, SealedPlan};
+use crate::replay::plan::{Destination, PlanId, SealedPlan};
 use crate::store::ledger;
 use crate::store::runs::{self, ReplayRun};
 use crate::store::{pause, StoreError};
@@ -100,6 +103,28 @@ pub struct Outcome {
     pub seconds: f64,
     /// Time of each step in seconds: backup, reset, publish (the last two side by side).
     pub steps: StepTimes,
+    /// Where the events went instead of our workers (`queue:NAME`); a
+    /// destination replay has no backup (`backup_path` is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// Where an apply sends its plan's events, from the plan's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Our exchange: the rows are backed up and reset, our workers replay them.
+    Workers,
+    /// One subscriber's queue: nothing in this database is backed up or reset.
+    Queue(String),
+}
+
+impl Target {
+    pub fn of(plan: &SealedPlan) -> Self {
+        match &plan.header.destination {
+            None => Self::Workers,
+            Some(Destination::Queue(queue)) => Self::Queue(queue.clone()),
+        }
+    }
 }
 
 /// How long each step of an apply took, in seconds (0 for a step a resumed
@@ -115,8 +140,9 @@ pub struct StepTimes {
     pub longest_reset_chunk: f64,
 }
 
-/// Backs up, resets and republishes a checked plan; a stop says how far it
-/// got, as the run record holds it.
+/// Backs up, resets and republishes a checked plan, or, for a plan with a
+/// destination queue, publishes its events to that queue alone ([`Target`]);
+/// a stop says how far it got, as the run record holds it.
 pub async fn execute(
     pool: &PgPool,
     endpoints: &Endpoints,
@@ -126,7 +152,10 @@ pub async fn execute(
     progress: impl FnMut(Progress) + Send,
 ) -> Result<Outcome, ApplyError> {
     let plan = &checked.plan;
-    let outcome = run(pool, endpoints, &checked, request, shutdown, progress).await;
+    let outcome = match Target::of(plan) {
+        Target::Workers => run(pool, endpoints, &checked, request, shutdown, progress).await,
+        Target::Queue(queue) => destination::run(pool, endpoints, &checked, request, &queue, shutdown, progress).await,
+    };
     match outcome {
         Err(mut error) => {
             if let Some(reached) = error.reached_mut() {
@@ -237,6 +266,7 @@ async fn run(
             reset_chunk_p99: percentile(&reset.chunks, 0.99).as_secs_f64(),
             longest_reset_chunk: reset.chunks.last().copied().unwrap_or_default().as_secs_f64(),
         },
+        destination: None,
     })
 }
 

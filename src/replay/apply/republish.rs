@@ -49,9 +49,9 @@ pub(super) struct Republished {
 }
 
 /// How far the publish loop got, and the broker's failure if it stopped there.
-struct Confirmed {
-    published: u64,
-    failure: Option<TransportError>,
+pub(super) struct Confirmed {
+    pub published: u64,
+    pub failure: Option<TransportError>,
 }
 
 /// A batch of the plan's events, read from the ledger and labelled.
@@ -69,6 +69,15 @@ pub(super) struct ResetThrough {
 }
 
 impl ResetThrough {
+    /// Every row counted as reset: for a publish no reset precedes (a
+    /// destination replay resets nothing).
+    pub(super) fn complete(total: u64) -> Self {
+        let (sender, rows) = watch::channel(total);
+        // A receiver keeps the last value once its sender is gone.
+        drop(sender);
+        Self { rows, total }
+    }
+
     /// Waits until the first `rows` rows of the plan (all of them, at most)
     /// are reset. If the reset stops first, so does the republish: the error
     /// is never shown, the reset's own is ([`super::execute`]).
@@ -186,7 +195,7 @@ async fn broken_canary(
 /// says so. Returns how many are confirmed in all, and the broker's failure
 /// if it stopped confirming (the rest is then the outbox's).
 #[allow(clippy::too_many_arguments)]
-async fn publish(
+pub(super) async fn publish(
     pool: &PgPool,
     plan: &SealedPlan,
     request: &Request,

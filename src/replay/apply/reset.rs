@@ -138,7 +138,7 @@ async fn back_up(
 /// The short transaction: the domain checked again, a workflow's domain
 /// reset and trigger events, then the audit entry and the run record, last,
 /// so the audit chain's lock is held only until the commit right after.
-async fn record(
+pub(super) async fn record(
     pool: &PgPool,
     plan: &SealedPlan,
     request: &Request,
@@ -158,7 +158,7 @@ async fn record(
         let fallback = fallback_time(plan.events(), request.rate);
         ledger::insert_triggers(&mut tx, &events, header.plan_id.as_uuid(), &request.operator, fallback).await?;
     }
-    let entry = AuditEntry {
+    let mut entry = AuditEntry {
         operator: request.operator.clone(),
         action: "replay.apply".into(),
         details: serde_json::json!({
@@ -167,7 +167,7 @@ async fn record(
             "plan_path": plan.path,
             "reason": header.reason,
             "planned_by": header.created_by,
-            "backup_path": backup_path,
+            "backup_path": (!backup_path.is_empty()).then_some(backup_path),
             "rows": plan.summary.rows,
             "by_type": plan.summary.by_type,
             "by_status": plan.summary.by_status,
@@ -177,6 +177,12 @@ async fn record(
             "rate": request.rate,
         }),
     };
+    // A destination replay takes no backup (`backup_path` is empty): it
+    // says where its events went instead.
+    let destination = header.destination.as_ref().map(ToString::to_string);
+    if let (Some(destination), Some(details)) = (&destination, entry.details.as_object_mut()) {
+        details.insert("destination".into(), destination.clone().into());
+    }
     let record = audit::append(&mut tx, &entry).await?;
     let new_run = NewRun {
         plan_id: header.plan_id,
@@ -185,6 +191,7 @@ async fn record(
         backup_path,
         audit_id: record.id,
         events: plan.events() as i64,
+        destination: destination.as_deref(),
     };
     let run = runs::start(&mut tx, &new_run).await?;
     tx.commit().await.map_err(failed("recording the apply"))?;
