@@ -134,5 +134,15 @@ async fn a_payment_replay_rehearsal_reports_the_provider_call_it_would_make_and_
     assert_eq!(production(&world).await, before, "production changed: a row or a message");
     assert_eq!(world.scalar("SELECT count(*) FROM provider_calls").await, 1, "no provider call");
     assert!(!database_exists(&world, rehearsal["database"].as_str().unwrap()).await);
+
+    // --keep leaves the scratch database for inspection, holding the rehearsed state.
+    let out = world.replay(&["rehearse", plan["plan_path"].as_str().unwrap(), "--keep", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let kept: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let name = kept["database"].as_str().unwrap();
+    assert_eq!(kept["kept"], true);
+    assert!(database_exists(&world, name).await, "{name} is kept");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(&world.pool).await.unwrap();
+    assert_eq!(production(&world).await, before);
     world.cleanup().await;
 }

@@ -70,7 +70,8 @@ pub fn human(rehearsal: &Rehearsal) -> String {
         }
     }
     let ledger = &rehearsal.ledger;
-    let _ = writeln!(out, "\nledger: {} plan rows reset in the rehearsal", ledger.reset);
+    let _ =
+        writeln!(out, "\nledger: {} of the plan's rows reset (or trigger events added), then applied", ledger.reset);
     if ledger.stale > 0 {
         let _ = writeln!(out, "  {} changed in production since planning: left alone, as apply would", ledger.stale);
     }
