@@ -61,6 +61,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// Apply a plan: check it, back up, reset its rows (audited) and republish them.
     Apply(Box<ApplyArgs>),
+    /// Rehearse a plan on a scratch copy of the database: what it would change, table by table (production untouched).
+    Rehearse(RehearseArgs),
     /// Where a plan's replay stands, or the ledger and queue as a whole.
     Status(StatusArgs),
     /// Show the broker topology against the ordered one, or migrate to it.
@@ -229,6 +231,21 @@ pub struct EventsListArgs {
     /// Print them as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// The plan file `replay plan` wrote.
+    pub plan: PathBuf,
+    /// Keep the scratch database (replay_rehearsal_<hex>) for inspection; drop it by hand when done.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the comparison as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Who rehearses (recorded in the scratch database's replay history); the OS user by default.
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Args)]

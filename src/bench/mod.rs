@@ -19,8 +19,9 @@ use anyhow::Context;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use sqlx::PgPool;
 
-use crate::config::{Endpoints, SecretUrl};
-use crate::{store::database, wire::transport};
+use crate::config::Endpoints;
+pub(crate) use crate::store::scratch::Scratch;
+use crate::wire::transport;
 
 /// One measured drain.
 #[derive(Debug, Clone, Copy)]
@@ -70,37 +71,6 @@ pub(crate) async fn cleanup_broker(names: &Endpoints) {
     }
 }
 
-/// A throwaway database on the same server.
-pub(crate) struct Scratch {
-    pub name: String,
-    pub url: SecretUrl,
-    pub pool: PgPool,
-}
-
-impl Scratch {
-    pub async fn create(admin_url: &SecretUrl, name: &str) -> anyhow::Result<Self> {
-        let admin = database::connect(admin_url, 1).await?;
-        // The name is ours (a fixed prefix and hex digits), so it can be spliced.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
-        admin.close().await;
-        let mut url = url::Url::parse(admin_url.expose()).context("DATABASE_URL is not a URL")?;
-        url.set_path(&format!("/{name}"));
-        let url = SecretUrl::new(url.to_string());
-        let pool = database::connect(&url, 4).await?;
-        database::migrate(&pool, &url).await?;
-        Ok(Self { name: name.to_string(), url, pool })
-    }
-
-    pub async fn drop_database(&self, admin_url: &SecretUrl) -> anyhow::Result<()> {
-        let admin = database::connect(admin_url, 1).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&admin)
-            .await?;
-        admin.close().await;
-        Ok(())
-    }
-}
-
 /// A scratch database and broker names, dropped when done unless kept.
 async fn scratch(endpoints: &Endpoints, prefix: &str) -> anyhow::Result<(Scratch, Endpoints)> {
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -121,7 +91,7 @@ async fn finish(endpoints: &Endpoints, scratch: Scratch, names: &Endpoints, keep
         eprintln!("kept scratch database {}", scratch.name);
         Ok(())
     } else {
-        scratch.drop_database(&endpoints.database_url).await
+        Ok(scratch.drop_database(&endpoints.database_url).await?)
     }
 }
 

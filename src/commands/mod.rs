@@ -14,6 +14,7 @@ mod migrate;
 mod pause;
 mod plan;
 mod publish;
+mod rehearse;
 mod status;
 mod token;
 mod topology;
@@ -42,6 +43,7 @@ pub fn run_with(cli: Cli, handlers: Registry) -> anyhow::Result<ExitCode> {
             Command::Bench(args) => bench::run(&endpoints, args).await,
             Command::Plan(args) => plan::run(&endpoints, *args).await,
             Command::Apply(args) => apply::run(&endpoints, *args).await,
+            Command::Rehearse(args) => rehearse::run(&endpoints, args, handlers).await,
             Command::Status(args) => status::run(&endpoints, args).await,
             Command::Topology(args) => topology::run(&endpoints, args).await,
             Command::Events(command) => events::run(&endpoints, command).await,

@@ -24,6 +24,11 @@ use sqlx::PgConnection;
 
 use crate::wire::envelope::Event;
 
+/// The cooperative's tables (`migrations/0002_cooperative.sql`), the
+/// handlers' alone: what a rehearsal compares before and after.
+pub const DOMAIN_TABLES: [&str; 6] =
+    ["members", "allocation_periods", "contributions", "allocations", "payments", "provider_calls"];
+
 /// Where a handler's effect lands, for the replay planner's warnings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,7 +97,52 @@ pub trait Handler: Send + Sync {
     async fn sequence_keys(&self, _conn: &mut PgConnection, events: &[&Event]) -> Result<Keys, sqlx::Error> {
         Ok(vec![None; events.len()])
     }
+
+    /// This handler for a rehearsal: one whose effect outside the database
+    /// is recorded in `effects` instead of done. `None`: it has none to
+    /// sandbox (a handler of [`Effect::External`] answering `None` cannot be
+    /// rehearsed, see [`Registry::sandboxed`]).
+    fn sandboxed(&self, _effects: &EffectLog) -> Option<Arc<dyn Handler>> {
+        None
+    }
 }
+
+/// What a sandboxed handler would have done outside the database, for one event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WouldDo {
+    pub event_id: String,
+    pub event_type: String,
+    pub effect: String,
+}
+
+/// Where a rehearsal's sandboxed handlers record the effects they would
+/// have had; clones share one log. One entry per event: a batch redone
+/// (with savepoints, or with an event held) records its events again,
+/// replacing what they recorded before. The caller keeps only the entries
+/// of events that ended processed, since a rolled-back attempt also records.
+#[derive(Clone, Default)]
+pub struct EffectLog(Arc<std::sync::Mutex<Vec<WouldDo>>>);
+
+impl EffectLog {
+    pub fn record(&self, event: &Event, effect: String) {
+        let mut log = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = WouldDo { event_id: event.event_id.clone(), event_type: event.event_type.clone(), effect };
+        match log.iter_mut().find(|e| e.event_id == entry.event_id) {
+            Some(earlier) => *earlier = entry,
+            None => log.push(entry),
+        }
+    }
+
+    /// Everything recorded, in the order first recorded.
+    pub fn entries(&self) -> Vec<WouldDo> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// A handler with effects outside the database that has no sandbox.
+#[derive(Debug, thiserror::Error)]
+#[error("the handler of {0} has effects outside the database and no sandbox for a rehearsal")]
+pub struct Unsandboxed(pub &'static str);
 
 /// One sequence key (or none) per event handed to [`Handler::sequence_keys`].
 pub type Keys = Vec<Option<String>>;
@@ -138,6 +188,22 @@ impl Registry {
         Self { handlers: self.handlers.into_iter().map(|(event_type, handler)| (event_type, wrap(handler))).collect() }
     }
 
+    /// The same handlers for a rehearsal: each one with effects outside the
+    /// database records them in `effects` instead (the payment provider is
+    /// not called). Refused if one of them cannot.
+    pub fn sandboxed(&self, effects: &EffectLog) -> Result<Self, Unsandboxed> {
+        let mut handlers = HashMap::with_capacity(self.handlers.len());
+        for (event_type, handler) in &self.handlers {
+            let handler = match (handler.effect(), handler.sandboxed(effects)) {
+                (_, Some(sandboxed)) => sandboxed,
+                (Effect::Database, None) => handler.clone(),
+                (Effect::External, None) => return Err(Unsandboxed(event_type)),
+            };
+            handlers.insert(*event_type, handler);
+        }
+        Ok(Self { handlers })
+    }
+
     pub fn get(&self, event_type: &str) -> Option<&Arc<dyn Handler>> {
         self.handlers.get(event_type)
     }
@@ -179,6 +245,11 @@ trait OneByOne: Send + Sync {
 
     async fn apply_one(&self, conn: &mut PgConnection, event: &Event, payload: Self::Payload) -> Applied;
 
+    /// See [`Handler::sandboxed`].
+    fn sandboxed(&self, _effects: &EffectLog) -> Option<Arc<dyn Handler>> {
+        None
+    }
+
     /// The event's sequence key (see [`Handler::sequence_keys`]), from its
     /// payload alone.
     fn sequence_key(&self, _event: &Event) -> Option<String> {
@@ -213,6 +284,10 @@ impl<H: OneByOne> Handler for Each<H> {
 
     async fn sequence_keys(&self, _conn: &mut PgConnection, events: &[&Event]) -> Result<Keys, sqlx::Error> {
         Ok(events.iter().map(|event| self.0.sequence_key(event)).collect())
+    }
+
+    fn sandboxed(&self, effects: &EffectLog) -> Option<Arc<dyn Handler>> {
+        self.0.sandboxed(effects)
     }
 }
 

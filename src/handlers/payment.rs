@@ -1,7 +1,8 @@
 //! Payments: `payment.initiated` calls the payment provider (an effect outside
 //! the database, stood for by `provider_calls`), `payment.completed` settles
 //! it and marks its allocation paid. All SQL on `payments` and
-//! `provider_calls` lives here.
+//! `provider_calls` lives here. In a rehearsal (`Registry::sandboxed`) the
+//! provider is not called: the call it would make is recorded instead.
 
 use std::sync::Arc;
 
@@ -10,11 +11,11 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{each, Applied, Effect, Handler, HandlerError, OneByOne};
+use super::{each, Applied, Effect, EffectLog, Handler, HandlerError, OneByOne};
 use crate::wire::envelope::Event;
 
 pub(super) fn handlers() -> Vec<Arc<dyn Handler>> {
-    vec![each(Initiated), each(Completed)]
+    vec![each(Initiated { provider: Provider::Live }), each(Completed)]
 }
 
 #[derive(Deserialize)]
@@ -29,7 +30,64 @@ struct CompletedPayload {
     payment_id: Uuid,
 }
 
-struct Initiated;
+/// The payment provider as `payment.initiated` reaches it: for real (a
+/// `provider_calls` row stands for the call), or, in a rehearsal, not at
+/// all: the call it would make is recorded in an [`EffectLog`].
+#[derive(Clone)]
+enum Provider {
+    Live,
+    Sandboxed(EffectLog),
+}
+
+impl Provider {
+    /// Calls the provider for a payment, once per payment id (the
+    /// idempotency key), or once per forcing plan for a forced replay.
+    async fn call(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        payment_id: Uuid,
+        amount: &str,
+        forced_by: Option<Uuid>,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Live => {
+                sqlx::query(
+                    "INSERT INTO provider_calls (payment_id, amount, forced_by_plan)
+                     VALUES ($1, $2::numeric, $3)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(payment_id)
+                .bind(amount)
+                .bind(forced_by)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Self::Sandboxed(effects) => {
+                let called: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM provider_calls
+                                     WHERE payment_id = $1 AND forced_by_plan IS NOT DISTINCT FROM $2)",
+                )
+                .bind(payment_id)
+                .bind(forced_by)
+                .fetch_one(&mut *conn)
+                .await?;
+                if !called {
+                    let forced = forced_by.map(|plan| format!(" (forced by plan {plan})")).unwrap_or_default();
+                    effects.record(
+                        event,
+                        format!("would call the payment provider for payment {payment_id}, amount {amount}{forced}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Initiated {
+    provider: Provider,
+}
 
 #[async_trait]
 impl OneByOne for Initiated {
@@ -43,6 +101,10 @@ impl OneByOne for Initiated {
         Effect::External
     }
 
+    fn sandboxed(&self, effects: &EffectLog) -> Option<Arc<dyn Handler>> {
+        Some(each(Initiated { provider: Provider::Sandboxed(effects.clone()) }))
+    }
+
     async fn apply_one(&self, conn: &mut PgConnection, event: &Event, p: Self::Payload) -> Applied {
         if !p.amount.as_f64().is_some_and(|a| a > 0.0) {
             return Ok(Err(HandlerError::Invalid(format!("amount {} is not a positive number", p.amount))));
@@ -50,34 +112,23 @@ impl OneByOne for Initiated {
         if let Some(plan) = event.forced_by {
             // A forced replay skips the guard below on purpose: the provider
             // is called again for a payment that exists (once per forced plan).
-            let called: Option<Uuid> = sqlx::query_scalar(
-                "INSERT INTO provider_calls (payment_id, amount, forced_by_plan)
-                 SELECT id, amount, $2 FROM payments WHERE id = $1
-                 ON CONFLICT (payment_id, forced_by_plan) WHERE forced_by_plan IS NOT NULL DO NOTHING
-                 RETURNING payment_id",
-            )
-            .bind(p.payment_id)
-            .bind(plan)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if called.is_some() {
+            let amount: Option<String> = sqlx::query_scalar("SELECT amount::text FROM payments WHERE id = $1")
+                .bind(p.payment_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(amount) = amount {
+                self.provider.call(conn, event, p.payment_id, &amount, Some(plan)).await?;
                 return Ok(Ok(()));
             }
         }
         // The provider is called once per payment id: the payment id is the
         // idempotency key, so a replay records no second call.
-        let created: Option<Uuid> = sqlx::query_scalar(
-            "WITH created AS (
-                 INSERT INTO payments (id, allocation_id, amount, status, initiated_at)
-                 SELECT $1, $2, $3::text::numeric, 'initiated', $4
-                  WHERE EXISTS (SELECT 1 FROM allocations WHERE id = $2)
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING id, amount
-             )
-             INSERT INTO provider_calls (payment_id, amount)
-             SELECT id, amount FROM created
-             ON CONFLICT (payment_id) WHERE forced_by_plan IS NULL DO NOTHING
-             RETURNING payment_id",
+        let created: Option<String> = sqlx::query_scalar(
+            "INSERT INTO payments (id, allocation_id, amount, status, initiated_at)
+             SELECT $1, $2, $3::text::numeric, 'initiated', $4
+              WHERE EXISTS (SELECT 1 FROM allocations WHERE id = $2)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING amount::text",
         )
         .bind(p.payment_id)
         .bind(p.allocation_id)
@@ -85,7 +136,8 @@ impl OneByOne for Initiated {
         .bind(event.occurred_at)
         .fetch_optional(&mut *conn)
         .await?;
-        if created.is_some() {
+        if let Some(amount) = created {
+            self.provider.call(conn, event, p.payment_id, &amount, None).await?;
             return Ok(Ok(()));
         }
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE id = $1)")

@@ -3,7 +3,9 @@
 //! one module per table (the ledger, the audit log, dead letters,
 //! heartbeats, partition leaders, the outbox, replay runs, the pause,
 //! topology migrations, what an emergency stop saves across a restore, the
-//! console's tokens, the approvals of the two-person rule). All
+//! console's tokens, the approvals of the two-person rule), throwaway databases on the
+//! same server (`scratch`) and whole tables read generically to compare
+//! two states (`snapshot`). All
 //! SQL on a table lives in its module.
 
 pub mod approvals;
@@ -18,6 +20,8 @@ pub mod ledger;
 pub mod outbox;
 pub mod pause;
 pub mod runs;
+pub mod scratch;
+pub mod snapshot;
 pub mod tokens;
 pub mod topology_migrations;
 

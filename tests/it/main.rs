@@ -23,6 +23,7 @@ mod ordering;
 mod pause;
 mod plan;
 mod process;
+mod rehearse;
 mod scale;
 mod sessions;
 mod worker;

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use canary::{parse_failure_rate, Canary, DEFAULT_WAIT as DEFAULT_CANARY_WAIT};
 pub use checks::{check, Checked};
 pub use error::{ApplyError, Reached, Refusal};
+pub(crate) use reset::reset_workflow;
 
 use crate::config::Endpoints;
 use crate::replay::plan::{Destination, PlanId, SealedPlan};

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -147,17 +147,7 @@ pub(super) async fn record(
     let header = &plan.header;
     let mut tx = pool.begin().await.map_err(failed("recording the apply"))?;
     checks::check_domain(&mut tx, plan).await?;
-    if let Some(planned) = &header.workflow {
-        workflows::find(&planned.name)?.reset(&mut tx, &planned.params).await?;
-        let events = planned
-            .triggers
-            .iter()
-            .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
-        let fallback = fallback_time(plan.events(), request.rate);
-        ledger::insert_triggers(&mut tx, &events, header.plan_id.as_uuid(), &request.operator, fallback).await?;
-    }
+    reset_workflow(&mut tx, plan, &request.operator, fallback_time(plan.events(), request.rate)).await?;
     let mut entry = AuditEntry {
         operator: request.operator.clone(),
         action: "replay.apply".into(),
@@ -196,6 +186,28 @@ pub(super) async fn record(
     let run = runs::start(&mut tx, &new_run).await?;
     tx.commit().await.map_err(failed("recording the apply"))?;
     Ok(run)
+}
+
+/// A workflow plan's domain reset and its trigger events, added to the
+/// ledger parked for the plan until `fallback`; nothing for a plan without
+/// a workflow. Inside the caller's transaction: the apply's short one, or a
+/// rehearsal's in its scratch database.
+pub(crate) async fn reset_workflow(
+    conn: &mut PgConnection,
+    plan: &SealedPlan,
+    operator: &str,
+    fallback: DateTime<Utc>,
+) -> Result<(), ApplyError> {
+    let Some(planned) = &plan.header.workflow else { return Ok(()) };
+    workflows::find(&planned.name)?.reset(&mut *conn, &planned.params).await?;
+    let events = planned
+        .triggers
+        .iter()
+        .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
+    ledger::insert_triggers(conn, &events, plan.header.plan_id.as_uuid(), operator, fallback).await?;
+    Ok(())
 }
 
 /// What the reset left alone, and how long its chunks held their rows.

@@ -409,3 +409,36 @@ pub async fn release_parked(pool: &PgPool, plan_id: uuid::Uuid, fallback: DateTi
     .map_err(failed("release a resumed plan's parked rows"))?;
     Ok(done.rows_affected())
 }
+
+/// How a plan's rows (its replay history: reset rows and trigger events)
+/// stand, by status and error message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct OutcomeGroup {
+    pub status: Status,
+    pub error: Option<String>,
+    pub count: i64,
+}
+
+/// A plan's rows grouped by status and error, most frequent first: what a
+/// rehearsal reports of the ledger.
+pub async fn plan_outcome(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<OutcomeGroup>, StoreError> {
+    sqlx::query_as(
+        "SELECT p.status, p.error_message AS error, count(*) AS count
+           FROM (SELECT DISTINCT ledger_id FROM replay_history WHERE plan_id = $1) h
+           JOIN processed_events p ON p.id = h.ledger_id
+          GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+    )
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await
+    .map_err(failed("group a plan's rows by outcome"))
+}
+
+/// Which of `event_ids` are processed.
+pub async fn processed_among(pool: &PgPool, event_ids: &[String]) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar("SELECT event_id FROM processed_events WHERE event_id = ANY($1) AND status = 'processed'")
+        .bind(event_ids)
+        .fetch_all(pool)
+        .await
+        .map_err(failed("find processed events"))
+}

@@ -1,0 +1,147 @@
+//! A rehearsal shown: for people (a block per domain table, the ledger's
+//! outcome, the effects that would have left the database) and as JSON
+//! (`--json`). No I/O.
+
+use std::fmt::Write;
+
+use serde_json::{json, Map, Value};
+
+use super::{Change, Rehearsal};
+
+/// The rehearsal as `replay rehearse --json` prints it.
+pub fn json(rehearsal: &Rehearsal) -> Value {
+    let tables: Map<String, Value> =
+        rehearsal.tables.iter().map(|t| (t.table.clone(), serde_json::to_value(t).unwrap_or(Value::Null))).collect();
+    let ledger = &rehearsal.ledger;
+    let count =
+        |status: &str| -> i64 { ledger.groups.iter().filter(|g| g.status.as_str() == status).map(|g| g.count).sum() };
+    let errors: Vec<Value> = ledger
+        .groups
+        .iter()
+        .filter(|g| g.error.is_some())
+        .map(|g| json!({"status": g.status, "error": g.error, "count": g.count}))
+        .collect();
+    json!({
+        "plan_id": rehearsal.plan_id,
+        "plan_digest": rehearsal.plan_digest,
+        "database": rehearsal.database,
+        "kept": rehearsal.kept,
+        "tables": tables,
+        "ledger": {
+            "reset": ledger.reset,
+            "stale": ledger.stale,
+            "processed": count("processed"),
+            "skipped": count("skipped"),
+            "failed": count("error"),
+            "retrying": ledger.groups.iter().filter(|g| g.status.as_str() == "pending" && g.error.is_some()).map(|g| g.count).sum::<i64>(),
+            "errors": errors,
+            "batches": ledger.batches,
+            "bounded": ledger.bounded,
+        },
+        "external_effects": rehearsal.external_effects,
+        "seconds": rehearsal.seconds,
+    })
+}
+
+/// The rehearsal for people.
+pub fn human(rehearsal: &Rehearsal) -> String {
+    let mut out = String::new();
+    let digest = rehearsal.plan_digest.get(..12).unwrap_or(&rehearsal.plan_digest);
+    let _ = writeln!(out, "rehearsal of plan {} (digest {digest}…) in {:.1} s", rehearsal.plan_id, rehearsal.seconds);
+    for table in &rehearsal.tables {
+        if table.is_unchanged() {
+            let _ = writeln!(out, "\n{}: unchanged", table.table);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n{}: {} added, {} removed, {} changed",
+            table.table, table.added, table.removed, table.changed
+        );
+        for row in &table.examples {
+            let key: Vec<String> =
+                row.key.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("NULL"))).collect();
+            let changes: Vec<String> =
+                row.changes.iter().map(|(column, change)| format!("{column}: {}", arrow(change, false))).collect();
+            let _ = writeln!(out, "  {}: {}", key.join(","), changes.join("; "));
+        }
+        for (column, sum) in table.sums.iter().filter(|(_, s)| s.before != s.after) {
+            let _ = writeln!(out, "  {}.{column}: {}", table.table, arrow(sum, true));
+        }
+    }
+    let ledger = &rehearsal.ledger;
+    let _ =
+        writeln!(out, "\nledger: {} of the plan's rows reset (or trigger events added), then applied", ledger.reset);
+    if ledger.stale > 0 {
+        let _ = writeln!(out, "  {} changed in production since planning: left alone, as apply would", ledger.stale);
+    }
+    for group in &ledger.groups {
+        match &group.error {
+            Some(error) => {
+                let _ = writeln!(out, "  {} {}: {error}", group.count, group.status.as_str());
+            }
+            None => {
+                let _ = writeln!(out, "  {} {}", group.count, group.status.as_str());
+            }
+        }
+    }
+    if ledger.bounded {
+        let _ = writeln!(out, "  stopped after {} batches with rows still due", ledger.batches);
+    }
+    if rehearsal.external_effects.is_empty() {
+        let _ = writeln!(out, "\nexternal effects: none");
+    } else {
+        let _ = writeln!(out, "\nexternal effects (sandboxed, not done):");
+        for effect in &rehearsal.external_effects {
+            let _ = writeln!(out, "  {} {}: {}", effect.event_type, effect.event_id, effect.effect);
+        }
+    }
+    let _ = if rehearsal.kept {
+        writeln!(out, "\nscratch database {} kept: drop it when done", rehearsal.database)
+    } else {
+        writeln!(out, "\nscratch database {} dropped; production untouched", rehearsal.database)
+    };
+    out
+}
+
+fn arrow(change: &Change, numeric: bool) -> String {
+    let show = |v: &Option<String>| match v {
+        None => "NULL".to_string(),
+        Some(v) if numeric => thousands(v),
+        Some(v) => v.clone(),
+    };
+    format!("{} → {}", show(&change.before), show(&change.after))
+}
+
+/// `20200.00` as `20,200.00`.
+fn thousands(number: &str) -> String {
+    let (sign, rest) = number.strip_prefix('-').map_or(("", number), |r| ("-", r));
+    let (whole, fraction) = rest.split_once('.').map_or((rest, None), |(w, f)| (w, Some(f)));
+    if !whole.chars().all(|c| c.is_ascii_digit()) {
+        return number.to_string();
+    }
+    let mut grouped = String::new();
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    match fraction {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn sums_are_grouped_by_thousands() {
+        assert_eq!(thousands("20200.00"), "20,200.00");
+        assert_eq!(thousands("0.00"), "0.00");
+        assert_eq!(thousands("-1234567"), "-1,234,567");
+        assert_eq!(thousands("NaN"), "NaN");
+    }
+}
