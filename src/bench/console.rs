@@ -13,7 +13,8 @@ use sqlx::PgPool;
 
 use super::*;
 use crate::config::Endpoints;
-use crate::replay::selector::{parse_statuses, parse_time, Bound, PayloadField, Selector};
+use crate::console::filters::EventFilters;
+use crate::replay::selector::Selector;
 use crate::store::ledger;
 use crate::store::tokens::Role;
 
@@ -221,25 +222,13 @@ struct Urls<'a> {
     session: &'a str,
 }
 
-/// The selector the console builds from the same query (the baseline
-/// reads it with `ledger::select`).
+/// The selection the console reads for the same query, parsed by the
+/// console's own filters (the baseline reads it with `ledger::select`).
 fn selector_of(query: &str) -> anyhow::Result<(Selector, ledger::Order)> {
-    let mut selector = Selector { limit: Some(50), ..Selector::default() };
-    let mut order = ledger::Order::LatestFirst { after: None };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').context("key=value")?;
-        match key {
-            "status" => selector.statuses = parse_statuses(&[value.to_string()])?,
-            "type" => selector.event_types = vec![value.to_string()],
-            "from" => selector.occurred.from = Some(parse_time("from", value, Bound::From)?),
-            "to" => selector.occurred.to = Some(parse_time("to", value, Bound::To)?),
-            "payload" => selector.payload = vec![PayloadField::parse(value)?],
-            "limit" => selector.limit = Some(value.parse()?),
-            "after" => order = ledger::Order::LatestFirst { after: Some(value.parse()?) },
-            other => anyhow::bail!("no filter {other}"),
-        }
-    }
-    Ok((selector, order))
+    let uri: axum::http::Uri = format!("/events?{query}").parse()?;
+    let axum::extract::Query(filters) = axum::extract::Query::<EventFilters>::try_from_uri(&uri)?;
+    let selector = filters.selector().map_err(|e| anyhow::anyhow!(e.message))?;
+    Ok((selector, ledger::Order::LatestFirst { after: filters.after }))
 }
 
 async fn time_filter(pool: &PgPool, urls: &Urls<'_>, name: &'static str, query: String) -> anyhow::Result<Timed> {

@@ -13,7 +13,7 @@
 mod api;
 mod auth;
 mod error;
-mod filters;
+pub(crate) mod filters;
 mod live;
 mod pages;
 mod session;
