@@ -145,6 +145,9 @@ pub struct ConsoleArgs {
     /// The two-person rule: a plan is applied from the console only after an operator other than its maker approved it.
     #[arg(long)]
     pub require_approval: bool,
+    /// Apply from the console only plans rehearsed (`replay rehearse`) on the data as it is now.
+    #[arg(long)]
+    pub require_rehearsal: bool,
     /// POST a JSON event to this webhook (http://host[:port]/path) when the console applies a plan, and when it halts or finishes; never fails an apply.
     #[arg(long, value_name = "URL", env = "REPLAY_NOTIFY_URL", hide_env_values = true, value_parser = crate::control::notify::parse_url)]
     pub notify: Option<url::Url>,
@@ -246,6 +249,9 @@ pub struct RehearseArgs {
     /// Who rehearses (recorded in the scratch database's replay history); the OS user by default.
     #[arg(long)]
     pub operator: Option<String>,
+    /// Make the scratch database on this Postgres server instead of production's (a URL of a database there to connect to, e.g. postgres://user@staging:5432/postgres).
+    #[arg(long, value_name = "URL", env = "REPLAY_REHEARSAL_URL", hide_env_values = true)]
+    pub rehearsal_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +288,9 @@ pub struct ApplyArgs {
     /// Longest wait for the canary's events to be settled before halting.
     #[arg(long, default_value = "60s", requires = "canary", value_parser = humantime::parse_duration)]
     pub canary_wait: Duration,
+    /// Refuse (exit 3) unless the plan was rehearsed (`replay rehearse`) on the data as it is now.
+    #[arg(long)]
+    pub require_rehearsal: bool,
     /// Who applies it, for the audit log (default: the OS user).
     #[arg(long)]
     pub operator: Option<String>,

@@ -31,6 +31,7 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
             ),
             None => None,
         },
+        require_rehearsal: args.require_rehearsal,
     };
     let pool = database::connect(&endpoints.database_url, 4).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
@@ -52,12 +53,17 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if !args.json {
+        for line in checked.rehearsal.describe(&plan.path) {
+            println!("{line}");
+        }
+    }
     if args.dry_run {
         let action = action(&checked);
         if args.json {
             println!(
                 "{}",
-                serde_json::json!({"plan_id": plan.header.plan_id, "dry_run": true, "checks": "passed", "events": plan.events(), "would": action})
+                serde_json::json!({"plan_id": plan.header.plan_id, "dry_run": true, "checks": "passed", "events": plan.events(), "would": action, "rehearsal": checked.rehearsal.describe(&plan.path)})
             );
         } else {
             print!("{}", planning::human(plan, args.rate));

@@ -26,6 +26,7 @@ pub async fn run(endpoints: &Endpoints, args: ConsoleArgs) -> anyhow::Result<Exi
         backup_dir: args.backup_dir,
         secure_cookies: args.secure_cookies,
         require_approval: args.require_approval,
+        require_rehearsal: args.require_rehearsal,
         notify: args.notify,
     };
     eprintln!("console on http://{} (API at /api/v1/); stop with Ctrl-C", listener.local_addr()?);

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use crate::cli::RehearseArgs;
-use crate::config::Endpoints;
+use crate::config::{Endpoints, SecretUrl};
 use crate::exit::Refused;
 use crate::handlers::Registry;
 use crate::replay::plan::SealedPlan;
@@ -20,13 +20,14 @@ pub async fn run(endpoints: &Endpoints, args: RehearseArgs, handlers: Registry) 
         operator: args.operator.clone().unwrap_or_else(super::os_user),
         keep: args.keep,
         dump_dir: std::env::temp_dir(),
+        server: args.rehearsal_url.clone().map(SecretUrl::new),
     };
     let rehearsal =
         rehearse::rehearse(&pool, &endpoints.database_url, &plan, &handlers, &request).await.map_err(|error| {
             match error {
-                RehearsalError::OtherDatabase { .. } | RehearsalError::Unsandboxed(_) => {
-                    Refused(error.to_string()).into()
-                }
+                RehearsalError::OtherDatabase { .. }
+                | RehearsalError::Unsandboxed(_)
+                | RehearsalError::Destination(_) => Refused(error.to_string()).into(),
                 other => anyhow::Error::from(other),
             }
         })?;

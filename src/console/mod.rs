@@ -57,6 +57,9 @@ pub struct Settings {
     /// once an operator other than its maker approved it
     /// (`control::approvals`).
     pub require_approval: bool,
+    /// Apply only plans rehearsed on the data as it is now
+    /// (`--require-rehearsal`, checked by `replay::apply`).
+    pub require_rehearsal: bool,
     /// The webhook told of the console's applies (`--notify`, `control::notify`).
     pub notify: Option<url::Url>,
 }
@@ -209,6 +212,7 @@ impl Console {
             backup: BackupSource::Fresh { dir: self.settings().backup_dir.clone() },
             rate,
             canary,
+            require_rehearsal: self.settings().require_rehearsal,
         };
         let checked = apply::check(self.pool(), &plan.path, &request).await?;
         if checked.is_done() {
@@ -281,4 +285,30 @@ pub async fn serve(listener: TcpListener, console: Console) -> std::io::Result<(
     console.0.applies.close();
     console.0.applies.wait().await;
     served
+}
+
+/// The canary policy asked for, checked as `replay apply` checks its flags;
+/// the API and the plan page's form both ask through here.
+pub(crate) fn canary_of(
+    events: Option<u64>,
+    max_failure_rate: Option<f64>,
+    wait: Option<&str>,
+) -> Result<Option<apply::Canary>, ApiError> {
+    let Some(events) = events else {
+        return match (max_failure_rate, wait) {
+            (None, None) => Ok(None),
+            _ => Err(ApiError::bad_request(
+                "max_failure_rate and canary_wait need canary (e.g. \"canary\": 10): nothing was applied",
+            )),
+        };
+    };
+    let wait = match wait {
+        None => apply::DEFAULT_CANARY_WAIT,
+        Some(text) => humantime::parse_duration(text.trim()).map_err(|_| {
+            ApiError::bad_request(format!(
+                "canary_wait '{text}' is not a duration (e.g. 90s or 5m): nothing was applied"
+            ))
+        })?,
+    };
+    apply::Canary::new(events, max_failure_rate.unwrap_or(0.0), wait).map(Some).map_err(ApiError::bad_request)
 }

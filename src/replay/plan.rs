@@ -19,7 +19,9 @@
 //!
 //! Architecture invariant: this module reads and writes plan files and knows
 //! nothing of the database; the commands bring the rows. (Its `id` submodule
-//! only says how a [`PlanId`] maps to a uuid column: a type, no I/O.)
+//! only says how a [`PlanId`] maps to a uuid column: a type, no I/O; its
+//! `rehearsal` submodule keeps a rehearsal's report beside its plan, a
+//! file too.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -36,6 +38,7 @@ use crate::handlers::Registry;
 use crate::replay::selector::Selector;
 
 pub mod id;
+pub mod rehearsal;
 pub use crate::store::database::DatabaseIdentity;
 pub use id::PlanId;
 

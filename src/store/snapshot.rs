@@ -87,6 +87,24 @@ async fn table_snapshot(pool: &PgPool, table: &str) -> Result<TableSnapshot, Sto
     Ok(TableSnapshot { table: table.to_string(), key, rows, sums })
 }
 
+/// Each of `tables`' row count and a digest of its rows (md5 over every
+/// row's text, in text order): equal digests mean equal contents, for
+/// telling whether a table changed since, not for security.
+pub async fn fingerprints(pool: &PgPool, tables: &[&str]) -> Result<Vec<(String, i64, String)>, StoreError> {
+    let mut out = Vec::with_capacity(tables.len());
+    for table in tables {
+        let (rows, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {} t",
+            quote(table)
+        )))
+        .fetch_one(pool)
+        .await
+        .map_err(failed("fingerprint a table"))?;
+        out.push((table.to_string(), rows, digest));
+    }
+    Ok(out)
+}
+
 /// A quoted identifier.
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

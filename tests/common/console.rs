@@ -41,6 +41,7 @@ impl RunningConsole {
             backup_dir: dir.path().join("backups"),
             secure_cookies: false,
             require_approval: false,
+            require_rehearsal: false,
             notify: None,
         };
         adjust(&mut settings);
@@ -55,6 +56,16 @@ impl RunningConsole {
     /// A new token of `role`, named `name`.
     pub async fn token(&self, world: &World, name: &str, role: Role) -> String {
         tokens::create(&world.pool, name, role, "test-admin").await.unwrap().secret.reveal().to_string()
+    }
+
+    /// The file of plan `plan_id` in the console's plan directory.
+    pub fn plan_file(&self, plan_id: &str) -> std::path::PathBuf {
+        let dir = self._dir.path().join("plans");
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "jsonl") && p.to_string_lossy().contains(plan_id))
+            .unwrap_or_else(|| panic!("no plan {plan_id} in {}", dir.display()))
     }
 
     /// Where the console writes the pre-replay backups of its applies.

@@ -8,7 +8,8 @@
 //! `http` (health endpoints, free ports), `console` (the console served
 //! in process, tokens of each role, API calls), `browser` (headless
 //! Chromium over WebDriver, for the console's pages), `desk` (one test's plans and
-//! backups), `proxy` (a TCP proxy for injected faults) and `probe` (the
+//! backups), `postgres` (a private
+//! Postgres server, for a second server), `proxy` (a TCP proxy for injected faults) and `probe` (the
 //! effect probe, also compiled into `examples/probed_replay.rs`). Everything
 //! is re-exported here, so a test reads `use crate::common::*`.
 
@@ -17,6 +18,7 @@ mod console;
 mod desk;
 mod events;
 mod http;
+mod postgres;
 mod probe;
 mod process;
 mod proxy;
@@ -27,6 +29,7 @@ pub use console::*;
 pub use desk::*;
 pub use events::*;
 pub use http::*;
+pub use postgres::*;
 pub use process::*;
 pub use proxy::*;
 pub use world::*;

@@ -2,8 +2,9 @@
 //! (and a wrong token refused), filtering events and opening one, a
 //! `<script>` in a payload shown as text, dead letters grouped and one
 //! resolved with a note, a plan made from a DLQ group and applied with its
-//! typed confirmation until its page says done, and pause and resume with a
-//! reason. Each asserts on what the page shows and on the database; the
+//! typed confirmation until its page says done, a plan's rehearsal shown on
+//! its page and a canary asked for in its form halting the apply, and pause
+//! and resume with a reason. Each asserts on what the page shows and on the database; the
 //! main pages are saved to `target/console-screenshots/`.
 #![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
 
@@ -294,6 +295,84 @@ async fn pause_and_resume_with_a_reason_show_and_lift_the_banner(pool: PgPool) {
     let audit = browser.text("#audit").await;
     assert!(audit.contains("workers.pause") && audit.contains("workers.resume") && audit.contains("otto"), "{audit}");
     browser.screenshot("audit").await;
+
+    browser.close().await;
+    console.stop().await;
+    worker.stop().await;
+    world.cleanup().await;
+}
+
+#[sqlx::test]
+async fn the_plan_page_shows_its_rehearsal_and_its_canary_halts_an_apply_whose_cause_is_not_fixed(pool: PgPool) {
+    let world = World::new(pool).await;
+    let worker = world.start_worker(world.worker_config("w1"));
+    crate::canary::approvals_before_submissions(&world, 4).await;
+    let console = RunningConsole::start(&world).await;
+    let token = console.token(&world, "otto", Role::Operator).await;
+    let browser = Browser::start().await;
+    browser.sign_in(&console, &token).await;
+    browser.open(&console, "/dlq").await;
+    browser.fill("#failed-groups input[name=reason]", "INC-40: approvals before submissions").await;
+    browser.follow("#failed-groups button").await;
+    let plan_path = browser.path().await;
+    let plan_id = browser.text("#plan-id").await;
+    let file = console.plan_file(&plan_id);
+    assert!(
+        browser.text("#rehearsal").await.contains("not rehearsed: `replay rehearse"),
+        "{}",
+        browser.text("#rehearsal").await
+    );
+
+    // Rehearsed: the page says what the rehearsal found, on today's data.
+    let out = world.replay(&["rehearse", file.to_str().unwrap(), "--operator", "carol"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    browser.client.goto(&console.at(&plan_path)).await.unwrap();
+    let rehearsal = browser.text("#rehearsal").await;
+    assert!(rehearsal.contains("by carol on the data as it is now"), "{rehearsal}");
+    assert!(
+        rehearsal.contains("ledger: 0 processed, 4 failed (4 of them would be retried), 0 skipped"),
+        "the cause is not fixed: {rehearsal}"
+    );
+    assert!(
+        rehearsal.contains("4 failed, would be retried: contribution <id> has not been submitted yet"),
+        "one group, whatever the contribution: {rehearsal}"
+    );
+
+    // Applied anyway, with a canary of 2: it halts after them.
+    browser.fill("#confirm", &plan_id[..8]).await;
+    browser.fill("#canary", "2").await;
+    browser.fill("#canary-wait", "20s").await;
+    browser.follow("#apply-button").await;
+    assert_eq!(browser.path().await, plan_path);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        browser.client.goto(&console.at(&plan_path)).await.unwrap();
+        if browser.text("#progress-ending").await.contains("halted after the canary: 2 of 2 canary events failed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", browser.text("#progress-ending").await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    browser.screenshot("plan-canary-halted").await;
+    let published =
+        world.scalar(&format!("SELECT published FROM replay_control.replay_runs WHERE plan_id = '{plan_id}'")).await;
+    assert_eq!(published, 2, "only the canary was published");
+    let halts = world
+        .scalar(&format!("SELECT count(*) FROM replay_control.audit_log WHERE action = 'replay.halt' AND operator = 'otto' AND details->>'plan_id' = '{plan_id}'"))
+        .await;
+    assert_eq!(halts, 1, "the halt is audited under the operator");
+
+    // A canary wait that is no duration: 400 with the words, nothing applied.
+    browser.client.goto(&console.at(&plan_path)).await.unwrap();
+    browser.fill("#confirm", &plan_id[..8]).await;
+    browser.fill("#canary", "2").await;
+    browser.fill("#canary-wait", "soon").await;
+    browser.follow("#apply-button").await;
+    assert!(
+        browser.text("p.error").await.contains("canary_wait 'soon' is not a duration"),
+        "{}",
+        browser.text("p.error").await
+    );
 
     browser.close().await;
     console.stop().await;

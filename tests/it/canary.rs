@@ -16,7 +16,7 @@ const ERRORS: &str = "SELECT count(*) FROM processed_events WHERE status = 'erro
 /// A period and `n` approvals published before their submissions, which a
 /// running worker fails for good; returns the period, the contributions and
 /// the events published.
-async fn approvals_before_submissions(world: &World, n: usize) -> (Uuid, Vec<Uuid>, Vec<Event>) {
+pub(crate) async fn approvals_before_submissions(world: &World, n: usize) -> (Uuid, Vec<Uuid>, Vec<Event>) {
     let period = Uuid::new_v4();
     let contributions: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
     let mut events = vec![period_opened(period)];

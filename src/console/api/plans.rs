@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 
 use crate::console::{live, ApiError, Caller, Console, Started};
 use crate::control::approvals;
-use crate::replay::apply::{self, Canary};
+
+use crate::replay::apply;
 use crate::replay::plan::PlanId;
 use crate::replay::planning::{self, PlanRequest, Planned};
 use crate::replay::selector::SelectorInput;
@@ -134,6 +135,10 @@ pub(super) async fn show(
     let mut answer = planning::summary_json(&plan, None);
     answer["approval"] = json!(approval);
     answer["requires_approval"] = json!(console.settings().require_approval);
+    answer["rehearsal"] = match run {
+        None => json!(apply::rehearsal_of(console.pool(), &plan).await?.describe(&plan.path)),
+        Some(_) => json!([]),
+    };
     answer["run"] = json!(run);
     answer["human"] = json!(planning::human(&plan, None));
     Ok(Json(answer))
@@ -163,6 +168,8 @@ pub(super) struct ApplyBody {
     canary: Option<u64>,
     /// `--max-failure-rate R` (0 to 1, default 0), with `canary` only.
     max_failure_rate: Option<f64>,
+    /// `--canary-wait` ("90s", "5m"; default 60 s), with `canary` only.
+    canary_wait: Option<String>,
 }
 
 /// `POST /plans/{plan_id}/apply` (operator): every check of `replay apply`
@@ -177,13 +184,7 @@ pub(super) async fn apply(
     caller.require(Role::Operator)?;
     let Json(body) = body.unwrap_or_default();
     let status_url = format!("/api/v1/plans/{plan_id}/status");
-    let canary = match (body.canary, body.max_failure_rate) {
-        (Some(events), rate) => {
-            Some(Canary::new(events, rate.unwrap_or(0.0), apply::DEFAULT_CANARY_WAIT).map_err(ApiError::bad_request)?)
-        }
-        (None, Some(_)) => return Err(ApiError::bad_request("max_failure_rate needs canary (e.g. \"canary\": 10)")),
-        (None, None) => None,
-    };
+    let canary = crate::console::canary_of(body.canary, body.max_failure_rate, body.canary_wait.as_deref())?;
     match console.apply_plan(plan_id, &caller.name, body.rate, body.allow_external_effects, canary).await? {
         Started::AlreadyDone => {
             Ok((StatusCode::OK, Json(json!({"plan_id": plan_id, "already_applied": true, "status_url": status_url}))))

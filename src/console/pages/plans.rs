@@ -14,9 +14,10 @@ use serde_json::Value;
 
 use super::{csrf, layout, number, see, status_label, time, PageError};
 use crate::console::session::{Nothing, Posted};
-use crate::console::{live, reason, ApiError, Console, Visitor, PAUSE_WAIT};
+use crate::console::{canary_of, live, reason, ApiError, Console, Visitor, PAUSE_WAIT};
 use crate::control::approvals;
 use crate::control::emergency::{self, Restore};
+use crate::replay::apply;
 use crate::replay::plan::PlanId;
 use crate::replay::planning;
 use crate::store::approvals::Approval;
@@ -96,6 +97,12 @@ pub(super) async fn page(
     let approved = approval.as_ref().is_some_and(|a| a.plan_digest == plan.digest);
     let required = console.settings().require_approval;
     let may_apply = visitor.may(Role::Operator) && state != "done";
+    // Once applied, the data differs from the rehearsed by design: shown
+    // only while the question "what would it change" is still open.
+    let rehearsal = match state.as_str() {
+        "not applied" => apply::rehearsal_of(console.pool(), &plan).await.map_err(ApiError::from)?.describe(&plan.path),
+        _ => Vec::new(),
+    };
     let body = html! {
         h1 { "Plan " code #plan-id { (id) } }
         h2 { "What it replays" }
@@ -103,6 +110,10 @@ pub(super) async fn page(
         @if !plan.summary.warnings.is_empty() {
             h2 { "Warnings" }
             ul #warnings { @for w in &plan.summary.warnings { li.error { (w) } } }
+        }
+        @if !rehearsal.is_empty() {
+            h2 { "Rehearsal" }
+            pre #rehearsal { (rehearsal.join("\n")) }
         }
         h2 { "Progress" }
         table #progress {
@@ -141,8 +152,16 @@ pub(super) async fn page(
                     label { "confirm " input #confirm name="confirm" size="10" autocomplete="off" required; }
                     " " label { "rate (events/s, empty: unpaced) " input name="rate" size="6"; }
                     " " label { input type="checkbox" name="allow_external_effects" value="yes"; " allow external effects" }
-                    " " button #apply-button type="submit" { "Apply this plan" }
                 }
+                p.inline {
+                    "Canary (optional): publish the first "
+                    label { input #canary name="canary" size="6" placeholder="N"; " events" }
+                    ", wait up to " label { input #canary-wait name="canary_wait" size="5" placeholder="60s"; }
+                    " for them to settle, go on only if at most "
+                    label { input #max-failure-rate name="max_failure_rate" size="5" placeholder="0"; }
+                    " of them failed (0 to 1, or 5%). A halt leaves the rest unpublished and resumable."
+                }
+                p.inline { button #apply-button type="submit" { "Apply this plan" } }
             }
         }
         @if visitor.may(Role::Admin) && state != "not applied" {
@@ -197,6 +216,14 @@ pub(super) struct ApplyForm {
     #[serde(default)]
     rate: String,
     allow_external_effects: Option<String>,
+    /// The canary: events first, their failure rate allowed, how long to
+    /// wait for them to settle; empty fields are `replay apply`'s defaults.
+    #[serde(default)]
+    canary: String,
+    #[serde(default)]
+    max_failure_rate: String,
+    #[serde(default)]
+    canary_wait: String,
 }
 
 /// `POST /plans/{plan_id}/apply` (operator): with the typed confirmation,
@@ -216,7 +243,13 @@ pub(super) async fn apply(
         .into());
     }
     let rate = number::<u32>("rate", &form.rate)?;
-    console.apply_plan(plan_id, &visitor.name, rate, form.allow_external_effects.is_some(), None).await?;
+    let max_failure_rate = match form.max_failure_rate.trim() {
+        "" => None,
+        text => Some(apply::parse_failure_rate(text).map_err(ApiError::bad_request)?),
+    };
+    let wait = Some(form.canary_wait.trim()).filter(|w| !w.is_empty());
+    let canary = canary_of(number::<u64>("canary", &form.canary)?, max_failure_rate, wait)?;
+    console.apply_plan(plan_id, &visitor.name, rate, form.allow_external_effects.is_some(), canary).await?;
     Ok(see(&format!("/plans/{plan_id}")))
 }
 

@@ -44,6 +44,12 @@ pub enum Refusal {
     BackupUnusable { path: PathBuf, reason: String },
     #[error("queue {queue} does not exist on the broker: declare it (its subscriber's deployment does) or fix --destination")]
     NoSuchQueue { queue: String },
+    #[error("the plan has not been rehearsed, and --require-rehearsal asks for a rehearsal first: run `replay rehearse {}`, read what it would change, then apply", plan.display())]
+    NotRehearsed { plan: PathBuf },
+    #[error("{reason} (--require-rehearsal asks for a usable rehearsal)")]
+    RehearsalUnusable { reason: String },
+    #[error("production changed since the plan was rehearsed at {rehearsed_at} ({changed}), so the rehearsal ({report}) may not hold: rehearse it again with `replay rehearse {}`, then apply", plan.display())]
+    RehearsalOutdated { rehearsed_at: String, changed: String, plan: PathBuf, report: String },
     #[error("--canary watches our workers settle the events; a plan with a destination publishes to a subscriber we cannot watch: apply it without --canary")]
     CanaryToDestination,
 }

@@ -41,7 +41,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use canary::{parse_failure_rate, Canary, DEFAULT_WAIT as DEFAULT_CANARY_WAIT};
-pub use checks::{check, Checked};
+pub(crate) use checks::data_fingerprint;
+pub use checks::{check, rehearsal_of, Checked, Rehearsed};
 pub use error::{ApplyError, Reached, Refusal};
 pub(crate) use reset::reset_workflow;
 
@@ -72,6 +73,8 @@ pub struct Request {
     pub rate: Option<u32>,
     /// Publish this canary first and go on only if it passes (`--canary`).
     pub canary: Option<Canary>,
+    /// Refuse a plan without a current rehearsal (`--require-rehearsal`).
+    pub require_rehearsal: bool,
 }
 
 /// Progress of an apply's phases, for a bar or plain lines.

@@ -14,6 +14,12 @@
 //!   provider is not called, not even the scratch copy of its table).
 //! - The scratch database is dropped when the rehearsal ends, on an error
 //!   too, unless the operator asked to keep it; the dump file is removed.
+//!   It is made on production's server, or on another (`--rehearsal-url`).
+//! - The report is kept beside the plan (`plan::rehearsal`), with the
+//!   fingerprint of production's data taken just before the snapshot, so
+//!   `replay apply` can tell whether the data it applies to is still the
+//!   data rehearsed. A change during the snapshot makes the rehearsal look
+//!   outdated, never current.
 //! - A plan row changed in production since planning is left alone, as
 //!   `replay apply` leaves it: rows are reset in the scratch database at
 //!   their restored versions only if production still had the planned one.
@@ -29,11 +35,13 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 pub use compare::{Change, ChangedRow, Sum, TableChange};
-pub use report::{human, json};
+pub use report::{human, json, summary};
 
 use crate::config::SecretUrl;
 use crate::handlers::{EffectLog, Registry, Unsandboxed, WouldDo, DOMAIN_TABLES};
 use crate::replay::apply::{self, ApplyError};
+use crate::replay::plan::rehearsal::{self as record, DataFingerprint, RecordError, RehearsalRecord};
+use crate::replay::plan::Destination;
 use crate::replay::plan::{PlanError, SealedPlan};
 use crate::store::backup::{self, BackupError};
 use crate::store::database;
@@ -58,6 +66,9 @@ pub struct Request {
     pub keep: bool,
     /// Where the dump is written while it is restored (removed after).
     pub dump_dir: PathBuf,
+    /// The server the scratch database is made on (`--rehearsal-url`, a
+    /// database there to connect to); production's own when `None`.
+    pub server: Option<SecretUrl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +83,12 @@ pub enum RehearsalError {
     Scratch(#[from] ScratchError),
     #[error("the plan could not be reset in the scratch database: {0}")]
     Reset(#[from] ApplyError),
+    #[error("production's data could not be fingerprinted: {0}")]
+    Fingerprint(ApplyError),
+    #[error("the rehearsal ran, but its report could not be kept beside the plan: {0}")]
+    Record(#[from] RecordError),
+    #[error("the plan sends its events to queue {0}, not to our workers: it changes nothing in this database, so there is nothing to rehearse (apply it; its backup is not needed either)")]
+    Destination(String),
     #[error("the worker's pipeline failed in the scratch database: {0}")]
     Pipeline(#[from] BatchError),
     #[error("{0}: it cannot be rehearsed")]
@@ -97,6 +114,10 @@ pub struct Rehearsal {
     /// events that ended processed.
     pub external_effects: Vec<WouldDo>,
     pub seconds: f64,
+    /// Production's data as rehearsed.
+    pub data: DataFingerprint,
+    /// Where the report is kept, beside the plan.
+    pub report_path: PathBuf,
 }
 
 /// The ledger's outcome of the plan's rows in the scratch database.
@@ -125,15 +146,20 @@ pub async fn rehearse(
     request: &Request,
 ) -> Result<Rehearsal, RehearsalError> {
     let started = Instant::now();
+    if let Some(Destination::Queue(queue)) = &plan.header.destination {
+        return Err(RehearsalError::Destination(queue.clone()));
+    }
     let effects = EffectLog::default();
     let registry = registry.sandboxed(&effects)?;
     check_database(pool, plan).await?;
     let stale = stale_rows(pool, plan).await?;
+    let data = apply::data_fingerprint(pool, plan).await.map_err(RehearsalError::Fingerprint)?;
+    let server = request.server.as_ref().unwrap_or(url);
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let dump = request.dump_dir.join(format!("replay-rehearsal-{suffix}.dump"));
     let taken = backup::take_at(url, dump.clone()).await;
     let scratch = match taken {
-        Ok(_) => Scratch::create(url, &format!("replay_rehearsal_{suffix}")).await,
+        Ok(_) => Scratch::create(server, &format!("replay_rehearsal_{suffix}")).await,
         Err(error) => return Err(error.into()),
     };
     let scratch = match scratch {
@@ -148,13 +174,13 @@ pub async fn rehearse(
     if request.keep {
         scratch.pool.close().await;
     } else {
-        let dropped = scratch.drop_database(url).await;
+        let dropped = scratch.drop_database(server).await;
         if let (Ok(_), Err(error)) = (&outcome, dropped) {
             return Err(error.into());
         }
     }
     let (tables, ledger, external_effects) = outcome?;
-    Ok(Rehearsal {
+    let mut rehearsal = Rehearsal {
         plan_id: plan.header.plan_id,
         plan_digest: plan.digest.clone(),
         database: scratch.name.clone(),
@@ -163,7 +189,22 @@ pub async fn rehearse(
         ledger,
         external_effects,
         seconds: started.elapsed().as_secs_f64(),
-    })
+        data,
+        report_path: record::path_for(&plan.path),
+    };
+    rehearsal.report_path = record::write(
+        plan,
+        &RehearsalRecord {
+            plan_id: plan.header.plan_id,
+            plan_digest: plan.digest.clone(),
+            rehearsed_at: Utc::now(),
+            operator: request.operator.clone(),
+            data: rehearsal.data.clone(),
+            summary: report::summary(&rehearsal),
+            report: report::json(&rehearsal),
+        },
+    )?;
+    Ok(rehearsal)
 }
 
 /// The rehearsal proper, in the scratch database: restore, snapshot, reset,

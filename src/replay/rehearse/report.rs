@@ -1,6 +1,7 @@
 //! A rehearsal shown: for people (a block per domain table, the ledger's
-//! outcome, the effects that would have left the database) and as JSON
-//! (`--json`). No I/O.
+//! outcome, the effects that would have left the database), as JSON
+//! (`--json`), and in a few lines (`summary`, what `replay apply` shows of
+//! the kept report). No I/O.
 
 use std::fmt::Write;
 
@@ -40,7 +41,71 @@ pub fn json(rehearsal: &Rehearsal) -> Value {
         },
         "external_effects": rehearsal.external_effects,
         "seconds": rehearsal.seconds,
+        "report_path": rehearsal.report_path,
     })
+}
+
+/// Error groups named in a summary; the rest are counted.
+const SUMMARY_ERRORS: usize = 3;
+
+/// The rehearsal in a few lines: each changed table with its changed sums,
+/// the ledger's outcome with its first errors, the effects sandboxed.
+pub fn summary(rehearsal: &Rehearsal) -> Vec<String> {
+    let mut lines = Vec::new();
+    for table in rehearsal.tables.iter().filter(|t| !t.is_unchanged()) {
+        let mut line =
+            format!("{}: {} added, {} removed, {} changed", table.table, table.added, table.removed, table.changed);
+        for (column, sum) in table.sums.iter().filter(|(_, s)| s.before != s.after) {
+            let _ = write!(line, "; {column} {}", arrow(sum, true));
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        lines.push("every domain table unchanged".to_string());
+    }
+    let groups = &rehearsal.ledger.groups;
+    let count = |status: &str, errored: bool| -> i64 {
+        groups.iter().filter(|g| g.status.as_str() == status && g.error.is_some() == errored).map(|g| g.count).sum()
+    };
+    // A failure the worker would retry ends a rehearsal pending with its
+    // error: it counts as failed, and says it would be retried.
+    let retrying = count("pending", true);
+    let mut line = format!(
+        "ledger: {} processed, {} failed",
+        count("processed", false),
+        count("error", true) + count("error", false) + retrying
+    );
+    if retrying > 0 {
+        let _ = write!(line, " ({retrying} of them would be retried)");
+    }
+    let _ = write!(line, ", {} skipped", count("skipped", false) + count("skipped", true));
+    let untouched = count("pending", false);
+    if untouched > 0 {
+        let _ = write!(line, ", {untouched} not reached");
+    }
+    lines.push(line);
+    let errors: Vec<_> = groups.iter().filter(|g| g.error.is_some()).collect();
+    for group in errors.iter().take(SUMMARY_ERRORS) {
+        let how = match group.status.as_str() {
+            "pending" => "failed, would be retried",
+            "error" => "failed",
+            other => other,
+        };
+        lines.push(format!("  {} {how}: {}", group.count, group.error.as_deref().unwrap_or("")));
+    }
+    if errors.len() > SUMMARY_ERRORS {
+        lines.push(format!("  and {} more error groups (see the report)", errors.len() - SUMMARY_ERRORS));
+    }
+    if let Some(first) = rehearsal.external_effects.first() {
+        lines.push(format!(
+            "external effects (sandboxed in the rehearsal): {}, e.g. {} {}: {}",
+            rehearsal.external_effects.len(),
+            first.event_type,
+            first.event_id,
+            first.effect
+        ));
+    }
+    lines
 }
 
 /// The rehearsal for people.
@@ -96,6 +161,11 @@ pub fn human(rehearsal: &Rehearsal) -> String {
             let _ = writeln!(out, "  {} {}: {}", effect.event_type, effect.event_id, effect.effect);
         }
     }
+    let _ = writeln!(
+        out,
+        "\nreport kept: {} (`replay apply` shows it; --require-rehearsal accepts it while production's data stays as rehearsed)",
+        rehearsal.report_path.display()
+    );
     let _ = if rehearsal.kept {
         writeln!(out, "\nscratch database {} kept: drop it when done", rehearsal.database)
     } else {

@@ -14,6 +14,17 @@ use sqlx::{Postgres, QueryBuilder};
 use crate::replay::selector::Selector;
 use crate::wire::envelope::{Event, Rejection};
 
+/// A failed event's error with the ids and numbers in it blanked (`<id>`,
+/// `<n>`): failures that differ only in the row they name are one group.
+/// A macro, so the statements that use it (here, before the submodules,
+/// so each sees it) are literals that embed it once each.
+macro_rules! normalized_error {
+    () => {
+        "regexp_replace(regexp_replace(coalesce(error_message, ''), \
+         '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'gi'), '[0-9]+', '<n>', 'g')"
+    };
+}
+
 mod operator;
 mod replay;
 pub mod status;

@@ -122,16 +122,6 @@ pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(failed("count failed events"))
 }
 
-/// A failed event's error with the ids and numbers in it blanked (`<id>`,
-/// `<n>`): failures that differ only in the row they name are one group.
-/// A macro, so the statements below are literals that embed it once each.
-macro_rules! normalized_error {
-    () => {
-        "regexp_replace(regexp_replace(coalesce(error_message, ''), \
-         '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<id>', 'gi'), '[0-9]+', '<n>', 'g')"
-    };
-}
-
 /// Unresolved failed events since `since`, by type and normalized error.
 pub async fn error_report(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<crate::store::ReportGroup>, StoreError> {
     sqlx::query_as(concat!(

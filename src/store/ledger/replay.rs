@@ -422,12 +422,14 @@ pub struct OutcomeGroup {
 /// A plan's rows grouped by status and error, most frequent first: what a
 /// rehearsal reports of the ledger.
 pub async fn plan_outcome(pool: &PgPool, plan_id: uuid::Uuid) -> Result<Vec<OutcomeGroup>, StoreError> {
-    sqlx::query_as(
-        "SELECT p.status, p.error_message AS error, count(*) AS count
+    sqlx::query_as(concat!(
+        "SELECT p.status, CASE WHEN p.error_message IS NOT NULL THEN ",
+        normalized_error!(),
+        " END AS error, count(*) AS count
            FROM (SELECT DISTINCT ledger_id FROM replay_history WHERE plan_id = $1) h
            JOIN processed_events p ON p.id = h.ledger_id
           GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
-    )
+    ))
     .bind(plan_id)
     .fetch_all(pool)
     .await
