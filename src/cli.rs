@@ -571,7 +571,7 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum, default_value_t = BenchScenario::Worker)]
     pub scenario: BenchScenario,
-    /// Events per measured run (worker, apply).
+    /// Events per measured run (worker, apply, rehearse).
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
     /// Ledger rows to plan over (plan) or to list (console).
@@ -604,4 +604,6 @@ pub enum BenchScenario {
     Stop,
     /// The console's events API with each filter on a --rows ledger against the same query read directly.
     Console,
+    /// `replay rehearse` of a --events-row plan against `replay apply` of the same plan, to its last row processed.
+    Rehearse,
 }

@@ -42,7 +42,7 @@ const LOCK_SAMPLE: Duration = Duration::from_millis(20);
 /// The `application_name` the bench's workers connect with.
 const WORKER_SESSION: &str = "replay-bench-worker";
 /// The period every seeded contribution belongs to (see [`seed`]).
-const PERIOD: &str = "00000000-0000-0000-0000-000000000001";
+pub(super) const PERIOD: &str = "00000000-0000-0000-0000-000000000001";
 
 /// A publish timed to its last confirm and to the last row processed.
 #[derive(Debug, Clone, Copy)]
@@ -343,7 +343,7 @@ async fn back_to_processed(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Waits until no row is pending or processing, then times the drain from `started`.
-async fn processed_by(pool: &PgPool, events: usize, started: Instant) -> anyhow::Result<Drain> {
+pub(super) async fn processed_by(pool: &PgPool, events: usize, started: Instant) -> anyhow::Result<Drain> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let open: bool = sqlx::query_scalar(
@@ -390,7 +390,7 @@ async fn pause(exe: &Path, names: &Endpoints, phase: &'static str) -> anyhow::Re
 }
 
 /// Waits for a child, reading its peak RSS (VmHWM) while it runs.
-async fn wait_with_peak_rss(mut child: tokio::process::Child) -> anyhow::Result<(std::process::Output, u64)> {
+pub(super) async fn wait_with_peak_rss(mut child: tokio::process::Child) -> anyhow::Result<(std::process::Output, u64)> {
     let pid = child.id().context("apply exited at once")?;
     let mut stdout = child.stdout.take().context("apply's stdout")?;
     let mut stderr = child.stderr.take().context("apply's stderr")?;

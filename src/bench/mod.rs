@@ -1,13 +1,14 @@
 //! `replay bench …`: every target measured next to a baseline in the same
 //! run, on a scratch database and scratch broker names, so the shared
 //! machine's noise affects both alike. One file per bench: `worker`
-//! (`replay bench`), `apply`, `plan`, `stop`, `console`; this module holds what they
+//! (`replay bench`), `apply`, `plan`, `stop`, `console`, `rehearse`; this module holds what they
 //! share (the scratch world, the spawned `replay` binary, timing and
 //! memory readings).
 
 pub mod apply;
 pub mod console;
 pub mod plan;
+pub mod rehearse;
 pub mod stop;
 pub mod worker;
 

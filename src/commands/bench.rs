@@ -1,4 +1,4 @@
-//! `replay bench [worker|apply|plan|stop|console]`: prints a measurement next to its raw baseline.
+//! `replay bench [worker|apply|plan|stop|console|rehearse]`: prints a measurement next to its raw baseline.
 
 use std::process::ExitCode;
 
@@ -19,6 +19,9 @@ pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitC
         }
         BenchScenario::Console => {
             print!("{}", crate::bench::console::run(endpoints, args.rows, args.keep, &exe).await?)
+        }
+        BenchScenario::Rehearse => {
+            print!("{}", crate::bench::rehearse::run(endpoints, args.events, args.keep, &exe).await?)
         }
         BenchScenario::Plan => print!("{}", crate::bench::plan::run(endpoints, args.rows, args.keep, &exe).await?),
         BenchScenario::Stop => match args.queued {

@@ -114,10 +114,34 @@ pub struct Rehearsal {
     /// events that ended processed.
     pub external_effects: Vec<WouldDo>,
     pub seconds: f64,
+    pub steps: Steps,
     /// Production's data as rehearsed.
     pub data: DataFingerprint,
     /// Where the report is kept, beside the plan.
     pub report_path: PathBuf,
+}
+
+/// How long each step of a rehearsal took, in seconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Steps {
+    /// Production's row versions read and its data fingerprinted.
+    pub checks: f64,
+    pub dump: f64,
+    /// The scratch database created and migrated.
+    pub scratch: f64,
+    pub restore: f64,
+    pub reset: f64,
+    /// The plan's rows through the worker's pipeline.
+    pub apply: f64,
+    /// Both snapshots and the comparison.
+    pub compare: f64,
+}
+
+/// Seconds since `*mark`, which moves to now.
+fn lap(mark: &mut Instant) -> f64 {
+    let seconds = mark.elapsed().as_secs_f64();
+    *mark = Instant::now();
+    seconds
 }
 
 /// The ledger's outcome of the plan's rows in the scratch database.
@@ -146,6 +170,7 @@ pub async fn rehearse(
     request: &Request,
 ) -> Result<Rehearsal, RehearsalError> {
     let started = Instant::now();
+    let (mut steps, mut mark) = (Steps::default(), Instant::now());
     if let Some(Destination::Queue(queue)) = &plan.header.destination {
         return Err(RehearsalError::Destination(queue.clone()));
     }
@@ -154,14 +179,17 @@ pub async fn rehearse(
     check_database(pool, plan).await?;
     let stale = stale_rows(pool, plan).await?;
     let data = apply::data_fingerprint(pool, plan).await.map_err(RehearsalError::Fingerprint)?;
+    steps.checks = lap(&mut mark);
     let server = request.server.as_ref().unwrap_or(url);
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let dump = request.dump_dir.join(format!("replay-rehearsal-{suffix}.dump"));
     let taken = backup::take_at(url, dump.clone()).await;
+    steps.dump = lap(&mut mark);
     let scratch = match taken {
         Ok(_) => Scratch::create(server, &format!("replay_rehearsal_{suffix}")).await,
         Err(error) => return Err(error.into()),
     };
+    steps.scratch = lap(&mut mark);
     let scratch = match scratch {
         Ok(scratch) => scratch,
         Err(error) => {
@@ -169,7 +197,12 @@ pub async fn rehearse(
             return Err(error.into());
         }
     };
-    let outcome = in_scratch(&scratch, &dump, plan, &registry, &effects, &stale, request).await;
+    let outcome = match in_scratch(&scratch, &dump, plan, &registry, &stale, request, &mut steps).await {
+        Ok((tables, ledger)) => {
+            processed_effects(&scratch.pool, &effects).await.map(|effects| (tables, ledger, effects))
+        }
+        Err(error) => Err(error),
+    };
     let _ = std::fs::remove_file(&dump);
     if request.keep {
         scratch.pool.close().await;
@@ -189,6 +222,7 @@ pub async fn rehearse(
         ledger,
         external_effects,
         seconds: started.elapsed().as_secs_f64(),
+        steps,
         data,
         report_path: record::path_for(&plan.path),
     };
@@ -208,27 +242,33 @@ pub async fn rehearse(
 }
 
 /// The rehearsal proper, in the scratch database: restore, snapshot, reset,
-/// apply, snapshot, compare.
+/// apply, snapshot, compare (the sandboxed effects are read after it).
 async fn in_scratch(
     scratch: &Scratch,
     dump: &Path,
     plan: &SealedPlan,
     registry: &Registry,
-    effects: &EffectLog,
     stale: &HashSet<i64>,
     request: &Request,
-) -> Result<(Vec<TableChange>, LedgerOutcome, Vec<WouldDo>), RehearsalError> {
+    steps: &mut Steps,
+) -> Result<(Vec<TableChange>, LedgerOutcome), RehearsalError> {
+    let mut mark = Instant::now();
     backup::restore(&scratch.url, dump).await?;
+    steps.restore = lap(&mut mark);
     let before = snapshot::take(&scratch.pool, &DOMAIN_TABLES).await?;
+    let mut compare_seconds = lap(&mut mark);
     let reset = reset(&scratch.pool, plan, stale, &request.operator).await?;
+    steps.reset = lap(&mut mark);
     let mut ledger = apply_due(&scratch.pool, registry).await?;
+    steps.apply = lap(&mut mark);
     ledger.reset = reset;
     ledger.stale = stale.len() as u64;
     ledger.groups = ledger::plan_outcome(&scratch.pool, plan.header.plan_id.as_uuid()).await?;
     let after = snapshot::take(&scratch.pool, &DOMAIN_TABLES).await?;
     let tables = before.iter().zip(&after).map(|(b, a)| compare::table(b, a)).collect();
-    let effects = processed_effects(&scratch.pool, effects).await?;
-    Ok((tables, ledger, effects))
+    compare_seconds += lap(&mut mark);
+    steps.compare = compare_seconds;
+    Ok((tables, ledger))
 }
 
 /// Refuses a plan made for another database than the one rehearsed from.

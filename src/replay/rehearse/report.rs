@@ -41,6 +41,7 @@ pub fn json(rehearsal: &Rehearsal) -> Value {
         },
         "external_effects": rehearsal.external_effects,
         "seconds": rehearsal.seconds,
+        "steps": rehearsal.steps,
         "report_path": rehearsal.report_path,
     })
 }
@@ -113,6 +114,12 @@ pub fn human(rehearsal: &Rehearsal) -> String {
     let mut out = String::new();
     let digest = rehearsal.plan_digest.get(..12).unwrap_or(&rehearsal.plan_digest);
     let _ = writeln!(out, "rehearsal of plan {} (digest {digest}…) in {:.1} s", rehearsal.plan_id, rehearsal.seconds);
+    let s = &rehearsal.steps;
+    let _ = writeln!(
+        out,
+        "  steps: checks {:.1} s, dump {:.1} s, scratch database {:.1} s, restore {:.1} s, reset {:.1} s, apply {:.1} s, compare {:.1} s",
+        s.checks, s.dump, s.scratch, s.restore, s.reset, s.apply, s.compare
+    );
     for table in &rehearsal.tables {
         if table.is_unchanged() {
             let _ = writeln!(out, "\n{}: unchanged", table.table);
