@@ -390,7 +390,9 @@ async fn pause(exe: &Path, names: &Endpoints, phase: &'static str) -> anyhow::Re
 }
 
 /// Waits for a child, reading its peak RSS (VmHWM) while it runs.
-pub(super) async fn wait_with_peak_rss(mut child: tokio::process::Child) -> anyhow::Result<(std::process::Output, u64)> {
+pub(super) async fn wait_with_peak_rss(
+    mut child: tokio::process::Child,
+) -> anyhow::Result<(std::process::Output, u64)> {
     let pid = child.id().context("apply exited at once")?;
     let mut stdout = child.stdout.take().context("apply's stdout")?;
     let mut stderr = child.stderr.take().context("apply's stderr")?;

@@ -28,6 +28,8 @@ pub struct RehearseReport {
     pub rehearsal_peak_rss_kib: u64,
     /// The rows the rehearsal's pipeline processed (every one, or the bench is void).
     pub rehearsed_processed: i64,
+    /// The rehearsal's own step times (`"steps"` of its `--json`).
+    pub rehearsal_steps: serde_json::Value,
     /// `replay apply PLAN --yes`, to its exit and to the last row processed.
     pub applied: Drain,
     pub processed: Drain,
@@ -46,6 +48,12 @@ impl std::fmt::Display for RehearseReport {
             self.rehearsal_peak_rss_kib as f64 / 1024.0,
             self.rehearsed_processed,
             self.events
+        )?;
+        let step = |name: &str| self.rehearsal_steps[name].as_f64().unwrap_or(0.0);
+        writeln!(
+            f,
+            "    steps: checks {:.2} s, dump {:.2} s, scratch database {:.2} s, restore {:.2} s, reset {:.2} s, apply {:.2} s, compare {:.2} s",
+            step("checks"), step("dump"), step("scratch"), step("restore"), step("reset"), step("apply"), step("compare")
         )?;
         line(f, "  replay apply (pg_dump + audit + reset + republish), to exit:", &self.applied)?;
         line(f, "  replay apply, to last row processed by two workers:", &self.processed)?;
@@ -88,6 +96,7 @@ async fn measure(names: &Endpoints, pool: &PgPool, events: usize, exe: &Path) ->
     let rehearsal = Drain { events, seconds: started.elapsed().as_secs_f64() };
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("rehearse printed no report")?;
     let rehearsed_processed = report["ledger"]["processed"].as_i64().unwrap_or(0);
+    let rehearsal_steps = report["steps"].clone();
     anyhow::ensure!(
         rehearsed_processed == events as i64,
         "the rehearsal processed {rehearsed_processed} of {events} rows: the benchmark is void"
@@ -116,5 +125,13 @@ async fn measure(names: &Endpoints, pool: &PgPool, events: usize, exe: &Path) ->
     }
     let _ = transport::answer("close a channel", channel.close(200, "bench done".into())).await;
     transport::close(&connection, "bench done").await;
-    Ok(RehearseReport { events, rehearsal, rehearsal_peak_rss_kib, rehearsed_processed, applied, processed })
+    Ok(RehearseReport {
+        events,
+        rehearsal,
+        rehearsal_peak_rss_kib,
+        rehearsed_processed,
+        rehearsal_steps,
+        applied,
+        processed,
+    })
 }
