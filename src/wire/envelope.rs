@@ -23,7 +23,7 @@ use crate::replay::plan::id::PlanId;
 /// Header with the event's time at full precision (the AMQP timestamp has seconds).
 pub const OCCURRED_AT_HEADER: &str = "occurred_at";
 /// Header naming the replay plan a republished event belongs to.
-const REPLAY_PLAN_HEADER: &str = "x-replay-plan";
+pub const REPLAY_PLAN_HEADER: &str = "x-replay-plan";
 /// Default largest message body a worker accepts as an event.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 

@@ -30,8 +30,38 @@ impl Subscriber {
         Self { queue }
     }
 
-    /// Takes every message off the queue: (message id, x-replay-plan header).
+    /// Takes every message off the queue: (message id, x-replay-plan header), by id.
     async fn take_all(&self, world: &World) -> Vec<(String, ReplayHeader)> {
+        let mut taken = self.take_in_order(world).await;
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        taken
+    }
+
+    /// Publishes a message of the subscriber's own traffic (or, with
+    /// `plan`, one another replay sent it), with id `id`.
+    async fn send(&self, world: &World, id: &str, plan: Option<&str>) {
+        let connection = transport::connect(&world.endpoints.amqp_url, "test producer").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut properties = lapin::BasicProperties::default().with_message_id(id.into());
+        if let Some(plan) = plan {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                envelope::REPLAY_PLAN_HEADER.into(),
+                lapin::types::AMQPValue::LongString(plan.to_string().into()),
+            );
+            properties = properties.with_headers(headers);
+        }
+        channel
+            .basic_publish("".into(), self.queue.as_str().into(), Default::default(), b"{}", properties)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let _ = connection.close(200, "sent".into()).await;
+    }
+
+    /// Takes every message off the queue, in queue order.
+    async fn take_in_order(&self, world: &World) -> Vec<(String, ReplayHeader)> {
         let connection = transport::connect(&world.endpoints.amqp_url, "test subscriber").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let mut taken = Vec::new();
@@ -42,7 +72,6 @@ impl Subscriber {
             taken.push((id, envelope::replay_plan(&message.delivery.properties)));
         }
         let _ = connection.close(200, "taken".into()).await;
-        taken.sort_by(|a, b| a.0.cmp(&b.0));
         taken
     }
 
@@ -186,7 +215,9 @@ async fn audit_entries_of(world: &World, action: &str) -> i64 {
 }
 
 #[sqlx::test]
-async fn an_emergency_stop_of_a_destination_plan_restores_nothing_and_says_its_messages_stay(pool: PgPool) {
+async fn an_emergency_stop_of_a_destination_plan_restores_nothing_and_removes_its_messages_from_that_queue_only(
+    pool: PgPool,
+) {
     let world = World::new(pool).await;
     let desk = Desk::new();
     processed(&world, 3).await;
@@ -194,8 +225,15 @@ async fn an_emergency_stop_of_a_destination_plan_restores_nothing_and_says_its_m
     let destination = format!("queue:{}", subscriber.queue);
     let plan = desk.plan(&world, &["--all", "--reason", "new subscriber", "--destination", &destination]).await;
     let path = plan["plan_path"].as_str().unwrap();
+    let plan_id = plan["plan_id"].as_str().unwrap();
+    // The subscriber's own traffic, before and after the replay, and a
+    // message another replay sent it.
+    subscriber.send(&world, "theirs-1", None).await;
     let out = desk.apply(&world, path, &["--yes"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    subscriber.send(&world, "theirs-2", None).await;
+    let other_plan = Uuid::new_v4().to_string();
+    subscriber.send(&world, "theirs-3", Some(&other_plan)).await;
     let ledger = world.ledger_digest().await;
 
     let reports = desk.dir.path().join("reports").display().to_string();
@@ -217,12 +255,22 @@ async fn an_emergency_stop_of_a_destination_plan_restores_nothing_and_says_its_m
     let steps = report["steps"].as_array().unwrap();
     let said = steps.iter().find(|s| s["name"] == "destination").unwrap();
     let detail = said["detail"].as_str().unwrap();
-    assert!(detail.contains("NOT REMOVED") && detail.contains(&destination), "{detail}");
+    assert_eq!(said["ok"], true, "{said}");
+    assert!(
+        detail.contains(&format!(
+            "removed 3 message(s) of plan {plan_id} from {destination}; 3 other message(s) given back in their order"
+        )),
+        "{detail}"
+    );
     assert!(steps.iter().all(|s| s["name"] != "restore"), "nothing is restored: {steps:?}");
     assert_eq!(report["restored_from"], Value::Null);
-    // What was published stays in the subscriber's queue; our ledger is as it was.
-    assert_eq!(subscriber.take_all(&world).await.len(), 3);
-    assert_eq!(world.ledger_digest().await, ledger);
+    assert_eq!(report["purged_replay_messages"], 3);
+    // Only the plan's messages are gone; the rest is there, in its order.
+    let left = subscriber.take_in_order(&world).await;
+    let ids: Vec<&str> = left.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["theirs-1", "theirs-2", "theirs-3"], "{left:?}");
+    assert_eq!(left[2].1, ReplayHeader::Plan(other_plan.parse().unwrap()));
+    assert_eq!(world.ledger_digest().await, ledger, "our ledger is as it was");
 
     subscriber.delete(&world).await;
     world.cleanup().await;

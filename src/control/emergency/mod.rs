@@ -11,7 +11,10 @@
 //! the replay, and restore the backup in one transaction (`restore`; the
 //! control plane, outside every dump, keeps the pause, the audit log, the
 //! runs and what was saved); put everything saved back as `pending` (and
-//! dead letters), so it is processed on resume. Each step is timed
+//! dead letters), so it is processed on resume. A destination replay's
+//! stop restores nothing and takes the plan's messages out of its
+//! subscriber's queue instead, giving every other one back (`subscriber`).
+//! Each step is timed
 //! (`steps`); a step that fails is reported, the pause stays, and what is
 //! still safe goes on. Running it again continues, and puts back what a
 //! stop that died had saved. The incident report is written last (`report`).
@@ -27,6 +30,7 @@ mod queue;
 mod report;
 mod restore;
 mod steps;
+mod subscriber;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,9 +61,8 @@ pub enum Restore {
     /// Pause and purge only.
     Nothing,
     /// A destination replay's plan (`queue:NAME`): it took no backup and
-    /// reset nothing here, so there is nothing to restore. Its messages in
-    /// the subscriber's queue are not removed (the stop takes only our
-    /// workers' queue): its `destination` step says so.
+    /// reset nothing here, so there is nothing to restore. Its messages are
+    /// taken out of the subscriber's queue, and only its (`subscriber`).
     Destination { plan_id: PlanId, destination: String },
 }
 
@@ -122,11 +125,14 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     let keeping = Keeping::choose(request.restore.backup().is_some(), lock.as_ref());
     take_off_queue(pool, endpoints, request.wait, plan_id, keeping, &mut report).await;
     report.purged_replay_messages += drop_from_outbox(pool, lock.as_ref(), plan_id, &mut report.steps).await;
-    if let Restore::Destination { destination, .. } = &request.restore {
-        // Not done (see `Restore::Destination`): said in a step of its own,
-        // which running the stop again would not change.
+    if let Restore::Destination { destination, plan_id } = &request.restore {
         let step = Steps::start("destination");
-        report.steps.record(step, Ok(destination_not_purged(destination, plan_id)));
+        let outcome = take_off_subscriber(endpoints, destination, *plan_id, request.wait).await;
+        report.purged_replay_messages += match &outcome {
+            Ok((removed, _)) | Err(StepError::SubscriberUnreachable { removed, .. }) => *removed as usize,
+            Err(_) => 0,
+        };
+        report.steps.record(step, outcome.map(|(_, detail)| detail));
     }
 
     // 3. Restore, saving first what arrived after the backup.
@@ -151,12 +157,33 @@ pub async fn stop(pool: &PgPool, endpoints: &Endpoints, request: &Request) -> Re
     report
 }
 
-/// What the stop says of a destination replay's messages: they stay.
-fn destination_not_purged(destination: &str, plan: Option<PlanId>) -> String {
-    let plan = plan.map_or_else(|| "this plan".to_string(), |p| p.to_string());
-    format!(
-        "NOT REMOVED: this plan published to {destination}, and its messages there are not removed (the stop takes only our workers' queue; a destination replay took no backup, so nothing is restored). Its subscriber must drop the messages whose x-replay-plan header is {plan}"
-    )
+/// Takes a destination replay's messages out of its subscriber's queue
+/// (`subscriber`): how many were removed, and the step's detail.
+async fn take_off_subscriber(
+    endpoints: &Endpoints,
+    destination: &str,
+    plan: PlanId,
+    wait: Duration,
+) -> Result<(u64, String), StepError> {
+    let queue = destination.strip_prefix("queue:").unwrap_or(destination);
+    let removal = subscriber::remove(endpoints, queue, plan, wait)
+        .await
+        .map_err(|error| StepError::SubscriberNotTaken { destination: destination.to_string(), error })?;
+    if removal.unreachable > 0 {
+        return Err(StepError::SubscriberUnreachable {
+            destination: destination.to_string(),
+            plan: plan.to_string(),
+            removed: removal.removed,
+            left: removal.unreachable,
+        });
+    }
+    Ok((
+        removal.removed,
+        format!(
+            "removed {} message(s) of plan {plan} from {destination}; {} other message(s) given back in their order (marked redelivered). A destination replay took no backup: nothing is restored. Messages the subscriber's consumers already held could not be reached: if it processed some of this plan's, it must undo them (their x-replay-plan header is {plan})",
+            removal.removed, removal.returned
+        ),
+    ))
 }
 
 /// Pauses every worker and waits for them; the step fails if some are

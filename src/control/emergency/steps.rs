@@ -105,6 +105,10 @@ pub enum StepError {
     PutBackWithoutLock(i64, i64),
     #[error("{0}. What the stop took off the queue stays saved in replay_control.emergency_saved_events and emergency_saved_dead_letters, nothing is lost: run the stop again to put it back")]
     NotPutBack(Box<StepError>),
+    #[error("{error}. Of {destination}, the plan's messages not taken yet are still there, and every other message is given back (the broker returns what was held when the connection closes): run the stop again, it continues")]
+    SubscriberNotTaken { destination: String, error: TransportError },
+    #[error("{removed} message(s) of plan {plan} removed from {destination}, but {left} could not be reached: the queue's single active consumer is its subscriber's, so ours was handed nothing. Stop the subscriber's consumers and run the stop again; until then it must drop the messages whose x-replay-plan header is {plan}")]
+    SubscriberUnreachable { destination: String, plan: String, removed: u64, left: u64 },
     #[error("{}: {source}", .path.display())]
     ReportNotWritten { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
