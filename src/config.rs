@@ -32,6 +32,14 @@ impl SecretUrl {
     pub fn redacted(&self) -> String {
         redact(&self.0)
     }
+
+    /// The nodes of a URL that lists several, comma-separated (`AMQP_URL`
+    /// of a cluster: `amqp://u:p@node1:5672/%2f,amqp://u:p@node2:5672/%2f`);
+    /// a URL that lists one is its only node. A comma inside a password is
+    /// written `%2C`, as URLs write it.
+    pub fn nodes(&self) -> Vec<SecretUrl> {
+        self.0.split(',').map(str::trim).filter(|n| !n.is_empty()).map(SecretUrl::new).collect()
+    }
 }
 
 impl fmt::Display for SecretUrl {
@@ -46,9 +54,17 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
-/// Replaces the password of a URL with `***`. A string that does not parse as a
-/// URL is hidden entirely rather than risk printing a secret inside it.
+/// Replaces the password of a URL (of each, in a comma-separated list) with
+/// `***`. A string that does not parse as a URL is hidden entirely rather
+/// than risk printing a secret inside it.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(|node| redact_one(node.trim())).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     match url::Url::parse(url) {
         // `scheme:user:pw@host` parses as an opaque path that may hold a secret.
         Ok(parsed) if parsed.cannot_be_a_base() => "<unprintable url>".to_string(),
@@ -79,6 +95,15 @@ pub struct Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_nodes_is_redacted_node_by_node_and_split_into_its_nodes() {
+        let cluster = SecretUrl::new("amqp://u:pw1@a:5672/%2f, amqp://u:pw2@b:5673/%2f");
+        assert_eq!(cluster.redacted(), "amqp://u:***@a:5672/%2f,amqp://u:***@b:5673/%2f");
+        let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.expose().to_string()).collect();
+        assert_eq!(nodes, ["amqp://u:pw1@a:5672/%2f", "amqp://u:pw2@b:5673/%2f"]);
+        assert_eq!(SecretUrl::new("amqp://u:p@a/%2f").nodes().len(), 1);
+    }
 
     #[test]
     fn redacts_passwords() {

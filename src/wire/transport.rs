@@ -95,7 +95,37 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// broker is left after 20 s instead of the broker's default 120 s.
 pub const DEFAULT_HEARTBEAT_SECONDS: u16 = 10;
 
+///
+/// `url` may list several nodes of a cluster (`SecretUrl::nodes`): each
+/// connection tries them in turn, starting one further along each time, so
+/// connections spread over the nodes and a reconnect after a node went away
+/// reaches another. Failing on every node, it answers with the last node's
+/// error, naming them all.
 pub async fn connect(url: &SecretUrl, name: &str) -> Result<Connection, TransportError> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nodes = url.nodes();
+    if nodes.len() <= 1 {
+        return connect_node(url, name).await;
+    }
+    let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..nodes.len() {
+        match connect_node(&nodes[(start + i) % nodes.len()], name).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => last = Some(error),
+        }
+    }
+    let all = url.redacted();
+    Err(match last {
+        Some(TransportError::Connect { source, .. }) => TransportError::Connect { url: all, source },
+        Some(TransportError::Refused { source, .. }) => TransportError::Refused { url: all, source },
+        Some(TransportError::Unresponsive { after, .. }) => TransportError::Unresponsive { url: all, after },
+        Some(other) => other,
+        None => TransportError::BadUrl { url: all },
+    })
+}
+
+async fn connect_node(url: &SecretUrl, name: &str) -> Result<Connection, TransportError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let mut uri: lapin::uri::AMQPUri =
         url.expose().parse().map_err(|_: String| TransportError::BadUrl { url: url.redacted() })?;

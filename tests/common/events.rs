@@ -42,3 +42,24 @@ pub fn workload(n: usize) -> (Vec<replay::wire::envelope::Event>, Uuid) {
     }
     (events, period)
 }
+
+/// Periods published back to back, as a producer closes them: each opened,
+/// `n` contributions over a few members submitted, then all approved, then
+/// the close. Amounts differ, so a close that misses one approval is seen.
+pub fn closing_periods(periods: usize, n: usize) -> (Vec<Event>, Vec<Uuid>) {
+    let mut events = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..periods {
+        let period = Uuid::new_v4();
+        ids.push(period);
+        let members: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+        events.push(period_opened(period));
+        let contributions: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+        for (i, c) in contributions.iter().enumerate() {
+            events.push(submitted(*c, members[i % members.len()], period, 1 + (i % 50) as u32));
+        }
+        events.extend(contributions.iter().map(|c| approved(*c)));
+        events.push(event("period.close", json!({"period_id": period})));
+    }
+    (events, ids)
+}

@@ -460,3 +460,43 @@ pub async fn assert_all_applied_once(world: &World, events: usize, contributions
     assert_eq!(world.scalar("SELECT count(*) FROM contributions").await, contributions);
     assert_eq!(world.queue_depth().await, 0);
 }
+
+/// Every closed period's allocations add up to its approved contributions,
+/// member by member.
+pub async fn assert_allocations_right(world: &World, periods: &[Uuid]) {
+    for period in periods {
+        let wrong: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT c.member_id, sum(c.amount)::text, coalesce(a.amount::text, 'none')
+               FROM contributions c LEFT JOIN allocations a ON a.member_id = c.member_id AND a.period_id = c.period_id
+              WHERE c.period_id = $1 AND c.status = 'approved'
+              GROUP BY c.member_id, a.amount HAVING a.amount IS DISTINCT FROM sum(c.amount)",
+        )
+        .bind(period)
+        .fetch_all(&world.pool)
+        .await
+        .expect("read the allocations");
+        if !wrong.is_empty() {
+            // What the next engineer needs to tell a delivery out of order
+            // (a ledger id after the close's) from an event applied late.
+            let late: Vec<(i64, String, String, i32, Option<String>)> = sqlx::query_as(
+                "SELECT p.id, p.event_type, p.status, p.retry_count, p.error_message FROM processed_events p
+                   JOIN processed_events c ON c.event_type = 'period.close' AND c.payload->>'period_id' = $1
+                  WHERE p.id > c.id AND p.payload->>'period_id' = $1
+                     OR p.id >= c.id AND p.event_type = 'period.close' AND p.payload->>'period_id' = $1
+                     OR p.id > c.id AND p.event_type = 'contribution.approved'
+                  ORDER BY p.id LIMIT 20",
+            )
+            .bind(period.to_string())
+            .fetch_all(&world.pool)
+            .await
+            .expect("read what came after the close");
+            panic!("period {period}: (member, approved sum, allocation) wrong: {wrong:?}; the close and what came after it: {late:?}");
+        }
+        let status: String = sqlx::query_scalar("SELECT status FROM allocation_periods WHERE id = $1")
+            .bind(period)
+            .fetch_one(&world.pool)
+            .await
+            .expect("read the period");
+        assert_eq!(status, "closed");
+    }
+}

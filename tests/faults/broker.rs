@@ -1,6 +1,7 @@
 //! A private RabbitMQ node for tests that stop or restart the broker: its own
 //! node name, ports, data and cookie in a temporary directory, so the shared
-//! node on 5672 is never touched. Killed when dropped.
+//! node on 5672 is never touched. Killed when dropped. A [`PrivateCluster`]
+//! is three such nodes sharing one cookie, joined into one cluster.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,7 +23,19 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a node and waits until it accepts AMQP connections.
     pub async fn start() -> Self {
+        Self::start_with_cookie(None).await
+    }
+
+    /// Starts a node whose Erlang cookie is `cookie` (the nodes of one
+    /// cluster share theirs), or the one Erlang makes up.
+    async fn start_with_cookie(cookie: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("a directory for the node");
+        if let Some(cookie) = cookie {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(".erlang.cookie");
+            std::fs::write(&path, cookie).expect("write the node's cookie");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("the cookie's mode");
+        }
         let (port, dist_port) = (free_port(), free_port());
         std::fs::write(dir.path().join("rabbitmq.conf"), format!("listeners.tcp.default = 127.0.0.1:{port}\n"))
             .expect("write the node's config");
@@ -87,6 +100,42 @@ impl PrivateBroker {
         self.dir.path().join("log")
     }
 
+    /// `rabbitmqctl -n NODE ARGS`, expected to succeed; its output.
+    fn ctl(&self, args: &[&str]) -> String {
+        self.try_ctl(args).unwrap_or_else(|failed| panic!("{failed}"))
+    }
+
+    /// `rabbitmqctl -n NODE ARGS`: its output, or why it failed.
+    fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .command(CTL)
+            .args(["-n", &self.node])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output();
+        let out = out.expect("run rabbitmqctl");
+        if !out.status.success() {
+            return Err(format!(
+                "rabbitmqctl {args:?} failed for {}: {}{}",
+                self.node,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Stops the node cleanly (its clients see their connections closed).
+    pub fn stop(&self) {
+        self.ctl(&["shutdown"]);
+    }
+
+    /// Boots the stopped node again from its data directory.
+    pub async fn start_again(&self) {
+        self.boot().await;
+    }
+
     /// A broker restart, as `docker-compose stop` then `start` does it: a
     /// clean shutdown (clients see their connections closed), then a boot
     /// from the same data directory. Returns how long the broker was away.
@@ -104,5 +153,52 @@ impl Drop for PrivateBroker {
         if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
             let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
         }
+    }
+}
+
+/// Three private nodes joined into one cluster: their own names, ports,
+/// data directories and one shared cookie. Stopped when dropped.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateBroker>,
+}
+
+impl PrivateCluster {
+    pub async fn start() -> Self {
+        let cookie = format!("REPLAYTEST{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(PrivateBroker::start_with_cookie(Some(&cookie)).await);
+        }
+        let first = nodes[0].node.clone();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", &first]);
+            node.ctl(&["start_app"]);
+        }
+        let running = nodes[0].ctl(&["cluster_status", "--formatter", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&running).expect("cluster_status is JSON");
+        assert_eq!(status["running_nodes"].as_array().map(Vec::len), Some(3), "three running nodes: {status}");
+        Self { nodes }
+    }
+
+    /// `AMQP_URL` for the cluster: every node, comma-separated.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node that leads quorum queue `queue`, as the first node that
+    /// answers says (a stopped one does not).
+    pub fn leader_of(&self, queue: &str) -> usize {
+        let args = ["list_queues", "name", "leader", "--formatter", "json"];
+        let listed =
+            self.nodes.iter().find_map(|node| node.try_ctl(&args).ok()).expect("a running node lists the queues");
+        let queues: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("list_queues is JSON");
+        let leader = queues
+            .iter()
+            .find(|q| q["name"] == queue)
+            .and_then(|q| q["leader"].as_str())
+            .unwrap_or_else(|| panic!("{queue} has a leader: {queues:?}"))
+            .to_string();
+        self.nodes.iter().position(|n| n.node == leader).unwrap_or_else(|| panic!("{leader} is one of ours"))
     }
 }

@@ -23,7 +23,7 @@ fn spawn(world: &World, n: usize) -> tokio::process::Child {
 /// Runs `replay publish --file` for these lines; the outbox keeps what the
 /// broker does not confirm, so it exits 0 through a broker restart. Returns
 /// whether the outbox was used.
-async fn publish_lines(env: &[(&'static str, String)], lines: &[String]) -> bool {
+pub(crate) async fn publish_lines(env: &[(&'static str, String)], lines: &[String]) -> bool {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), lines.join("\n")).unwrap();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))

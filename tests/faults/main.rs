@@ -1,6 +1,7 @@
 //! The fault suite, a binary of its own because it is slow: faults injected
-//! through TCP proxies the tests control (`faults`) and the load test with a
-//! private RabbitMQ node (`load`). `cargo test` runs it with the rest;
+//! through TCP proxies the tests control (`faults`), the load test with a
+//! private RabbitMQ node (`load`), and a private three-node cluster losing
+//! the node that leads the queue (`cluster`). `cargo test` runs it with the rest;
 //! `cargo test --test faults` runs it alone.
 
 // The fault suite uses a subset of the shared helpers. The `it` binary
@@ -10,6 +11,7 @@
 mod common;
 
 mod broker;
+mod cluster;
 mod proxy;
 
 mod faults;

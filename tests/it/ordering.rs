@@ -12,67 +12,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Periods published back to back, as a producer closes them: each opened,
-/// `n` contributions over a few members submitted, then all approved, then
-/// the close. Amounts differ, so a close that misses one approval is seen.
-fn closing_periods(periods: usize, n: usize) -> (Vec<Event>, Vec<Uuid>) {
-    let mut events = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..periods {
-        let period = Uuid::new_v4();
-        ids.push(period);
-        let members: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
-        events.push(period_opened(period));
-        let contributions: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
-        for (i, c) in contributions.iter().enumerate() {
-            events.push(submitted(*c, members[i % members.len()], period, 1 + (i % 50) as u32));
-        }
-        events.extend(contributions.iter().map(|c| approved(*c)));
-        events.push(event("period.close", json!({"period_id": period})));
-    }
-    (events, ids)
-}
-
-/// Every closed period's allocations add up to its approved contributions,
-/// member by member.
-async fn assert_allocations_right(world: &World, periods: &[Uuid]) {
-    for period in periods {
-        let wrong: Vec<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT c.member_id, sum(c.amount)::text, coalesce(a.amount::text, 'none')
-               FROM contributions c LEFT JOIN allocations a ON a.member_id = c.member_id AND a.period_id = c.period_id
-              WHERE c.period_id = $1 AND c.status = 'approved'
-              GROUP BY c.member_id, a.amount HAVING a.amount IS DISTINCT FROM sum(c.amount)",
-        )
-        .bind(period)
-        .fetch_all(&world.pool)
-        .await
-        .unwrap();
-        if !wrong.is_empty() {
-            // What the next engineer needs to tell a delivery out of order
-            // (a ledger id after the close's) from an event applied late.
-            let late: Vec<(i64, String, String, i32, Option<String>)> = sqlx::query_as(
-                "SELECT p.id, p.event_type, p.status, p.retry_count, p.error_message FROM processed_events p
-                   JOIN processed_events c ON c.event_type = 'period.close' AND c.payload->>'period_id' = $1
-                  WHERE p.id > c.id AND p.payload->>'period_id' = $1
-                     OR p.id >= c.id AND p.event_type = 'period.close' AND p.payload->>'period_id' = $1
-                     OR p.id > c.id AND p.event_type = 'contribution.approved'
-                  ORDER BY p.id LIMIT 20",
-            )
-            .bind(period.to_string())
-            .fetch_all(&world.pool)
-            .await
-            .unwrap();
-            panic!("period {period}: (member, approved sum, allocation) wrong: {wrong:?}; the close and what came after it: {late:?}");
-        }
-        let status: String = sqlx::query_scalar("SELECT status FROM allocation_periods WHERE id = $1")
-            .bind(period)
-            .fetch_one(&world.pool)
-            .await
-            .unwrap();
-        assert_eq!(status, "closed");
-    }
-}
-
 async fn leader(world: &World) -> (String, i64) {
     sqlx::query_as("SELECT worker_id, epoch FROM replay_control.partition_leaders")
         .fetch_optional(&world.pool)
