@@ -123,3 +123,143 @@ async fn hostile_selector_values_select_nothing_and_harm_nothing(pool: PgPool) {
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await.unwrap();
     assert_eq!(rows, 4);
 }
+
+/// A ledger the planner takes seriously: 200,000 rows over a year, nearly
+/// all processed contributions, with the rare rows operators look for (a
+/// few hundred failed, skipped and pending rows, one period event in a
+/// thousand).
+async fn seed_large(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO processed_events
+                (event_id, event_type, payload, occurred_at, received_at, status, processed_at, error_message)
+         SELECT 'evt-' || n,
+                CASE WHEN n % 1000 = 0 THEN 'period.opened' ELSE 'contribution.submitted' END,
+                jsonb_build_object('contribution_id', 'c-' || n, 'member_id', 'm-' || (n % 500), 'amount', n % 90),
+                t, t + interval '1 second',
+                CASE WHEN n % 997 = 0 THEN 'error' WHEN n % 991 = 0 THEN 'skipped'
+                     WHEN n % 983 = 0 THEN 'pending' ELSE 'processed' END,
+                CASE WHEN n % 983 = 0 THEN NULL ELSE t + interval '2 seconds' END,
+                CASE WHEN n % 997 = 0 THEN 'boom' END
+           FROM generate_series(1, 200000) n,
+                LATERAL (SELECT now() - interval '365 days' + n * interval '157 seconds' AS t) times",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE processed_events").execute(pool).await.unwrap();
+}
+
+/// The plan nodes that read `processed_events` by a sequential scan.
+fn seq_scans(plan: &serde_json::Value) -> usize {
+    match plan {
+        serde_json::Value::Object(node) => {
+            let here = node.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan")
+                && node.get("Relation Name").and_then(|t| t.as_str()) == Some("processed_events");
+            usize::from(here) + node.values().map(seq_scans).sum::<usize>()
+        }
+        serde_json::Value::Array(items) => items.iter().map(seq_scans).sum(),
+        _ => 0,
+    }
+}
+
+#[sqlx::test]
+async fn every_selector_and_runbook_query_is_served_by_an_index(pool: PgPool) {
+    use replay::store::ledger::{self, Order, Reading, Status};
+    seed_large(&pool).await;
+    let now = chrono::Utc::now();
+    let day_ago = TimeRange { from: Some(now - chrono::Duration::days(1)), to: None };
+    let one_day =
+        TimeRange { from: Some(now - chrono::Duration::days(100)), to: Some(now - chrono::Duration::days(99)) };
+    let type_ = |t: &str| vec![t.to_string()];
+    let selectors = [
+        ("the whole ledger", Selector::default()),
+        ("one event", Selector { event_ids: vec!["evt-4242".into()], ..Selector::default() }),
+        ("a rare type", Selector { event_types: type_("period.opened"), ..Selector::default() }),
+        (
+            "a type over a day",
+            Selector { event_types: type_("contribution.submitted"), occurred: one_day, ..Selector::default() },
+        ),
+        (
+            "two types",
+            Selector { event_types: vec!["period.opened".into(), "period.closed".into()], ..Selector::default() },
+        ),
+        ("a day of event time", Selector { occurred: one_day, ..Selector::default() }),
+        ("a day of processing time", Selector { processed: one_day, ..Selector::default() }),
+        ("failed events", Selector { statuses: vec![Status::Error], ..Selector::default() }),
+        (
+            "failed events in the last 24 h",
+            Selector { statuses: vec![Status::Error], processed: day_ago, ..Selector::default() },
+        ),
+        ("skipped events", Selector { statuses: vec![Status::Skipped], ..Selector::default() }),
+        ("pending events", Selector { statuses: vec![Status::Pending], ..Selector::default() }),
+        (
+            "events of one contribution",
+            Selector { payload: vec![PayloadField::parse("contribution_id=c-4242").unwrap()], ..Selector::default() },
+        ),
+        (
+            "a number in the payload",
+            Selector {
+                payload: vec![PayloadField::parse("amount=7").unwrap()],
+                event_types: type_("period.opened"),
+                ..Selector::default()
+            },
+        ),
+        (
+            "recent events",
+            Selector { received_from: Some(now - chrono::Duration::hours(1)), limit: Some(50), ..Selector::default() },
+        ),
+    ];
+    let mut scanned = Vec::new();
+    for (name, selector) in &selectors {
+        let readings = [
+            (Order::EventTime, Reading::Plan),
+            (Order::NewestFirst, Reading::Rows),
+            (Order::LatestFirst { after: None }, Reading::Rows),
+            (Order::LatestFirst { after: Some(150_000) }, Reading::Rows),
+        ];
+        for (order, reading) in readings {
+            // Operators read pages; a plan reads every row it selects.
+            let selector = match reading {
+                Reading::Rows => Selector { limit: selector.limit.or(Some(50)), ..selector.clone() },
+                Reading::Plan => selector.clone(),
+            };
+            let plan = ledger::explain_selection(&pool, &selector, order, reading).await.unwrap();
+            if seq_scans(&plan) > 0 {
+                scanned.push(format!("{name} ({order:?}): {plan}"));
+            }
+        }
+    }
+    let since = now - chrono::Duration::days(1);
+    let explain = |sql: &str| format!("EXPLAIN (FORMAT JSON) {sql}");
+    let runbook = [
+        (
+            "unresolved errors",
+            sqlx::query_scalar(sqlx::AssertSqlSafe(explain(ledger::UNRESOLVED_ERRORS_SQL))).bind(50_i64),
+        ),
+        (
+            "error report (last 24 h)",
+            sqlx::query_scalar(sqlx::AssertSqlSafe(explain(ledger::ERROR_REPORT_SQL))).bind(since),
+        ),
+        (
+            "per minute (last 24 h)",
+            sqlx::query_scalar(sqlx::AssertSqlSafe(explain(ledger::PER_MINUTE_SQL))).bind(since),
+        ),
+        ("activity", sqlx::query_scalar(sqlx::AssertSqlSafe(explain(ledger::ACTIVITY_SQL)))),
+    ];
+    for (name, query) in runbook {
+        let plan: serde_json::Value = query.fetch_one(&pool).await.unwrap();
+        if seq_scans(&plan) > 0 {
+            scanned.push(format!("{name}: {plan}"));
+        }
+    }
+    let prune: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(explain(ledger::PRUNE_BATCH_SQL)))
+        .bind(now - chrono::Duration::days(300))
+        .bind(1000_i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    if seq_scans(&prune) > 0 {
+        scanned.push(format!("prune batch: {prune}"));
+    }
+    assert!(scanned.is_empty(), "sequential scans of processed_events:\n{}", scanned.join("\n"));
+}

@@ -35,8 +35,28 @@ pub use replay::*;
 pub use status::Status;
 pub use worker::*;
 
+/// What a selection reads: a plan's columns (`for_each_selected`) or the
+/// rows an operator is shown (`select`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Plan,
+    Rows,
+}
+
+impl Reading {
+    fn columns(self) -> &'static str {
+        match self {
+            Self::Plan => "SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events",
+            Self::Rows => {
+                "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
+                 processed_at, updated_at FROM processed_events"
+            }
+        }
+    }
+}
+
 /// `columns` (a SELECT ... FROM processed_events) restricted by a selector.
-fn selection(columns: &'static str, selector: &Selector, order: Order) -> QueryBuilder<Postgres> {
+fn selection(columns: &str, selector: &Selector, order: Order) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::<Postgres>::new(columns);
     query.push(" WHERE true");
     if !selector.event_ids.is_empty() {

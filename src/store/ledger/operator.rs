@@ -29,13 +29,24 @@ pub struct LedgerRow {
 /// uses are written into the query, so the planner sees each one and picks
 /// its index; every value is a bind parameter.
 pub async fn select(pool: &PgPool, selector: &Selector, order: Order) -> Result<Vec<LedgerRow>, StoreError> {
-    let mut query = selection(
-        "SELECT id, event_id, event_type, payload, occurred_at, status, retry_count, error_message, \
-         processed_at, updated_at FROM processed_events",
-        selector,
-        order,
-    );
+    let mut query = selection(Reading::Rows.columns(), selector, order);
     query.build_query_as().fetch_all(pool).await.map_err(failed("select rows"))
+}
+
+/// The planner's plan (`EXPLAIN (FORMAT JSON)`) of the very statement
+/// `select` (`Reading::Rows`) or `for_each_selected` (`Reading::Plan`) runs
+/// for `selector`, values bound as they would be: how a test proves every
+/// selector is served by an index on a ledger large enough for the planner
+/// to care.
+pub async fn explain_selection(
+    pool: &PgPool,
+    selector: &Selector,
+    order: Order,
+    reading: Reading,
+) -> Result<Value, StoreError> {
+    let mut query = selection(&format!("EXPLAIN (FORMAT JSON) {}", reading.columns()), selector, order);
+    let plan: (Value,) = query.build_query_as().fetch_one(pool).await.map_err(failed("explain a selection"))?;
+    Ok(plan.0)
 }
 
 /// One ledger row by event id.
@@ -102,16 +113,14 @@ pub struct FailedEvent {
     pub failed_at: Option<DateTime<Utc>>,
 }
 
+/// `unresolved_errors`' statement (`$1`: the limit); public so a test can EXPLAIN it.
+pub const UNRESOLVED_ERRORS_SQL: &str =
+    "SELECT event_id, event_type, error_message, retry_count, processed_at AS failed_at FROM processed_events
+          WHERE status = 'error' AND resolved_at IS NULL ORDER BY processed_at DESC NULLS LAST, id DESC LIMIT $1";
+
 /// Rows in `error` not marked resolved, most recent first.
 pub async fn unresolved_errors(pool: &PgPool, limit: i64) -> Result<Vec<FailedEvent>, StoreError> {
-    sqlx::query_as(
-        "SELECT event_id, event_type, error_message, retry_count, processed_at AS failed_at FROM processed_events
-          WHERE status = 'error' AND resolved_at IS NULL ORDER BY processed_at DESC NULLS LAST, id DESC LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(failed("list failed events"))
+    sqlx::query_as(UNRESOLVED_ERRORS_SQL).bind(limit).fetch_all(pool).await.map_err(failed("list failed events"))
 }
 
 /// How many rows are in `error` and not resolved.
@@ -122,21 +131,21 @@ pub async fn count_unresolved_errors(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(failed("count failed events"))
 }
 
-/// Unresolved failed events since `since`, by type and normalized error.
-pub async fn error_report(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<crate::store::ReportGroup>, StoreError> {
-    sqlx::query_as(concat!(
-        "SELECT event_type AS what, ",
-        normalized_error!(),
-        " AS why, count(*) AS count,
+/// `error_report`'s statement, the runbook's "failed events in the last 24 h"
+/// (`$1`: since); public so a test can EXPLAIN it.
+pub const ERROR_REPORT_SQL: &str = concat!(
+    "SELECT event_type AS what, ",
+    normalized_error!(),
+    " AS why, count(*) AS count,
                     min(processed_at) AS first_seen, max(processed_at) AS last_seen
                FROM processed_events
               WHERE status = 'error' AND resolved_at IS NULL AND processed_at >= $1
               GROUP BY 1, 2 ORDER BY 3 DESC, 1"
-    ))
-    .bind(since)
-    .fetch_all(pool)
-    .await
-    .map_err(failed("report failed events"))
+);
+
+/// Unresolved failed events since `since`, by type and normalized error.
+pub async fn error_report(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<crate::store::ReportGroup>, StoreError> {
+    sqlx::query_as(ERROR_REPORT_SQL).bind(since).fetch_all(pool).await.map_err(failed("report failed events"))
 }
 
 /// Marks a failed event resolved, inside the caller's transaction; false if
@@ -229,23 +238,25 @@ pub async fn count_prunable(pool: &PgPool, before: DateTime<Utc>) -> Result<i64,
         .map_err(failed("count prunable rows"))
 }
 
+/// `prune_batch`'s statement (`$1`: before, `$2`: the batch); public so a
+/// test can EXPLAIN it.
+pub const PRUNE_BATCH_SQL: &str = "DELETE FROM processed_events WHERE id IN (
+             SELECT id FROM processed_events
+              WHERE status = 'processed' AND processed_at < $1
+              ORDER BY processed_at LIMIT $2
+              FOR UPDATE SKIP LOCKED)";
+
 /// Deletes up to `batch` processed rows processed before `before` (never a
 /// row in another status) and returns how many it deleted. Rows locked by
 /// someone else are skipped, not waited for. Runs in the caller's transaction,
 /// so the audit entry describing the batch commits with it.
 pub async fn prune_batch(conn: &mut PgConnection, before: DateTime<Utc>, batch: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM processed_events WHERE id IN (
-             SELECT id FROM processed_events
-              WHERE status = 'processed' AND processed_at < $1
-              ORDER BY processed_at LIMIT $2
-              FOR UPDATE SKIP LOCKED)",
-    )
-    .bind(before)
-    .bind(batch)
-    .execute(conn)
-    .await
-    .map_err(failed("prune processed rows"))?;
+    let done = sqlx::query(PRUNE_BATCH_SQL)
+        .bind(before)
+        .bind(batch)
+        .execute(conn)
+        .await
+        .map_err(failed("prune processed rows"))?;
     Ok(done.rows_affected())
 }
 
@@ -260,17 +271,16 @@ pub struct Activity {
     pub replay_rows_waiting: i64,
 }
 
-pub async fn activity(pool: &PgPool) -> Result<Activity, StoreError> {
-    sqlx::query_as(
-        "SELECT (SELECT max(processed_at) FROM processed_events WHERE processed_at IS NOT NULL) AS last_processed_at,
+/// `activity`'s statement, read at every scrape; public so a test can EXPLAIN it.
+pub const ACTIVITY_SQL: &str =
+    "SELECT (SELECT max(processed_at) FROM processed_events WHERE processed_at IS NOT NULL) AS last_processed_at,
                 (SELECT extract(epoch FROM now() - min(next_attempt_at))::float8 FROM processed_events
                   WHERE status = 'pending' AND next_attempt_at <= now()) AS consumer_lag_seconds,
                 (SELECT count(*) FROM processed_events WHERE status = 'pending' AND replay_plan IS NOT NULL)
-                  AS replay_rows_waiting",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(failed("read ledger activity"))
+                  AS replay_rows_waiting";
+
+pub async fn activity(pool: &PgPool) -> Result<Activity, StoreError> {
+    sqlx::query_as(ACTIVITY_SQL).fetch_one(pool).await.map_err(failed("read ledger activity"))
 }
 
 /// Counts rows by status, for health and metrics.
@@ -289,20 +299,18 @@ pub struct MinuteCount {
     pub count: i64,
 }
 
-/// Processed and failed rows per minute since `since`, for the console's
-/// charts. Both conditions are on `processed_events_status_processed_at_idx`
-/// (`(status, processed_at)`, partial on `status <> 'pending'`), which the
-/// planner picks (checked with EXPLAIN on 200,000 rows), so the read is
-/// bounded by the window, not by the size of the ledger.
-pub async fn per_minute(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<MinuteCount>, StoreError> {
-    sqlx::query_as(
-        "SELECT date_trunc('minute', processed_at) AS minute, status, count(*) AS count
+/// `per_minute`'s statement (`$1`: since); public so a test can EXPLAIN it.
+pub const PER_MINUTE_SQL: &str = "SELECT date_trunc('minute', processed_at) AS minute, status, count(*) AS count
            FROM processed_events
           WHERE processed_at >= $1 AND status IN ('processed', 'error')
-          GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .bind(since)
-    .fetch_all(pool)
-    .await
-    .map_err(failed("count rows per minute"))
+          GROUP BY 1, 2 ORDER BY 1, 2";
+
+/// Processed and failed rows per minute since `since`, for the console's
+/// charts. Both conditions are on `processed_events_processing_time_idx`
+/// (`(processed_at, status)`, partial on `processed_at IS NOT NULL`), which
+/// the planner picks (`every_selector_and_runbook_query_is_served_by_an_index`
+/// checks it with EXPLAIN on 200,000 rows), so the read is bounded by the
+/// window, not by the size of the ledger.
+pub async fn per_minute(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<MinuteCount>, StoreError> {
+    sqlx::query_as(PER_MINUTE_SQL).bind(since).fetch_all(pool).await.map_err(failed("count rows per minute"))
 }

@@ -48,11 +48,7 @@ pub async fn for_each_selected<E: From<StoreError>>(
     selector: &Selector,
     mut each: impl FnMut(SelectedRow<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut query = selection(
-        "SELECT id, event_id, event_type, status, occurred_at, xmin::text FROM processed_events",
-        selector,
-        Order::EventTime,
-    );
+    let mut query = selection(Reading::Plan.columns(), selector, Order::EventTime);
     let mut rows = query.build().fetch(pool);
     let decode = |source| StoreError { op: "read selected rows", source };
     while let Some(row) = rows.try_next().await.map_err(failed("select rows"))? {
