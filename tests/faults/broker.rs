@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 use crate::common::free_port;
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// Held by the tests that run several busy private nodes (the load test,
+/// the cluster): on two cores, one at a time, so a node booting or joining
+/// a cluster is not starved by the other test's load.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 
 pub struct PrivateBroker {
@@ -126,6 +131,24 @@ impl PrivateBroker {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Boots the node again if it is not running (said on stderr, with the
+    /// end of its log: a node that stopped on its own is worth knowing of).
+    async fn ensure_running(&self) {
+        if self.try_ctl(&["status"]).is_ok() {
+            return;
+        }
+        let log = std::fs::read_dir(self.log_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|text| text.lines().rev().take(20).collect::<Vec<_>>().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        eprintln!("node {} was not running; booting it again. Its log ends (last lines first):\n{log}", self.node);
+        self.boot().await;
+    }
+
     /// Stops the node cleanly (its clients see their connections closed).
     pub fn stop(&self) {
         self.ctl(&["shutdown"]);
@@ -171,6 +194,8 @@ impl PrivateCluster {
         }
         let first = nodes[0].node.clone();
         for node in &nodes[1..] {
+            nodes[0].ensure_running().await;
+            node.ensure_running().await;
             node.ctl(&["stop_app"]);
             node.ctl(&["join_cluster", &first]);
             node.ctl(&["start_app"]);

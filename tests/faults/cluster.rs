@@ -21,6 +21,7 @@ const CHUNK: usize = 1_000;
 
 #[sqlx::test]
 async fn the_node_leading_the_queue_stopped_mid_stream_loses_nothing_and_keeps_the_order(pool: PgPool) {
+    let _heavy = crate::broker::HEAVY.lock().await;
     let cluster = PrivateCluster::start().await;
     let world = World::on_broker(pool, &cluster.url()).await;
     let mut workers: Vec<_> = ["c-1", "c-2"]

@@ -40,6 +40,7 @@ pub(crate) async fn publish_lines(env: &[(&'static str, String)], lines: &[Strin
 
 #[sqlx::test]
 async fn four_workers_100k_events_a_kill_and_a_broker_restart_apply_each_event_once(pool: PgPool) {
+    let _heavy = crate::broker::HEAVY.lock().await;
     let broker = PrivateBroker::start().await;
     let world = World::on_broker(pool, &broker.url).await;
     let started = Instant::now();
