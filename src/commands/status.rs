@@ -120,6 +120,11 @@ fn human(report: &serde_json::Value) -> String {
         if report["state"] == "not applied" {
             out += "next: `replay apply` this plan\n";
         }
+        if let Some(reason) = report["halted"]["reason"].as_str() {
+            out += &format!(
+                "halted {reason}\nnext: fix the cause, then run the same `replay apply` again; the unpublished rest stays parked until then\n"
+            );
+        }
         return out;
     }
     let mut table = Table::new();

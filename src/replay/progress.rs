@@ -41,7 +41,7 @@ pub async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> Result<PlanReport,
         }
         None => (None, None),
     };
-    let state = run.as_ref().map_or("not applied", |r| r.state.as_str());
+    let state = run.as_ref().map_or("not applied", |r| r.shown_state());
     let report = json!({
         "plan_id": plan_id,
         "plan_path": plan.path,
@@ -54,6 +54,7 @@ pub async fn plan_report(pool: &PgPool, plan: &SealedPlan) -> Result<PlanReport,
         "rate_per_second": rate,
         "eta_seconds": eta,
         "failures": failures,
+        "halted": run.as_ref().and_then(|r| r.halted_reason.as_ref().map(|reason| json!({"at": r.halted_at, "reason": reason}))),
     });
     let republished = run.as_ref().is_some_and(|r| !r.state.is_open());
     Ok(PlanReport { report, settled: republished && open == 0 })

@@ -68,9 +68,21 @@ pub struct ReplayRun {
     /// Where a destination replay published (`queue:NAME`); `None` for
     /// a replay to our own workers, which has a backup.
     pub destination: Option<String>,
+    /// A canary apply's halt: when and why, until the apply runs again.
+    pub halted_at: Option<DateTime<Utc>>,
+    pub halted_reason: Option<String>,
 }
 
 impl ReplayRun {
+    /// The state an operator reads: `halted` while a halt stands on a run
+    /// that is still open, else the phase.
+    pub fn shown_state(&self) -> &'static str {
+        match (&self.halted_reason, self.state.is_open()) {
+            (Some(_), true) => "halted",
+            _ => self.state.as_str(),
+        }
+    }
+
     /// Rows of the plan reset so far, in plan order: `reset_rows` while
     /// resetting, every row of the plan (`plan_rows`) once past it.
     pub fn rows_reset(&self, plan_rows: u64) -> u64 {
@@ -128,6 +140,30 @@ pub async fn find(pool: &PgPool, plan_id: PlanId) -> Result<Option<ReplayRun>, S
         .fetch_optional(pool)
         .await
         .map_err(failed("read a replay run"))
+}
+
+/// Records a halt of `plan_id`'s run, inside the transaction that audits it.
+pub async fn halted(conn: &mut PgConnection, plan_id: PlanId, reason: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE replay_control.replay_runs SET halted_at = now(), halted_reason = $2 WHERE plan_id = $1")
+        .bind(plan_id)
+        .bind(reason)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(failed("record a halt"))
+}
+
+/// Lifts a halt: the same apply runs again.
+pub async fn clear_halt(pool: &PgPool, plan_id: PlanId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE replay_control.replay_runs SET halted_at = NULL, halted_reason = NULL
+          WHERE plan_id = $1 AND halted_at IS NOT NULL",
+    )
+    .bind(plan_id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(failed("lift a halt"))
 }
 
 /// Records a run, `resetting`, inside the apply's first transaction.

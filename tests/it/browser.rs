@@ -353,6 +353,7 @@ async fn the_plan_page_shows_its_rehearsal_and_its_canary_halts_an_apply_whose_c
         assert!(std::time::Instant::now() < deadline, "{}", browser.text("#progress-ending").await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    assert_eq!(browser.text("#progress-state").await, "halted", "the run's state says it halted");
     browser.screenshot("plan-canary-halted").await;
     let published =
         world.scalar(&format!("SELECT published FROM replay_control.replay_runs WHERE plan_id = '{plan_id}'")).await;

@@ -84,6 +84,11 @@ async fn a_canary_over_events_whose_cause_is_not_fixed_halts_and_resumes_once_fi
     assert_eq!((halted[0]["failed"].clone(), halted[0]["canary"].clone()), (2.into(), 2.into()));
     assert!(halted[0]["reason"].as_str().unwrap().starts_with("after the canary: 2 of 2"), "{}", halted[0]);
     world.wait_for_count(ERRORS, 2, Duration::from_secs(20)).await;
+    // What the on-call reads of it: halted, and why.
+    let out = world.replay(&["status", path, "--json"]).await;
+    let status: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!(status["state"], "halted", "{status}");
+    assert!(status["halted"]["reason"].as_str().unwrap().starts_with("after the canary: 2 of 2"), "{status}");
 
     // Fixed: the submissions arrive; the same apply retries the canary's
     // failures first, then publishes the rest.
@@ -100,6 +105,9 @@ async fn a_canary_over_events_whose_cause_is_not_fixed_halts_and_resumes_once_fi
     world.assert_applied(&approvals[1..], 1).await;
     world.assert_each_applied_once().await;
     assert_eq!(halts(&world, plan_id).await.len(), 1, "the resumed apply did not halt");
+    let out = world.replay(&["status", path, "--json"]).await;
+    let status: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    assert_eq!((status["state"].clone(), status["halted"].clone()), ("done".into(), Value::Null), "{status}");
     world.cleanup().await;
 }
 

@@ -116,7 +116,7 @@ pub(super) async fn list(_: Caller, State(console): State<Console>) -> Result<Js
             "rows": plan.summary.rows,
             "events": plan.events(),
             "workflow": plan.header.workflow.as_ref().map(|w| &w.name),
-            "state": run.as_ref().map_or("not applied", |r| r.state.as_str()),
+            "state": run.as_ref().map_or("not applied", |r| r.shown_state()),
         }));
     }
     Ok(Json(json!({"plans": plans})))

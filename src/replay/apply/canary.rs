@@ -10,7 +10,9 @@
 //! - A halt is a stop like a pause: the run's progress is recorded, the
 //!   unpublished rest stays parked for the plan (held from claimers by
 //!   `mod.rs` until a re-run releases it), and the halt is audited
-//!   (`replay.halt`, in its own short transaction) before it is answered.
+//!   (`replay.halt`, in its own short transaction, which also records the
+//!   halt on the run: shown as state `halted`, with why, until `execute`
+//!   lifts it when the same apply runs again) before it is answered.
 //! - A resumed canary apply retries the plan's rows that failed for good
 //!   (reset again at their current version, republished) as its canary and
 //!   waits for them before it publishes more; rows still retrying are the
@@ -27,7 +29,7 @@ use super::{stop_here, ApplyError, Reached, Request};
 use crate::replay::plan::SealedPlan;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::ledger::{self, RowVersion, SettledCount};
-use crate::store::{failed, StoreError};
+use crate::store::{failed, runs, StoreError};
 use crate::wire::publisher::Publisher;
 
 /// How long a canary waits for its events to settle unless told.
@@ -245,6 +247,7 @@ pub(super) async fn halt(
     };
     let mut tx = pool.begin().await.map_err(failed("auditing a halt"))?;
     audit::append(&mut tx, &entry).await?;
+    runs::halted(&mut tx, plan.header.plan_id, &reason).await?;
     tx.commit().await.map_err(failed("auditing a halt"))?;
     tracing::warn!(plan = %plan.header.plan_id, reason = %reason, "apply halted");
     Ok(ApplyError::Halted { reason, reached: Reached::default() })

@@ -156,6 +156,10 @@ pub async fn execute(
     progress: impl FnMut(Progress) + Send,
 ) -> Result<Outcome, ApplyError> {
     let plan = &checked.plan;
+    if checked.run.is_some() {
+        // The same apply again: a halt it stopped at no longer stands.
+        runs::clear_halt(pool, plan.header.plan_id).await?;
+    }
     let outcome = match Target::of(plan) {
         Target::Workers => run(pool, endpoints, &checked, request, shutdown, progress).await,
         Target::Queue(queue) => destination::run(pool, endpoints, &checked, request, &queue, shutdown, progress).await,
