@@ -41,8 +41,6 @@ const MAX_PAUSES: u32 = 8;
 const LOCK_SAMPLE: Duration = Duration::from_millis(20);
 /// The `application_name` the bench's workers connect with.
 const WORKER_SESSION: &str = "replay-bench-worker";
-/// The period every seeded contribution belongs to (see [`seed`]).
-pub(super) const PERIOD: &str = "00000000-0000-0000-0000-000000000001";
 
 /// A publish timed to its last confirm and to the last row processed.
 #[derive(Debug, Clone, Copy)]
@@ -153,15 +151,7 @@ pub async fn run(endpoints: &Endpoints, events: usize, keep: bool, exe: &Path) -
 }
 
 async fn measure_apply(names: &Endpoints, pool: &PgPool, events: usize, exe: &Path) -> anyhow::Result<ApplyReport> {
-    seed(pool, events).await?;
-    // The contributions' period exists, so the workers apply every row.
-    sqlx::query(
-        "INSERT INTO allocation_periods (id, start_date, end_date, status, opened_at)
-         VALUES ($1::uuid, '2026-01-01', '2026-12-31', 'open', now())",
-    )
-    .bind(PERIOD)
-    .execute(pool)
-    .await?;
+    seed_applicable(pool, events).await?;
     let ids: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM processed_events ORDER BY id").fetch_all(pool).await?;
     // The very messages apply sends: same bodies, same properties and headers.

@@ -106,7 +106,7 @@ async fn seed(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
             "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, processed_at)
              SELECT gen_random_uuid()::text, 'contribution.submitted',
                     jsonb_build_object('contribution_id', gen_random_uuid(), 'member_id', gen_random_uuid(),
-                                       'period_id', '00000000-0000-0000-0000-000000000001', 'type', 'labor',
+                                       'period_id', $3::text, 'type', 'labor',
                                        'amount', i % 90 + 10),
                     timestamptz '2026-01-01' + make_interval(secs => (i * 86400.0 / 50000)),
                     'processed', now()
@@ -114,6 +114,7 @@ async fn seed(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
         )
         .bind(done as i64)
         .bind((done + n - 1) as i64)
+        .bind(PERIOD)
         .execute(pool)
         .await?;
         done += n;
@@ -122,6 +123,23 @@ async fn seed(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
         }
     }
     sqlx::query("VACUUM ANALYZE processed_events").execute(pool).await?;
+    Ok(())
+}
+
+/// The period every seeded contribution belongs to (see [`seed`]).
+const PERIOD: &str = "00000000-0000-0000-0000-000000000001";
+
+/// [`seed`], and the period its contributions belong to, so a worker
+/// (or a rehearsal) applies every row instead of failing it.
+async fn seed_applicable(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
+    seed(pool, rows).await?;
+    sqlx::query(
+        "INSERT INTO allocation_periods (id, start_date, end_date, status, opened_at)
+         VALUES ($1::uuid, '2026-01-01', '2026-12-31', 'open', now())",
+    )
+    .bind(PERIOD)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

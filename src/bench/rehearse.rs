@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use crate::config::Endpoints;
 use crate::wire::transport;
 
-use super::apply::{processed_by, wait_with_peak_rss, PERIOD};
+use super::apply::{processed_by, wait_with_peak_rss};
 use super::*;
 
 /// What `replay bench rehearse` prints.
@@ -74,16 +74,7 @@ pub async fn run(endpoints: &Endpoints, events: usize, keep: bool, exe: &Path) -
 }
 
 async fn measure(names: &Endpoints, pool: &PgPool, events: usize, exe: &Path) -> anyhow::Result<RehearseReport> {
-    seed(pool, events).await?;
-    // The contributions' period exists, so every row is applied, in the
-    // rehearsal as by the workers.
-    sqlx::query(
-        "INSERT INTO allocation_periods (id, start_date, end_date, status, opened_at)
-         VALUES ($1::uuid, '2026-01-01', '2026-12-31', 'open', now())",
-    )
-    .bind(PERIOD)
-    .execute(pool)
-    .await?;
+    seed_applicable(pool, events).await?;
     let work = tempfile::tempdir().context("creating a scratch directory")?;
     let plan = plan_all(exe, names, &work.path().join("plans")).await?;
 

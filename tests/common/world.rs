@@ -362,6 +362,16 @@ impl World {
         (period, member)
     }
 
+    /// [`World::cooperative`], processed by a worker that is stopped again:
+    /// six settled ledger rows and the domain they made, nothing running.
+    pub async fn cooperative_processed(&self) -> (Uuid, Uuid) {
+        let made = self.cooperative().await;
+        let worker = self.start_worker(self.worker_config("w1"));
+        self.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
+        worker.stop().await;
+        made
+    }
+
     /// The events that hand out the cooperative's one allocation (70) and pay it.
     pub async fn paying_the_allocation(&self) -> Vec<Event> {
         let allocation: Uuid =

@@ -420,10 +420,7 @@ async fn every_refusal_exits_3_and_changes_nothing(pool: PgPool) {
 async fn a_plan_made_for_another_database_is_refused(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    world.cooperative().await;
-    let worker = world.start_worker(world.worker_config("w1"));
-    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
-    worker.stop().await;
+    world.cooperative_processed().await;
     let plan = desk.plan(&world, &["--all", "--reason", "elsewhere"]).await;
 
     let other = format!("replay_other_{}", Uuid::new_v4().simple());

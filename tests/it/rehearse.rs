@@ -45,10 +45,7 @@ async fn database_exists(world: &World, name: &str) -> bool {
 async fn a_period_close_rehearsal_shows_corrupt_allocations_recomputed_and_changes_nothing(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    world.cooperative().await;
-    let worker = world.start_worker(world.worker_config("w1"));
-    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
-    worker.stop().await;
+    world.cooperative_processed().await;
     // INC-9: the allocations were overwritten; the close must be redone.
     sqlx::query("UPDATE allocations SET amount = 0").execute(&world.pool).await.unwrap();
     let plan = desk
@@ -150,10 +147,7 @@ async fn a_payment_replay_rehearsal_reports_the_provider_call_it_would_make_and_
 /// A period whose allocations were overwritten (INC-9) and the period-close
 /// plan that redoes them: the set-up of the rehearsal-then-apply tests.
 async fn corrupt_allocations_and_plan_the_close(world: &World, desk: &Desk) -> Value {
-    world.cooperative().await;
-    let worker = world.start_worker(world.worker_config("w1"));
-    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
-    worker.stop().await;
+    world.cooperative_processed().await;
     sqlx::query("UPDATE allocations SET amount = 0").execute(&world.pool).await.unwrap();
     desk.plan(world, &["--workflow", "period-close", "--period", "latest-closed", "--reason", "recalc after INC-9"])
         .await
@@ -273,10 +267,7 @@ async fn a_rehearsal_on_another_server_makes_its_scratch_database_there(pool: Pg
 async fn a_destination_plan_has_nothing_to_rehearse(pool: PgPool) {
     let world = World::new(pool).await;
     let desk = Desk::new();
-    world.cooperative().await;
-    let worker = world.start_worker(world.worker_config("w1"));
-    world.wait_for_count(PROCESSED, 6, Duration::from_secs(20)).await;
-    worker.stop().await;
+    world.cooperative_processed().await;
     let queue = format!("{}-new-subscriber", world.endpoints.queue);
     let plan = desk
         .plan(
