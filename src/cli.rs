@@ -32,6 +32,12 @@ pub struct Global {
     /// Durable queue the workers consume.
     #[arg(long, env = "REPLAY_QUEUE", default_value = config::DEFAULT_QUEUE, global = true)]
     pub queue: String,
+    /// Partitions the stream is spread over, by the `x-partition-key` header
+    /// (1..=64; the same for every process of the system: changed only by
+    /// `replay topology repartition`).
+    #[arg(long, env = "REPLAY_PARTITIONS", default_value_t = 1, global = true,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(config::MAX_PARTITIONS)))]
+    pub partitions: u16,
 }
 
 impl Global {
@@ -41,6 +47,7 @@ impl Global {
             amqp_url: SecretUrl::new(&self.amqp_url),
             exchange: self.exchange.clone(),
             queue: self.queue.clone(),
+            partitions: self.partitions,
         }
     }
 }

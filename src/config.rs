@@ -90,6 +90,52 @@ pub struct Endpoints {
     pub amqp_url: SecretUrl,
     pub exchange: String,
     pub queue: String,
+    /// How many partitions the stream is spread over (`--partitions`); 1
+    /// is the one queue bound straight to the exchange.
+    pub partitions: u16,
+}
+
+/// Most partitions a stream may be spread over (the schema's bound too).
+pub const MAX_PARTITIONS: u16 = 64;
+
+/// One partition of the stream: its place (stored on every ledger row its
+/// leader applies) and the queue its events arrive on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u16,
+    pub queue: String,
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.queue)
+    }
+}
+
+impl Partition {
+    /// The index as the ledger stores it.
+    pub fn ledger_index(&self) -> i16 {
+        // Bounded by MAX_PARTITIONS, far below i16::MAX.
+        i16::try_from(self.index).unwrap_or(i16::MAX)
+    }
+}
+
+impl Endpoints {
+    /// The partitions, in index order: with one partition, the queue itself;
+    /// with N, `<queue>.p0` … `<queue>.p<N-1>`, each bound to the
+    /// consistent-hash exchange ([`Endpoints::hash_exchange`]).
+    pub fn partition_list(&self) -> Vec<Partition> {
+        if self.partitions <= 1 {
+            return vec![Partition { index: 0, queue: self.queue.clone() }];
+        }
+        (0..self.partitions).map(|index| Partition { index, queue: format!("{}.p{index}", self.queue) }).collect()
+    }
+
+    /// The consistent-hash exchange that spreads events over the partition
+    /// queues by their `x-partition-key` header (only with partitions > 1).
+    pub fn hash_exchange(&self) -> String {
+        format!("{}.partitions", self.exchange)
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ async fn scratch(endpoints: &Endpoints, prefix: &str) -> anyhow::Result<(Scratch
         amqp_url: endpoints.amqp_url.clone(),
         exchange: format!("replay-bench-{suffix}"),
         queue: format!("replay-bench-{suffix}.worker"),
+        partitions: 1,
     };
     Ok((scratch, names))
 }

@@ -108,6 +108,7 @@ pub async fn run(
         amqp_url: endpoints.amqp_url.clone(),
         exchange: format!("replay-bench-{suffix}"),
         queue: format!("replay-bench-{suffix}.worker"),
+        partitions: 1,
     };
     let classic = Endpoints {
         exchange: format!("replay-bench-{suffix}-classic"),

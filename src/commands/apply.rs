@@ -35,6 +35,7 @@ pub async fn run(endpoints: &Endpoints, args: ApplyArgs) -> anyhow::Result<ExitC
     };
     let pool = database::connect(&endpoints.database_url, 4).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
+    crate::store::partitioning::check(&pool, endpoints.partitions).await?;
     let checked = apply::check(&pool, &args.plan, &request).await?;
     let plan = &checked.plan;
     let path = plan.path.display().to_string();

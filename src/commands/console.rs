@@ -13,6 +13,7 @@ use crate::store::database;
 pub async fn run(endpoints: &Endpoints, args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let pool = database::connect(&endpoints.database_url, 8).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
+    crate::store::partitioning::check(&pool, endpoints.partitions).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("cannot listen on {}: is another process using it? Pass --listen ADDR:PORT", args.listen)
     })?;

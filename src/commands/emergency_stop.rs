@@ -17,6 +17,7 @@ pub async fn run(endpoints: &Endpoints, args: EmergencyStopArgs) -> anyhow::Resu
     }
     let pool = database::connect(&endpoints.database_url, 4).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
+    crate::store::partitioning::check(&pool, endpoints.partitions).await?;
     let restore = match (&args.plan, &args.backup) {
         (Some(path), _) => {
             let plan = SealedPlan::open(path)?;

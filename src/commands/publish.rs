@@ -16,7 +16,8 @@ use crate::wire::publisher::Publisher;
 use crate::wire::transport;
 
 pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let events = read_events(args)?;
+    let events = keyed(read_events(args)?, endpoints.partitions)?;
+    check_partitions(endpoints).await?;
     let mut confirmed = 0;
     if let Err(error) = publish(endpoints, &events, &mut confirmed).await {
         // A refusal (unroutable, nacked, bad credentials) would fail the same
@@ -45,6 +46,46 @@ pub async fn run(endpoints: &Endpoints, args: PublishArgs) -> anyhow::Result<Exi
         many => println!("published {} events to exchange '{}' (all confirmed)", many.len(), endpoints.exchange),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to publish with another partition count than the system runs:
+/// declaring the stream with it would bind other queues to the hash
+/// exchange and move keys under running workers. A database that cannot be
+/// reached does not stop a publish (the broker is what it needs): it is said.
+async fn check_partitions(endpoints: &Endpoints) -> anyhow::Result<()> {
+    let pool = match crate::store::database::connect(&endpoints.database_url, 1).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("warning: the partition count was not checked against the system's ({e}); publishing with --partitions {}", endpoints.partitions);
+            return Ok(());
+        }
+    };
+    crate::store::database::check_migrated(&pool, &endpoints.database_url).await?;
+    crate::store::partitioning::check(&pool, endpoints.partitions).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Sets each event's partition key from its payload (`handlers::partition_field`).
+/// With more than one partition, an event whose type has a key field and
+/// whose payload lacks it is refused, and nothing is published: unkeyed, it
+/// would land in another partition than the events it must follow.
+fn keyed(events: Vec<Event>, partitions: u16) -> anyhow::Result<Vec<Event>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| match crate::handlers::partition_key(&event) {
+            Ok(partition_key) => Ok(Event { partition_key, ..event }),
+            Err(field) if partitions > 1 => Err(UsageError(format!(
+                "event {} ({}, number {} of the input) has no payload field {field}, its partition key: with --partitions {partitions} it would reach another partition than the events it must follow. Add \"{field}\" to its payload. Nothing was published",
+                event.event_id,
+                event.event_type,
+                index + 1
+            ))
+            .into()),
+            Err(_) => Ok(event),
+        })
+        .collect()
 }
 
 /// Publishes with confirms; `confirmed` counts the events confirmed so far.

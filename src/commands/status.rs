@@ -62,7 +62,11 @@ async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<s
     let held = ledger::held(pool, 10).await?;
     let held_count = ledger::count_held(pool).await?;
     let leaders = crate::store::leaders::all(pool).await?;
+    let unkeyed = crate::store::unkeyed::all(pool).await?;
+    let partitions: Vec<String> = endpoints.partition_list().into_iter().map(|p| p.queue).collect();
     Ok(json!({
+        "partitions": partitions,
+        "unkeyed": unkeyed,
         "ledger": by_type,
         "paused": paused,
         "queue": queue,
@@ -74,7 +78,7 @@ async fn ledger_report(pool: &PgPool, endpoints: &Endpoints) -> anyhow::Result<s
 async fn queue_depth(endpoints: &Endpoints) -> Result<u32, transport::TransportError> {
     let connection = transport::connect(&endpoints.amqp_url, "replay status").await?;
     let channel = transport::channel(&connection).await?;
-    let depth = transport::queue_depth(&channel, &endpoints.queue).await;
+    let depth = transport::stream_depth(&channel, endpoints).await;
     transport::close(&connection, "status read").await;
     depth
 }
@@ -155,6 +159,15 @@ fn human(report: &serde_json::Value) -> String {
             leader["epoch"]
         );
     }
+    for unkeyed in report["unkeyed"].as_array().into_iter().flatten() {
+        out += &format!(
+            "partition {}: {} event(s) arrived without a partition key (x-partition-key), last at {}: they keep no order \
+             with the keyed events of other partitions. next: have their producer set the key (README, \"Partitions\")\n",
+            unkeyed["partition_index"],
+            unkeyed["events"],
+            unkeyed["last_seen_at"].as_str().unwrap_or("?")
+        );
+    }
     let held = &report["held"];
     if held["count"].as_i64().is_some_and(|n| n > 0) {
         out += &format!(
@@ -174,7 +187,12 @@ fn human(report: &serde_json::Value) -> String {
     }
     let queue = &report["queue"];
     out += &match queue["depth"].as_u64() {
-        Some(depth) => format!("queue {}: {depth} ready messages\n", queue["name"].as_str().unwrap_or("?")),
+        Some(depth) => match report["partitions"].as_array().map(Vec::len) {
+            Some(n) if n > 1 => {
+                format!("queue {} ({n} partitions): {depth} ready messages\n", queue["name"].as_str().unwrap_or("?"))
+            }
+            _ => format!("queue {}: {depth} ready messages\n", queue["name"].as_str().unwrap_or("?")),
+        },
         None => format!(
             "queue {}: unknown ({})\n",
             queue["name"].as_str().unwrap_or("?"),

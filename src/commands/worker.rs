@@ -25,6 +25,7 @@ pub async fn run(endpoints: &Endpoints, args: WorkerArgs, handlers: Registry) ->
 
     let pool = database::connect(&endpoints.database_url, 8).await?;
     database::check_migrated(&pool, &endpoints.database_url).await?;
+    crate::store::partitioning::check(&pool, endpoints.partitions).await?;
 
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();

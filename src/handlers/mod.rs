@@ -154,6 +154,47 @@ pub(crate) fn period_key(period_id: uuid::Uuid) -> String {
     format!("period:{period_id}")
 }
 
+/// The payload field whose value is an event's partition key
+/// (`x-partition-key`), by event type: what `replay publish` and a replay's
+/// workflow events set, and what a foreign producer must set for the
+/// cooperative's ordering to hold (README, "Partitions").
+///
+/// Everything of one period shares the period as its key, so a period's
+/// close lands in the partition of every approval published before it and
+/// is applied after them. A decision (`contribution.approved`/`rejected`)
+/// names the period of the contribution it decides: its producer read that
+/// contribution to decide it. A payment's two events share the payment; a
+/// distribution, its allocation. Members have no key (their events travel
+/// unkeyed, and what depends on a member waits for it).
+pub fn partition_field(event_type: &str) -> Option<&'static str> {
+    match event_type {
+        "period.opened"
+        | "period.close"
+        | "period.closed"
+        | "contribution.submitted"
+        | "contribution.approved"
+        | "contribution.rejected"
+        | "allocation.calculate" => Some("period_id"),
+        "payment.initiated" | "payment.completed" => Some("payment_id"),
+        "allocation.distributed" => Some("allocation_id"),
+        _ => None,
+    }
+}
+
+/// An event's partition key under [`partition_field`]: `Ok(None)` for a type
+/// without a key field, `Err(field)` when the type has one and the payload
+/// lacks it (or holds no string or number there).
+pub fn partition_key(event: &Event) -> Result<Option<String>, &'static str> {
+    let Some(field) = partition_field(&event.event_type) else {
+        return Ok(None);
+    };
+    match event.payload.get(field) {
+        Some(serde_json::Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
+        Some(serde_json::Value::Number(number)) => Ok(Some(number.to_string())),
+        _ => Err(field),
+    }
+}
+
 /// The period key of an event whose payload names its `period_id`.
 fn payload_period_key(event: &Event) -> Option<String> {
     let id = event.payload.get("period_id")?.as_str()?;

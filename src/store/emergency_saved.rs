@@ -24,20 +24,23 @@ use crate::wire::envelope::Event;
 
 /// Saves events; an event id already saved is left as it is. Returns how
 /// many were added.
-pub async fn save_events(conn: &mut PgConnection, events: &[Event]) -> Result<u64, StoreError> {
+pub async fn save_events(conn: &mut PgConnection, events: &[Event], partition: i16) -> Result<u64, StoreError> {
     if events.is_empty() {
         return Ok(0);
     }
     let done = crate::store::bind_event_columns(
         sqlx::query(
-            "INSERT INTO replay_control.emergency_saved_events (event_id, event_type, payload, occurred_at)
-             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-                 AS e(event_id, event_type, payload, occurred_at)
+            "INSERT INTO replay_control.emergency_saved_events
+                    (event_id, event_type, payload, occurred_at, partition_key, partition_index)
+             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.partition_key, $6
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                 AS e(event_id, event_type, payload, occurred_at, partition_key)
              ON CONFLICT (event_id) DO NOTHING",
         ),
         events,
     )
+    .bind(events.iter().map(|e| e.partition_key.as_deref()).collect::<Vec<_>>())
+    .bind(partition)
     .execute(conn)
     .await
     .map_err(failed("save events across the restore"))?;
@@ -57,8 +60,10 @@ pub async fn save_first_seen_since(
     except_plan: Option<uuid::Uuid>,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "INSERT INTO replay_control.emergency_saved_events (event_id, event_type, payload, occurred_at)
-         SELECT p.event_id, p.event_type, p.payload, p.occurred_at FROM processed_events p
+        "INSERT INTO replay_control.emergency_saved_events
+                (event_id, event_type, payload, occurred_at, partition_key, partition_index)
+         SELECT p.event_id, p.event_type, p.payload, p.occurred_at, p.partition_key, p.partition_index
+           FROM processed_events p
           WHERE p.received_at >= $1
             AND NOT EXISTS (SELECT 1 FROM replay_history h WHERE h.ledger_id = p.id AND h.plan_id = $2)
           ORDER BY p.id
@@ -105,17 +110,19 @@ struct SavedEventRow {
     event_type: String,
     payload: Value,
     occurred_at: DateTime<Utc>,
+    partition_key: Option<String>,
+    partition_index: i16,
 }
 
 /// Deletes up to `limit` saved events with ids above `after` and returns
 /// them in save order, inside the caller's transaction: they are gone only
 /// if it commits. Walking up from the last id (rather than from the start
 /// each time) keeps a long put-back from scanning the rows it already took.
-pub async fn take_events(conn: &mut PgConnection, after: i64, limit: i64) -> Result<Chunk<Event>, StoreError> {
+pub async fn take_events(conn: &mut PgConnection, after: i64, limit: i64) -> Result<Chunk<(Event, i16)>, StoreError> {
     let mut rows: Vec<SavedEventRow> = sqlx::query_as(
         "DELETE FROM replay_control.emergency_saved_events
           WHERE id IN (SELECT id FROM replay_control.emergency_saved_events WHERE id > $1 ORDER BY id LIMIT $2)
-      RETURNING id, event_id, event_type, payload, occurred_at",
+      RETURNING id, event_id, event_type, payload, occurred_at, partition_key, partition_index",
     )
     .bind(after)
     .bind(limit)
@@ -127,16 +134,22 @@ pub async fn take_events(conn: &mut PgConnection, after: i64, limit: i64) -> Res
     let last_id = rows.last().map_or(after, |r| r.id);
     // Built directly, not through `Event::new`: the payload was checked
     // storable when it was saved, and jsonb could not hold it otherwise.
+    // Each event with the partition it is put back in.
     let events = rows
         .into_iter()
-        .map(|r| Event {
-            payload_json: r.payload.to_string(),
-            event_id: r.event_id,
-            event_type: r.event_type,
-            occurred_at: r.occurred_at,
-            payload: r.payload,
-            replay_plan: None,
-            forced_by: None,
+        .map(|r| {
+            let partition = r.partition_index;
+            let event = Event {
+                payload_json: r.payload.to_string(),
+                event_id: r.event_id,
+                event_type: r.event_type,
+                occurred_at: r.occurred_at,
+                payload: r.payload,
+                replay_plan: None,
+                forced_by: None,
+                partition_key: r.partition_key,
+            };
+            (event, partition)
         })
         .collect();
     Ok(Chunk { rows: events, last_id })

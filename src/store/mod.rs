@@ -18,12 +18,14 @@ pub mod heartbeats;
 pub mod leaders;
 pub mod ledger;
 pub mod outbox;
+pub mod partitioning;
 pub mod pause;
 pub mod runs;
 pub mod scratch;
 pub mod snapshot;
 pub mod tokens;
 pub mod topology_migrations;
+pub mod unkeyed;
 
 /// Binds events as the four column arrays an `unnest` insert of events
 /// reads first, in this order: event id, type, payload (JSON text),

@@ -20,10 +20,11 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
     let plans: Vec<Option<String>> = events.iter().map(|e| e.replay_plan.map(|p| p.to_string())).collect();
     let done = crate::store::bind_event_columns(
         sqlx::query(
-            "INSERT INTO replay_control.outbox (event_id, event_type, payload, occurred_at, replay_plan, reason)
-             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
-                    AS e(event_id, event_type, payload, occurred_at, replay_plan)
+            "INSERT INTO replay_control.outbox
+                    (event_id, event_type, payload, occurred_at, replay_plan, reason, partition_key)
+             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.replay_plan, $6, e.partition_key
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $7::text[])
+                    AS e(event_id, event_type, payload, occurred_at, replay_plan, partition_key)
              ON CONFLICT (event_id) DO UPDATE SET replay_plan = EXCLUDED.replay_plan
               WHERE outbox.replay_plan IS NULL AND EXCLUDED.replay_plan IS NOT NULL",
         ),
@@ -31,6 +32,7 @@ pub async fn keep(pool: &PgPool, events: &[Event], reason: &str) -> Result<u64, 
     )
     .bind(&plans)
     .bind(reason)
+    .bind(events.iter().map(|e| e.partition_key.as_deref()).collect::<Vec<_>>())
     .execute(pool)
     .await
     .map_err(failed("keep events in the outbox"))?;
@@ -45,6 +47,7 @@ struct KeptRow {
     payload: serde_json::Value,
     occurred_at: DateTime<Utc>,
     replay_plan: Option<String>,
+    partition_key: Option<String>,
 }
 
 /// An event kept in the outbox, with its row id (to forget it once relayed).
@@ -58,7 +61,7 @@ pub struct Kept {
 /// transaction (another relay skips them).
 pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<Kept>, StoreError> {
     let rows: Vec<KeptRow> = sqlx::query_as(
-        "SELECT id, event_id, event_type, payload, occurred_at, replay_plan FROM replay_control.outbox
+        "SELECT id, event_id, event_type, payload, occurred_at, replay_plan, partition_key FROM replay_control.outbox
           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -72,7 +75,7 @@ pub async fn take(conn: &mut PgConnection, limit: i64) -> Result<Vec<Kept>, Stor
             // Only `keep` writes labels, each a plan id's text; one that is
             // not would be relayed as a plain event.
             let replay_plan = row.replay_plan.and_then(|label| label.parse::<PlanId>().ok());
-            Some(Kept { id: row.id, event: Event { replay_plan, ..event } })
+            Some(Kept { id: row.id, event: Event { replay_plan, partition_key: row.partition_key, ..event } })
         })
         .collect())
 }

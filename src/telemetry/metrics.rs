@@ -37,10 +37,13 @@ pub const OUTBOX_OLDEST: &str = "replay_outbox_oldest_event_age_seconds";
 pub const OUTBOX_FALLBACK: &str = "replay_outbox_fallback_active";
 pub const OUTBOX_RELAYED: &str = "replay_outbox_relayed_total";
 pub const OUTBOX_RELAY_FAILURES: &str = "replay_outbox_relay_failures_total";
+/// Events that arrived without a partition key, by the partition they
+/// landed in (with more than one partition); registered at 0 at start.
+pub const UNKEYED_EVENTS: &str = "replay_unkeyed_events_total";
 
 /// Every metric the worker serves, for the checks that the shipped alerts
 /// and dashboard name nothing else.
-pub const SERVED: [&str; 16] = [
+pub const SERVED: [&str; 17] = [
     EVENTS_CONSUMED,
     EVENTS_PROCESSED,
     PROCESSING_SECONDS,
@@ -57,6 +60,7 @@ pub const SERVED: [&str; 16] = [
     OUTBOX_FALLBACK,
     OUTBOX_RELAYED,
     OUTBOX_RELAY_FAILURES,
+    UNKEYED_EVENTS,
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -24,6 +24,7 @@ use crate::replay::plan::id::PlanId;
 pub const OCCURRED_AT_HEADER: &str = "occurred_at";
 /// Header naming the replay plan a republished event belongs to.
 pub const REPLAY_PLAN_HEADER: &str = "x-replay-plan";
+pub use super::transport::PARTITION_KEY_HEADER;
 /// Default largest message body a worker accepts as an event.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -45,6 +46,10 @@ pub struct Event {
     /// Set on an event taken from a ledger row that a `--force` plan reset:
     /// its handler skips its idempotency guards (an external effect runs again).
     pub forced_by: Option<uuid::Uuid>,
+    /// The key that picks its partition (`x-partition-key`): events with the
+    /// same key are applied in publish order. `None`: it travels unkeyed, to
+    /// the one partition the hash of no key picks.
+    pub partition_key: Option<String>,
 }
 
 impl Event {
@@ -57,7 +62,16 @@ impl Event {
     ) -> Result<Self, Rejection> {
         check_storable(&payload)?;
         let payload_json = payload.to_string();
-        Ok(Self { event_id, event_type, occurred_at, payload, payload_json, replay_plan: None, forced_by: None })
+        Ok(Self {
+            event_id,
+            event_type,
+            occurred_at,
+            payload,
+            payload_json,
+            replay_plan: None,
+            forced_by: None,
+            partition_key: None,
+        })
     }
 
     /// The AMQP properties `replay` publishes this event with.
@@ -66,6 +80,9 @@ impl Event {
         headers.insert(OCCURRED_AT_HEADER.into(), AMQPValue::LongString(self.occurred_at.to_rfc3339().into()));
         if let Some(plan) = self.replay_plan {
             headers.insert(REPLAY_PLAN_HEADER.into(), AMQPValue::LongString(plan.to_string().into()));
+        }
+        if let Some(key) = &self.partition_key {
+            headers.insert(PARTITION_KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
         }
         BasicProperties::default()
             .with_message_id(ShortString::from(self.event_id.as_str()))
@@ -147,6 +164,7 @@ impl Received<'_> {
         };
         let occurred_at = self.occurred_at().unwrap_or_else(Utc::now);
         let replay_plan = replay_plan(self.properties).plan();
+        let partition_key = self.header_text(PARTITION_KEY_HEADER).filter(|k| !k.is_empty());
         Ok(Event {
             event_id,
             event_type,
@@ -155,6 +173,7 @@ impl Received<'_> {
             payload_json: text.to_string(),
             replay_plan,
             forced_by: None,
+            partition_key,
         })
     }
 

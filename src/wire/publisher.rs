@@ -44,7 +44,7 @@ impl Publisher {
     /// declared first (events must not go to an exchange with no queue bound).
     pub async fn open(connection: &lapin::Connection, endpoints: &Endpoints) -> Result<Self, TransportError> {
         let channel = transport::channel(connection).await?;
-        transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+        transport::declare_stream(&channel, endpoints).await?;
         Self::new(channel, &endpoints.exchange).await
     }
 

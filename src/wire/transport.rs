@@ -4,15 +4,18 @@
 //!
 //! Topology: one durable topic exchange; one partition queue bound to it with
 //! `#` (a quorum queue with single active consumer and a delivery limit) and
-//! its dead-letter queue. Both `worker` and `publish` declare it, so events
-//! published before any worker ever ran wait in the queue instead of being
+//! its dead-letter queue. With N partitions the topic exchange feeds a
+//! consistent-hash exchange (`<exchange>.partitions`, hashing the
+//! `x-partition-key` header) that spreads events over N such queues, each
+//! bound with weight 1. `worker`, `publish` and `apply` declare it, so events
+//! published before any worker ever ran wait in a queue instead of being
 //! dropped by an exchange with no bindings.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::SecretUrl;
+use crate::config::{Endpoints, SecretUrl};
 
 /// Failures talking to RabbitMQ, each naming the broker by its redacted URL.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,8 @@ pub enum TransportError {
     TopologyMismatch { queue: String, detail: String },
     #[error("{consumers} consumer(s) still hold queue '{queue}' (a worker that did not pause?): not purging, since their unacked messages would come back after it. Stop them, then run this again")]
     StillConsumed { queue: String, consumers: u32 },
+    #[error("RabbitMQ has no consistent-hash exchange type, which --partitions {partitions} needs ({source}). Enable it on every node: `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (docker-compose.prod.yml does), or run with --partitions 1")]
+    NoHashExchange { partitions: u16, source: lapin::Error },
 }
 
 impl TransportError {
@@ -54,9 +59,11 @@ impl TransportError {
             Self::Connect { source, .. } | Self::Broker { source, .. } => is_outage(source),
             Self::Unresponsive { .. } | Self::NoAnswer { .. } | Self::ConsumerClosed => true,
             Self::Unconfirmed { outage, .. } => *outage,
-            Self::Refused { .. } | Self::BadUrl { .. } | Self::StillConsumed { .. } | Self::TopologyMismatch { .. } => {
-                false
-            }
+            Self::Refused { .. }
+            | Self::BadUrl { .. }
+            | Self::StillConsumed { .. }
+            | Self::TopologyMismatch { .. }
+            | Self::NoHashExchange { .. } => false,
         }
     }
 
@@ -230,6 +237,82 @@ pub async fn declare(channel: &Channel, exchange: &str, queue: &str) -> Result<(
     bind(channel, queue, exchange).await
 }
 
+/// The header the consistent-hash exchange routes on: events with the same
+/// value go to the same partition, in publish order.
+pub const PARTITION_KEY_HEADER: &str = "x-partition-key";
+
+/// Declares the whole stream of `endpoints`: with one partition,
+/// [`declare`]; with N, the topic exchange, the consistent-hash exchange
+/// bound to it with `#`, and every partition queue (with its dead-letter
+/// queue) bound to the hash exchange with weight 1, in index order.
+/// Idempotent: a binding that exists is left as it is, so the hash ring
+/// is not rebuilt.
+///
+/// Binding one more queue to the hash exchange moves keys between
+/// partitions, so a process must run with the system's count: the caller
+/// checks it first (`store::partitioning::check`).
+pub async fn declare_stream(channel: &Channel, endpoints: &Endpoints) -> Result<(), TransportError> {
+    if endpoints.partitions <= 1 {
+        return declare(channel, &endpoints.exchange, &endpoints.queue).await;
+    }
+    let exchange = endpoints.exchange.as_str();
+    let hash = endpoints.hash_exchange();
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    answer(
+        format!("declare exchange '{exchange}'"),
+        channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable_exchange, FieldTable::default()),
+    )
+    .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("hash-header".into(), AMQPValue::LongString(PARTITION_KEY_HEADER.into()));
+    let kind = ExchangeKind::Custom("x-consistent-hash".into());
+    answer(
+        format!("declare exchange '{hash}'"),
+        channel.exchange_declare(hash.as_str().into(), kind, durable_exchange, arguments),
+    )
+    .await
+    .map_err(|e| match e {
+        // 503 COMMAND_INVALID: "invalid exchange type", the plugin is off.
+        TransportError::Broker { source, .. } if protocol_code(&source) == Some(503) => {
+            TransportError::NoHashExchange { partitions: endpoints.partitions, source }
+        }
+        other => other,
+    })?;
+    answer(
+        format!("bind exchange '{hash}' to '{exchange}'"),
+        channel.exchange_bind(
+            hash.as_str().into(),
+            exchange.into(),
+            "#".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    for partition in endpoints.partition_list() {
+        let queue = partition.queue.as_str();
+        let dead = dead_letter_queue(queue);
+        for (name, arguments) in [(dead.as_str(), quorum_arguments()), (queue, partition_arguments(queue))] {
+            answer(format!("declare queue '{name}'"), channel.queue_declare(name.into(), durable_queue, arguments))
+                .await
+                .map_err(|e| mismatch(e, name))?;
+        }
+        answer(
+            format!("bind queue '{queue}' to '{hash}'"),
+            channel.queue_bind(
+                queue.into(),
+                hash.as_str().into(),
+                "1".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Binds `queue` to `exchange` for every routing key (`#`).
 pub async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), TransportError> {
     answer(
@@ -276,6 +359,15 @@ pub fn protocol_code(error: &lapin::Error) -> Option<u16> {
 /// Number of messages ready in the queue (not counting unacked ones).
 pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, TransportError> {
     Ok(queue_counts(channel, queue).await?.messages)
+}
+
+/// Messages ready in every partition queue of the stream, added up.
+pub async fn stream_depth(channel: &Channel, endpoints: &Endpoints) -> Result<u32, TransportError> {
+    let mut depth = 0u32;
+    for partition in endpoints.partition_list() {
+        depth = depth.saturating_add(queue_depth(channel, &partition.queue).await?);
+    }
+    Ok(depth)
 }
 
 /// Ready messages and open consumers of a queue.

@@ -19,15 +19,16 @@ use crate::store::ledger;
 /// the leader's session, between the intake's batches.
 pub(super) async fn run(lead: &Lead<'_>, mut paused: PauseSignal) {
     let (config, liveness, stop) = (lead.config, lead.liveness, &lead.stop);
+    let partition = lead.leadership.partition.index;
     let mut listener = None;
     while !stop.is_triggered() {
-        liveness.set_claiming(false);
+        liveness.set_claiming(partition, false);
         if !paused.wait_until_lifted(stop).await {
             break;
         }
         // Say "claiming" before the last look at the pause: the heartbeat
         // reports paused only if it saw neither, so no claim follows it.
-        liveness.set_claiming(true);
+        liveness.set_claiming(partition, true);
         if paused.is_paused() {
             continue;
         }
@@ -37,7 +38,7 @@ pub(super) async fn run(lead: &Lead<'_>, mut paused: PauseSignal) {
         match claim_and_apply(lead).await {
             Claimed::Some(count) => tracing::debug!(count, "claimed rows processed"),
             Claimed::None => {
-                liveness.set_claiming(false);
+                liveness.set_claiming(partition, false);
                 let woke = match listener.as_mut() {
                     Some(l) => tokio::select! {
                         _ = paused.paused() => true,
@@ -60,7 +61,7 @@ pub(super) async fn run(lead: &Lead<'_>, mut paused: PauseSignal) {
             Claimed::Lost => break,
         }
     }
-    liveness.set_claiming(false);
+    liveness.set_claiming(partition, false);
 }
 
 /// What one claim came to.
@@ -74,7 +75,13 @@ enum Claimed {
 async fn claim_and_apply(lead: &Lead<'_>) -> Claimed {
     let config = lead.config;
     let mut session = lead.leadership.session.lock().await;
-    let claim = ledger::claim_due(&mut session, &config.id, config.batch_size as i64, config.lease);
+    let claim = ledger::claim_due(
+        &mut session,
+        &config.id,
+        lead.leadership.partition.ledger_index(),
+        config.batch_size as i64,
+        config.lease,
+    );
     // A database that stopped answering fails the claim instead of holding the claimer.
     let claimed = match tokio::time::timeout(config.batch_timeout, claim).await {
         Ok(Ok(claimed)) => claimed,

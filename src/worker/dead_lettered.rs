@@ -38,29 +38,38 @@ pub(super) async fn run(context: Context) {
 }
 
 async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &Shutdown) -> Result<(), TransportError> {
-    let queue = transport::dead_letter_queue(&endpoints.queue);
     let connection = transport::connect(&endpoints.amqp_url, "replay worker dead-letters").await?;
     let channel = transport::channel(&connection).await?;
-    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+    transport::declare_stream(&channel, endpoints).await?;
     transport::answer("set prefetch", channel.basic_qos(100, BasicQosOptions::default())).await?;
-    let mut consumer = transport::answer(
-        format!("consume queue '{queue}'"),
-        channel.basic_consume(
-            queue.as_str().into(),
-            "replay-dead-letters".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    // Every partition's dead-letter queue, on one channel, each delivery
+    // tagged with the queue it came from.
+    let mut consumers = Vec::new();
+    for partition in endpoints.partition_list() {
+        let queue = transport::dead_letter_queue(&partition.queue);
+        let consumer = transport::answer(
+            format!("consume queue '{queue}'"),
+            channel.basic_consume(
+                queue.as_str().into(),
+                "replay-dead-letters".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        consumers.push(consumer.map(move |delivery| (queue.clone(), delivery)).boxed());
+    }
+    let mut consumer = futures::stream::select_all(consumers);
     let result = loop {
         let next = tokio::select! {
             () = shutdown.triggered() => break Ok(()),
             next = consumer.next() => next,
         };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(source)) => break Err(TransportError::Broker { action: "deliver dead letters".into(), source }),
+        let (queue, delivery) = match next {
+            Some((queue, Ok(delivery))) => (queue, delivery),
+            Some((_, Err(source))) => {
+                break Err(TransportError::Broker { action: "deliver dead letters".into(), source })
+            }
             None => break Err(TransportError::ConsumerClosed),
         };
         let letter = letter(&delivery, endpoints, &queue);

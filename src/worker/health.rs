@@ -254,7 +254,7 @@ impl Snapshot {
 async fn queue_depth(endpoints: &crate::config::Endpoints) -> Result<u32, crate::wire::transport::TransportError> {
     let connection = crate::wire::transport::connect(&endpoints.amqp_url, "replay health").await?;
     let channel = crate::wire::transport::channel(&connection).await?;
-    let depth = crate::wire::transport::queue_depth(&channel, &endpoints.queue).await;
+    let depth = crate::wire::transport::stream_depth(&channel, endpoints).await;
     let _ = crate::wire::transport::answer("close a channel", channel.close(200, "read".into())).await;
     crate::wire::transport::close(&connection, "read").await;
     depth

@@ -38,7 +38,7 @@ pub(super) async fn run(lead: &Lead<'_>, mut paused: PauseSignal) {
             break;
         }
         let consumed = consume(lead, &mut paused).await;
-        lead.liveness.set_consuming(false);
+        lead.liveness.set_consuming(lead.leadership.partition.index, false);
         match consumed {
             Ok(Ended::Stopped) => return,
             Ok(Ended::Paused) => {
@@ -67,26 +67,27 @@ enum Ended {
 /// (Ok) or a broker fault (Err).
 async fn consume(lead: &Lead<'_>, paused: &mut PauseSignal) -> Result<Ended, TransportError> {
     let (endpoints, config) = (lead.endpoints, lead.config);
-    let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {}", config.id)).await?;
+    let queue = lead.leadership.partition.queue.as_str();
+    let connection = transport::connect(&endpoints.amqp_url, &format!("replay worker {} {queue}", config.id)).await?;
     let channel = transport::channel(&connection).await?;
-    transport::declare(&channel, &endpoints.exchange, &endpoints.queue).await?;
+    transport::declare_stream(&channel, endpoints).await?;
     transport::answer("set prefetch", channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
     if !drain_migration(lead, &connection).await? {
         transport::close(&connection, "worker stopping").await;
         return Ok(Ended::Stopped);
     }
     let mut consumer = transport::answer(
-        format!("consume queue '{}'", endpoints.queue),
+        format!("consume queue '{queue}'"),
         channel.basic_consume(
-            endpoints.queue.as_str().into(),
+            queue.into(),
             format!("replay-{}", config.id).into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         ),
     )
     .await?;
-    tracing::info!(queue = %endpoints.queue, prefetch = config.prefetch, "consuming");
-    lead.liveness.set_consuming(true);
+    tracing::info!(queue, prefetch = config.prefetch, "consuming");
+    lead.liveness.set_consuming(lead.leadership.partition.index, true);
 
     let result = consume_batches(lead, paused, &channel, &mut consumer).await;
     let result = match result {
@@ -141,7 +142,7 @@ async fn consume_batches(
 /// partition queue's own, and deletes each holding queue once empty. False
 /// if the session was lost or shutdown came first.
 async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Result<bool, TransportError> {
-    let queue = &lead.endpoints.queue;
+    let queue = &lead.leadership.partition.queue;
     // Looking for a queue that does not exist closes the channel with an
     // error lapin logs loudly: look only after a recorded migration.
     match crate::store::topology_migrations::recorded(lead.pool, queue).await {
@@ -151,7 +152,7 @@ async fn drain_migration(lead: &Lead<'_>, connection: &lapin::Connection) -> Res
             tracing::warn!(error = %e, "cannot read whether a topology migration is to be drained; looking anyway");
         }
     }
-    for queue in crate::wire::topology::drain_queues(&lead.endpoints.queue) {
+    for queue in crate::wire::topology::drain_queues(queue) {
         if crate::wire::topology::counts(connection, &queue).await?.is_none() {
             continue;
         }

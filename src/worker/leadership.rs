@@ -20,6 +20,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::signals::Shutdown;
+use crate::config::Partition;
 use crate::store::{failed, leaders, ledger, StoreError};
 
 /// Longest an abandoned session's terminate may take.
@@ -32,26 +33,49 @@ pub struct Leadership {
     /// Shared by the intake and the claimer: one batch after another.
     pub session: tokio::sync::Mutex<PgConnection>,
     backend_pid: i32,
-    pub partition: String,
+    pub partition: Partition,
     /// Raised by every takeover; who leads and since when, for operators.
     pub epoch: i64,
+}
+
+/// How eagerly a worker takes a partition that has no leader: at once when
+/// it leads none, else after waiting [`TRY_EVERY`] times this many rounds
+/// per partition it already leads. Workers started together so spread one
+/// partition each, and a partition whose leader died goes to a standby
+/// that leads nothing before a busy worker takes it on as well.
+pub const ROUNDS_PER_LED_PARTITION: u32 = 8;
+
+/// How many partitions this worker process leads right now, shared by its
+/// partition loops (the spreading rule above). The lock is held across a
+/// try and its count, so two loops of one worker never both take a
+/// partition in the same round.
+#[derive(Clone, Debug, Default)]
+pub struct Led(std::sync::Arc<tokio::sync::Mutex<u32>>);
+
+impl Led {
+    async fn give_back(&self) {
+        let mut count = self.0.lock().await;
+        *count = count.saturating_sub(1);
+    }
 }
 
 /// Waits as a hot standby until this worker leads `partition`, or shutdown
 /// (`None`). Database failures are waited out.
 pub async fn acquire(
     pool: &PgPool,
-    partition: &str,
+    partition: &Partition,
+    led: &Led,
     worker: &str,
     session_timeout: Duration,
     shutdown: &Shutdown,
 ) -> Option<Leadership> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match try_acquire(pool, partition, worker, session_timeout, shutdown).await {
+        match try_acquire(pool, partition, led, worker, session_timeout, shutdown).await {
             Ok(leadership) => return leadership,
             Err(e) => {
-                tracing::warn!(error = %e, partition, retry_in = ?delay, "cannot stand by for the partition; retrying");
+                let queue = partition.queue.as_str();
+                tracing::warn!(error = %e, partition = queue, retry_in = ?delay, "cannot stand by for the partition; retrying");
                 if !shutdown.sleep(delay).await {
                     return None;
                 }
@@ -63,7 +87,8 @@ pub async fn acquire(
 
 async fn try_acquire(
     pool: &PgPool,
-    partition: &str,
+    partition: &Partition,
+    led: &Led,
     worker: &str,
     session_timeout: Duration,
     shutdown: &Shutdown,
@@ -88,18 +113,29 @@ async fn try_acquire(
     let backend_pid: i32 =
         sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut session).await.map_err(failed("read pid"))?;
     let mut announced = false;
+    let mut rounds = 0u32;
+    let name = partition.queue.as_str();
     loop {
-        let took: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('replay partition ' || $1, 0))")
-                .bind(partition)
-                .fetch_one(&mut session)
-                .await
-                .map_err(failed("try the partition lock"))?;
-        if took {
-            break;
+        // Held across the try and the count (see `Led`).
+        let mut count = led.0.lock().await;
+        let wait = *count > 0 && rounds < *count * ROUNDS_PER_LED_PARTITION;
+        if !wait {
+            let took: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('replay partition ' || $1, 0))")
+                    .bind(name)
+                    .fetch_one(&mut session)
+                    .await
+                    .map_err(failed("try the partition lock"))?;
+            if took {
+                *count += 1;
+                break;
+            }
+            rounds = 0;
         }
+        drop(count);
+        rounds += 1;
         if !announced {
-            tracing::info!(partition, "standing by: another worker leads the partition");
+            tracing::info!(partition = name, "standing by: another worker leads the partition");
             announced = true;
         }
         tokio::select! {
@@ -110,11 +146,24 @@ async fn try_acquire(
             () = tokio::time::sleep(TRY_EVERY) => {}
         }
     }
-    let epoch = leaders::record(&mut session, partition, worker).await?;
-    let expired = ledger::expire_leases(&mut session).await?;
-    tracing::info!(partition, epoch, leases_taken_back = expired, "leading the partition");
+    // Counted from here on: a failure below drops the session (and the
+    // lock), so the count is given back first.
+    let recorded = async {
+        let epoch = leaders::record(&mut session, name, worker).await?;
+        let expired = ledger::expire_leases(&mut session, partition.ledger_index()).await?;
+        Ok::<_, StoreError>((epoch, expired))
+    }
+    .await;
+    let (epoch, expired) = match recorded {
+        Ok(done) => done,
+        Err(e) => {
+            led.give_back().await;
+            return Err(e);
+        }
+    };
+    tracing::info!(partition = name, epoch, leases_taken_back = expired, "leading the partition");
     let session = tokio::sync::Mutex::new(session);
-    Ok(Some(Leadership { session, backend_pid, partition: partition.to_string(), epoch }))
+    Ok(Some(Leadership { session, backend_pid, partition: partition.clone(), epoch }))
 }
 
 impl Leadership {
@@ -126,8 +175,9 @@ impl Leadership {
     /// never return, and this worker would never stand by again). If the
     /// terminate fails, the server's idle-in-transaction timeout and
     /// keepalives end the session.
-    pub async fn give_up(self, pool: &PgPool, abandoned: bool) {
+    pub async fn give_up(self, pool: &PgPool, led: &Led, abandoned: bool) {
         let Self { session, backend_pid, partition, .. } = self;
+        let partition = partition.queue;
         let session = session.into_inner();
         if abandoned {
             drop(session);
@@ -150,5 +200,6 @@ impl Leadership {
             let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
             tracing::info!(partition, "gave up the partition");
         }
+        led.give_back().await;
     }
 }

@@ -27,18 +27,18 @@ pub mod pipeline;
 mod relay;
 mod signals;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leadership::Leadership;
+use leadership::{Leadership, Led};
 
 use chrono::Utc;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Endpoints;
+use crate::config::{Endpoints, Partition};
 use crate::handlers::{HandlerError, Registry};
 use crate::store::ledger::Settlement;
 use pipeline::Pipeline;
@@ -147,9 +147,10 @@ fn host_name() -> String {
 /// fault it meets (broker or database away, a lost session) is waited out
 /// and logged, never handed up.
 ///
-/// The worker stands by until it leads its partition (`leadership`), then
-/// runs the intake and the claimer on the leader's session until shutdown
-/// or until that session is lost, and stands by again.
+/// For each partition (one, or `--partitions N`) the worker stands by until
+/// it leads it (`leadership`, which also spreads the partitions over the
+/// workers), then runs the intake and the claimer on the leader's session
+/// until shutdown or until that session is lost, and stands by again.
 pub async fn run(
     config: WorkerConfig,
     endpoints: Endpoints,
@@ -158,14 +159,13 @@ pub async fn run(
     liveness: Liveness,
     shutdown: CancellationToken,
 ) {
-    let pipeline =
-        Pipeline::new(registry, config.id.clone(), config.retry, config.batch_timeout, config.batch_size as i64);
     tracing::info!(
         worker = %config.id,
         database = %endpoints.database_url,
         broker = %endpoints.amqp_url,
         exchange = %endpoints.exchange,
         queue = %endpoints.queue,
+        partitions = endpoints.partitions,
         "worker starting"
     );
     let shutdown = Shutdown::new(shutdown);
@@ -182,33 +182,73 @@ pub async fn run(
     let watcher = tokio::spawn(pausing::watch(context.clone(), paused_tx));
     let relay = tokio::spawn(relay::run(context.clone(), paused.clone()));
     let dead_lettered = tokio::spawn(dead_lettered::run(context.clone()));
-    while let Some(leadership) =
-        leadership::acquire(&pool, &endpoints.queue, &config.id, config.batch_timeout, &shutdown).await
-    {
-        liveness.set_leading(true);
-        let lead = Lead {
-            pipeline: &pipeline,
-            leadership: &leadership,
-            pool: &pool,
-            endpoints: &endpoints,
-            config: &config,
-            liveness: &liveness,
-            stop: shutdown.child(),
-            lost: AtomicBool::new(false),
-        };
-        tokio::join!(intake::run(&lead, paused.clone()), claimer::run(&lead, paused.clone()));
-        let lost = lead.lost.load(Ordering::SeqCst);
-        liveness.set_leading(false);
-        leadership.give_up(&pool, lost).await;
-        if shutdown.is_triggered() {
-            break;
-        }
+    let led = Led::default();
+    let partitions = endpoints.partition_list();
+    for partition in &partitions {
+        // Served from the start, so a dashboard sees 0 rather than nothing.
+        metrics::counter!(crate::telemetry::metrics::UNKEYED_EVENTS, "partition" => partition.index.to_string())
+            .increment(0);
     }
+    let stands = partitions.iter().map(|partition| {
+        let pipeline = Pipeline::new(
+            registry.clone(),
+            config.id.clone(),
+            config.retry,
+            config.batch_timeout,
+            config.batch_size as i64,
+        )
+        .for_partition(partition.ledger_index(), endpoints.partitions);
+        let stand =
+            Stand { partition, led: &led, pool: &pool, endpoints: &endpoints, config: &config, liveness: &liveness };
+        stand.run(pipeline, paused.clone(), shutdown.clone())
+    });
+    futures::future::join_all(stands).await;
     shutdown.trigger();
     let _ = watcher.await;
     let _ = relay.await;
     let _ = dead_lettered.await;
     tracing::info!(worker = %config.id, "worker stopped");
+}
+
+/// One partition as this worker sees it: stand by until it leads it, lead
+/// it until shutdown or until the leader session is lost, stand by again.
+struct Stand<'a> {
+    partition: &'a Partition,
+    led: &'a Led,
+    pool: &'a PgPool,
+    endpoints: &'a Endpoints,
+    config: &'a WorkerConfig,
+    liveness: &'a Liveness,
+}
+
+impl Stand<'_> {
+    async fn run(self, pipeline: Pipeline, paused: PauseSignal, shutdown: Shutdown) {
+        let Self { partition, led, pool, endpoints, config, liveness } = self;
+        while let Some(leadership) =
+            leadership::acquire(pool, partition, led, &config.id, config.batch_timeout, &shutdown).await
+        {
+            liveness.set_leading(partition.index, true);
+            let lead = Lead {
+                pipeline: &pipeline,
+                leadership: &leadership,
+                pool,
+                endpoints,
+                config,
+                liveness,
+                stop: shutdown.child(),
+                lost: AtomicBool::new(false),
+            };
+            tokio::join!(intake::run(&lead, paused.clone()), claimer::run(&lead, paused.clone()));
+            let lost = lead.lost.load(Ordering::SeqCst);
+            liveness.set_leading(partition.index, false);
+            leadership.give_up(pool, led, lost).await;
+            if shutdown.is_triggered() {
+                break;
+            }
+        }
+        // One partition's loop ending on shutdown ends the others' too.
+        shutdown.trigger();
+    }
 }
 
 /// What the worker's side loops (relay, dead-letter drain, pause watcher)
@@ -250,11 +290,14 @@ impl Lead<'_> {
 }
 
 /// What a running worker reports about itself, shared with the health endpoint.
+/// Leading, consuming and claiming are kept per partition, one bit each
+/// (at most [`crate::config::MAX_PARTITIONS`] = 64): the worker does one
+/// when any of its partitions does.
 #[derive(Clone, Debug, Default)]
 pub struct Liveness {
-    leading: Arc<AtomicBool>,
-    consuming: Arc<AtomicBool>,
-    claiming: Arc<AtomicBool>,
+    leading: Arc<AtomicU64>,
+    consuming: Arc<AtomicU64>,
+    claiming: Arc<AtomicU64>,
     relaying: Arc<AtomicBool>,
     relay: Arc<std::sync::Mutex<RelayReport>>,
     /// Woken whenever one of the flags above changes, so the heartbeat says
@@ -264,37 +307,44 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Whether this worker leads its partition (else it is a hot standby).
+    fn set_bit(&self, bits: &AtomicU64, partition: u16, on: bool) {
+        let bit = 1u64 << (partition % 64);
+        let before = if on { bits.fetch_or(bit, Ordering::SeqCst) } else { bits.fetch_and(!bit, Ordering::SeqCst) };
+        if (before & bit != 0) != on {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Whether this worker leads one of its partitions (else it is a hot standby).
     pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
+        self.leading.load(Ordering::SeqCst) != 0
     }
 
-    fn set_leading(&self, leading: bool) {
-        if self.leading.swap(leading, Ordering::SeqCst) != leading {
-            self.changed.notify_one();
-        }
+    /// How many partitions this worker leads.
+    pub fn partitions_led(&self) -> u32 {
+        self.leading.load(Ordering::SeqCst).count_ones()
     }
 
-    /// Whether the worker holds an open consumer on its queue right now.
+    fn set_leading(&self, partition: u16, leading: bool) {
+        self.set_bit(&self.leading, partition, leading);
+    }
+
+    /// Whether the worker holds an open consumer on a partition queue right now.
     pub fn is_consuming(&self) -> bool {
-        self.consuming.load(Ordering::SeqCst)
+        self.consuming.load(Ordering::SeqCst) != 0
     }
 
-    fn set_consuming(&self, consuming: bool) {
-        if self.consuming.swap(consuming, Ordering::SeqCst) != consuming {
-            self.changed.notify_one();
-        }
+    fn set_consuming(&self, partition: u16, consuming: bool) {
+        self.set_bit(&self.consuming, partition, consuming);
     }
 
-    /// Whether the claimer is claiming or processing ledger rows right now.
+    /// Whether a claimer is claiming or processing ledger rows right now.
     pub fn is_claiming(&self) -> bool {
-        self.claiming.load(Ordering::SeqCst)
+        self.claiming.load(Ordering::SeqCst) != 0
     }
 
-    fn set_claiming(&self, claiming: bool) {
-        if self.claiming.swap(claiming, Ordering::SeqCst) != claiming {
-            self.changed.notify_one();
-        }
+    fn set_claiming(&self, partition: u16, claiming: bool) {
+        self.set_bit(&self.claiming, partition, claiming);
     }
 
     /// Whether the relay is publishing from the outbox right now.

@@ -26,6 +26,7 @@ use sqlx::{Acquire, PgConnection};
 use crate::handlers::{HandlerError, Outcomes, Registry};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::ledger::{self, Admission, Blocker, Claimed, Settled, Settlement, Status};
+use crate::store::unkeyed;
 use crate::store::{is_connection_loss, StoreError};
 use crate::wire::envelope::Event;
 use crate::worker::RetryPolicy;
@@ -42,6 +43,9 @@ pub struct Tally {
     pub failed: u64,
     pub skipped: u64,
     pub dead_letters: u64,
+    /// Events of the batch that came without a partition key (counted only
+    /// with more than one partition).
+    pub unkeyed: u64,
     /// Settled attempts by (event type, outcome), for the metrics.
     pub by_type: std::collections::BTreeMap<(String, &'static str), u64>,
 }
@@ -61,7 +65,11 @@ impl Tally {
     }
 
     /// Records a committed batch in the metrics.
-    fn record(&self, started: std::time::Instant, size: usize) {
+    fn record(&self, started: std::time::Instant, size: usize, partition: i16) {
+        if self.unkeyed > 0 {
+            metrics::counter!(crate::telemetry::metrics::UNKEYED_EVENTS, "partition" => partition.to_string())
+                .increment(self.unkeyed);
+        }
         for ((event_type, outcome), n) in &self.by_type {
             metrics::counter!(crate::telemetry::metrics::EVENTS_PROCESSED, "event_type" => event_type.clone(), "outcome" => *outcome)
                 .increment(*n);
@@ -142,6 +150,12 @@ pub struct Pipeline {
     timeout: std::time::Duration,
     /// Most waiting rows tried again before one batch.
     waiters: i64,
+    /// The partition this pipeline applies: the ledger rows it inserts,
+    /// takes, claims and retries are this partition's only.
+    partition: i16,
+    /// Whether events without a partition key are counted (more than one
+    /// partition: with one, every event is in it anyway).
+    count_unkeyed: bool,
 }
 
 impl Pipeline {
@@ -152,7 +166,12 @@ impl Pipeline {
         timeout: std::time::Duration,
         waiters: i64,
     ) -> Self {
-        Self { registry, worker, retry, timeout, waiters }
+        Self { registry, worker, retry, timeout, waiters, partition: 0, count_unkeyed: false }
+    }
+
+    /// This pipeline for partition `index` of `partitions`.
+    pub fn for_partition(self, index: i16, partitions: u16) -> Self {
+        Self { partition: index, count_unkeyed: partitions > 1, ..self }
     }
 
     /// Records and applies events that arrived as messages, in delivery
@@ -210,18 +229,25 @@ impl Pipeline {
                 None => Admission { event, status: Status::Skipped, note: Some(no_handler(&event.event_type)) },
             })
             .collect();
-        let inserted = ledger::insert_new(&mut tx, &admissions).await?;
+        let inserted = ledger::insert_new(&mut tx, &admissions, self.partition).await?;
+        let unkeyed = if self.count_unkeyed { events.iter().filter(|e| e.partition_key.is_none()).count() } else { 0 };
+        if unkeyed > 0 {
+            unkeyed::count(&mut tx, self.partition, unkeyed as i64).await?;
+        }
         let inserted_ids: HashMap<String, i64> = inserted.into_iter().map(|row| (row.event_id, row.id)).collect();
 
         let others: Vec<&Event> = events.iter().copied().filter(|e| !inserted_ids.contains_key(&e.event_id)).collect();
-        let taken =
-            if others.is_empty() { Vec::new() } else { ledger::take_due(&mut tx, &others, &self.worker).await? };
+        let taken = if others.is_empty() {
+            Vec::new()
+        } else {
+            ledger::take_due(&mut tx, &others, &self.worker, self.partition).await?
+        };
         tally.duplicates += (others.len() - taken.len()) as u64;
         let taken_by_id: HashMap<&str, &Claimed> = taken.iter().map(|c| (c.event.event_id.as_str(), c)).collect();
 
         // Rows waiting for a dependency were published before this batch:
         // they get their chance first.
-        let waiting = ledger::lock_waiting(&mut tx, self.waiters).await?;
+        let waiting = ledger::lock_waiting(&mut tx, self.partition, self.waiters).await?;
         let mut work: Vec<Work<'_>> = waiting.iter().map(Work::waiting).collect();
         for event in events.iter().copied() {
             if let Some(&row_id) = inserted_ids.get(&event.event_id) {
@@ -238,7 +264,8 @@ impl Pipeline {
         let settlements = self.apply(&mut tx, work, &mut tally, isolation, holds).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
-        tally.record(started, received);
+        tally.unkeyed = unkeyed as u64;
+        tally.record(started, received, self.partition);
         Ok(tally)
     }
 
@@ -275,14 +302,14 @@ impl Pipeline {
         let mut tx = conn.begin().await?;
         let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
         let held: HashSet<i64> = ledger::lock_claimed(&mut tx, &ids, &self.worker).await?.into_iter().collect();
-        let waiting = ledger::lock_waiting(&mut tx, self.waiters).await?;
+        let waiting = ledger::lock_waiting(&mut tx, self.partition, self.waiters).await?;
         let mut work: Vec<Work<'_>> = claimed.iter().filter(|c| held.contains(&c.id)).map(Work::claimed).collect();
         work.extend(waiting.iter().map(Work::waiting));
         work.sort_by_key(|w| w.row_id);
         let settlements = self.apply(&mut tx, work, &mut tally, isolation, holds).await?;
         ledger::settle(&mut tx, &settlements).await?;
         tx.commit().await?;
-        tally.record(started, claimed.len());
+        tally.record(started, claimed.len(), self.partition);
         Ok(tally)
     }
 

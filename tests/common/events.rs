@@ -30,6 +30,12 @@ pub fn approved(contribution: Uuid) -> Event {
     event("contribution.approved", json!({"contribution_id": contribution}))
 }
 
+/// The approval of a contribution of `period`, naming the period as a
+/// producer does for the partition key (it read the contribution to decide it).
+pub fn approved_in(contribution: Uuid, period: Uuid) -> Event {
+    event("contribution.approved", json!({"contribution_id": contribution, "period_id": period}))
+}
+
 /// A period, then `n` contributions, each approved: 2n + 1 events.
 pub fn workload(n: usize) -> (Vec<replay::wire::envelope::Event>, Uuid) {
     let period = Uuid::new_v4();
@@ -58,7 +64,7 @@ pub fn closing_periods(periods: usize, n: usize) -> (Vec<Event>, Vec<Uuid>) {
         for (i, c) in contributions.iter().enumerate() {
             events.push(submitted(*c, members[i % members.len()], period, 1 + (i % 50) as u32));
         }
-        events.extend(contributions.iter().map(|c| approved(*c)));
+        events.extend(contributions.iter().map(|c| approved_in(*c, period)));
         events.push(event("period.close", json!({"period_id": period})));
     }
     (events, ids)

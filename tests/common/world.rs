@@ -38,6 +38,12 @@ impl World {
 
     /// A world whose broker is the one at `amqp_url` (a private node).
     pub async fn on_broker(pool: PgPool, amqp_url: &str) -> Self {
+        Self::partitioned(pool, amqp_url, 1).await
+    }
+
+    /// A world of `partitions` partitions on the broker at `amqp_url` (one
+    /// with the consistent-hash exchange, when more than one).
+    pub async fn partitioned(pool: PgPool, amqp_url: &str, partitions: u16) -> Self {
         // Silent unless asked: TEST_LOG=debug cargo test.
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -52,6 +58,7 @@ impl World {
             amqp_url: SecretUrl::new(amqp_url),
             exchange: format!("test-{suffix}"),
             queue: format!("test-{suffix}.worker"),
+            partitions,
         };
         let world = Self { pool, database_url: url.to_string(), endpoints };
         for statement in probe::SCHEMA {
@@ -59,7 +66,7 @@ impl World {
         }
         let connection = transport::connect(&world.endpoints.amqp_url, "test setup").await.expect("RabbitMQ is up");
         let channel = connection.create_channel().await.expect("channel");
-        transport::declare(&channel, &world.endpoints.exchange, &world.endpoints.queue).await.expect("declare");
+        transport::declare_stream(&channel, &world.endpoints).await.expect("declare");
         let _ = connection.close(200, "declared".into()).await;
         world
     }
@@ -122,6 +129,7 @@ impl World {
             ("AMQP_URL", self.endpoints.amqp_url.expose().to_string()),
             ("REPLAY_EXCHANGE", self.endpoints.exchange.clone()),
             ("REPLAY_QUEUE", self.endpoints.queue.clone()),
+            ("REPLAY_PARTITIONS", self.endpoints.partitions.to_string()),
         ]
     }
 
@@ -179,7 +187,7 @@ impl World {
     pub async fn queue_depth(&self) -> u32 {
         let connection = transport::connect(&self.endpoints.amqp_url, "test inspector").await.expect("connect");
         let channel = connection.create_channel().await.expect("channel");
-        let depth = transport::queue_depth(&channel, &self.endpoints.queue).await.expect("depth");
+        let depth = transport::stream_depth(&channel, &self.endpoints).await.expect("depth");
         let _ = connection.close(200, "inspected".into()).await;
         depth
     }
@@ -387,13 +395,15 @@ impl World {
     pub async fn cleanup(&self) {
         if let Ok(connection) = transport::connect(&self.endpoints.amqp_url, "test cleanup").await {
             if let Ok(channel) = connection.create_channel().await {
-                let dead = transport::dead_letter_queue(&self.endpoints.queue);
-                for queue in [self.endpoints.queue.as_str(), dead.as_str()] {
-                    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+                for partition in self.endpoints.partition_list() {
+                    let dead = transport::dead_letter_queue(&partition.queue);
+                    for queue in [partition.queue.as_str(), dead.as_str()] {
+                        let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+                    }
                 }
-                let _ = channel
-                    .exchange_delete(self.endpoints.exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
+                for exchange in [self.endpoints.hash_exchange(), self.endpoints.exchange.clone()] {
+                    let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                }
             }
             let _ = connection.close(200, "cleaned".into()).await;
         }

@@ -28,12 +28,18 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a node and waits until it accepts AMQP connections.
     pub async fn start() -> Self {
-        Self::start_with_cookie(None).await
+        Self::start_with_cookie(None, &[]).await
+    }
+
+    /// Starts a node with RabbitMQ's consistent-hash exchange enabled, as
+    /// partitions need it (docker-compose.prod.yml enables it too).
+    pub async fn start_with_hash_exchange() -> Self {
+        Self::start_with_cookie(None, &["rabbitmq_consistent_hash_exchange"]).await
     }
 
     /// Starts a node whose Erlang cookie is `cookie` (the nodes of one
-    /// cluster share theirs), or the one Erlang makes up.
-    async fn start_with_cookie(cookie: Option<&str>) -> Self {
+    /// cluster share theirs), or the one Erlang makes up, with `plugins` on.
+    async fn start_with_cookie(cookie: Option<&str>, plugins: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a directory for the node");
         if let Some(cookie) = cookie {
             use std::os::unix::fs::PermissionsExt;
@@ -46,7 +52,8 @@ impl PrivateBroker {
             .expect("write the node's config");
         // Empty: the machine's rabbitmq-env.conf names the shared node.
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "").expect("write the node's env file");
-        std::fs::write(dir.path().join("enabled_plugins"), "[].").expect("write the plugins file");
+        std::fs::write(dir.path().join("enabled_plugins"), format!("[{}].", plugins.join(",")))
+            .expect("write the plugins file");
         let broker = Self {
             url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
             node: format!("replay-test-{port}@localhost"),
@@ -190,7 +197,7 @@ impl PrivateCluster {
         let cookie = format!("REPLAYTEST{}", uuid::Uuid::new_v4().simple()).to_uppercase();
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(PrivateBroker::start_with_cookie(Some(&cookie)).await);
+            nodes.push(PrivateBroker::start_with_cookie(Some(&cookie), &[]).await);
         }
         let first = nodes[0].node.clone();
         for node in &nodes[1..] {

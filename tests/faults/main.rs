@@ -16,3 +16,4 @@ mod proxy;
 
 mod faults;
 mod load;
+mod partitions;

@@ -25,6 +25,7 @@ async fn concurrent_claims_never_take_a_row_twice(pool: PgPool) {
                     let claimed = replay::store::ledger::claim_due(
                         &mut pool.acquire().await.unwrap(),
                         &format!("w{w}"),
+                        0,
                         50,
                         Duration::from_secs(60),
                     )
@@ -53,10 +54,16 @@ async fn concurrent_claims_never_take_a_row_twice(pool: PgPool) {
     .unwrap();
     assert_eq!(processing, 2000);
     // A live lease is not claimable again.
-    assert!(replay::store::ledger::claim_due(&mut pool.acquire().await.unwrap(), "late", 50, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(replay::store::ledger::claim_due(
+        &mut pool.acquire().await.unwrap(),
+        "late",
+        0,
+        50,
+        Duration::from_secs(60)
+    )
+    .await
+    .unwrap()
+    .is_empty());
 }
 
 async fn seed(pool: &PgPool) {

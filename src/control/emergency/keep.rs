@@ -51,6 +51,7 @@ pub(super) async fn batch(
     pool: &PgPool,
     keeping: Keeping,
     events: &[Event],
+    partition: i16,
     dead: &[DeadLetter],
 ) -> Result<u64, StepError> {
     if events.is_empty() && dead.is_empty() {
@@ -59,12 +60,12 @@ pub(super) async fn batch(
     let mut tx = pool.begin().await?;
     let added = match keeping {
         Keeping::Ledger => {
-            let added = ledger::insert_pending(&mut tx, events).await?;
+            let added = ledger::insert_pending(&mut tx, events, &vec![partition; events.len()]).await?;
             dead_letters::insert(&mut tx, dead).await?;
             added
         }
         Keeping::Saved => {
-            emergency_saved::save_events(&mut tx, events).await?;
+            emergency_saved::save_events(&mut tx, events, partition).await?;
             emergency_saved::save_dead_letters(&mut tx, dead).await?;
             0
         }
@@ -97,7 +98,8 @@ pub(super) async fn put_back(pool: &PgPool) -> Result<PutBack, StepError> {
         }
         after = chunk.last_id;
         moved.saved += chunk.rows.len() as u64;
-        moved.added += ledger::insert_pending(&mut tx, &chunk.rows).await?;
+        let (events, partitions): (Vec<Event>, Vec<i16>) = chunk.rows.into_iter().unzip();
+        moved.added += ledger::insert_pending(&mut tx, &events, &partitions).await?;
     }
     let mut after = 0;
     loop {

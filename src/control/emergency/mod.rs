@@ -279,28 +279,34 @@ async fn take_and_keep(
     report: &mut Report,
     replay: &mut usize,
 ) -> Result<usize, StepError> {
-    let mut taker = queue::Taker::open(endpoints, wait, plan).await.map_err(StepError::QueueNotTaken)?;
     let mut batches = 0;
-    let taken = loop {
-        let batch = match taker.next_batch().await {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break Ok(batches),
-            Err(e) => break Err(StepError::QueueNotTaken(e)),
+    // Every partition queue in turn: each is drained in its own order, and
+    // its kept events are put back in its partition.
+    for partition in endpoints.partition_list() {
+        let mut taker =
+            queue::Taker::open(endpoints, &partition.queue, wait, plan).await.map_err(StepError::QueueNotTaken)?;
+        let taken = loop {
+            let batch = match taker.next_batch().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(StepError::QueueNotTaken(e)),
+            };
+            match keep::batch(pool, keeping, &batch.events, partition.ledger_index(), &batch.dead).await {
+                Ok(added) => report.kept_events += added,
+                Err(e) => break Err(StepError::NotKept(Box::new(e))),
+            }
+            if let Err(e) = taker.ack(&batch).await {
+                break Err(StepError::QueueNotTaken(e));
+            }
+            batches += 1;
+            *replay += batch.replay;
+            report.kept_messages += batch.events.len();
+            report.dead_lettered += batch.dead.len();
         };
-        match keep::batch(pool, keeping, &batch.events, &batch.dead).await {
-            Ok(added) => report.kept_events += added,
-            Err(e) => break Err(StepError::NotKept(Box::new(e))),
-        }
-        if let Err(e) = taker.ack(&batch).await {
-            break Err(StepError::QueueNotTaken(e));
-        }
-        batches += 1;
-        *replay += batch.replay;
-        report.kept_messages += batch.events.len();
-        report.dead_lettered += batch.dead.len();
-    };
-    taker.close().await;
-    taken
+        taker.close().await;
+        taken?;
+    }
+    Ok(batches)
 }
 
 /// A replay's events the broker never confirmed wait in the outbox (the

@@ -61,6 +61,8 @@ pub(super) struct Taker {
     channel: lapin::Channel,
     consumer: lapin::Consumer,
     endpoints: Endpoints,
+    /// The partition queue being taken.
+    queue: String,
     plan: Option<PlanId>,
     /// Ready messages when the take began.
     ready_at_start: u64,
@@ -69,17 +71,23 @@ pub(super) struct Taker {
 }
 
 impl Taker {
-    /// Waits until the queue has no consumer (the paused workers closed
-    /// theirs, so no message is held unacked elsewhere), then consumes it.
-    /// The replay's messages are those of `plan`, or of any plan.
-    pub async fn open(endpoints: &Endpoints, wait: Duration, plan: Option<PlanId>) -> Result<Self, TransportError> {
+    /// Waits until the partition queue `queue` has no consumer (the paused
+    /// workers closed theirs, so no message is held unacked elsewhere), then
+    /// consumes it. The replay's messages are those of `plan`, or of any plan.
+    pub async fn open(
+        endpoints: &Endpoints,
+        queue: &str,
+        wait: Duration,
+        plan: Option<PlanId>,
+    ) -> Result<Self, TransportError> {
         let connection = transport::connect(&endpoints.amqp_url, "replay emergency-stop").await?;
-        match consume(&connection, &endpoints.queue, wait).await {
+        match consume(&connection, queue, wait).await {
             Ok((channel, consumer, ready)) => Ok(Self {
                 connection,
                 channel,
                 consumer,
                 endpoints: endpoints.clone(),
+                queue: queue.to_string(),
                 plan,
                 ready_at_start: u64::from(ready),
                 delivered: 0,
@@ -153,12 +161,9 @@ impl Taker {
     /// message. A second consumer (our own is one) would be active in our
     /// stead on a single-active-consumer queue and hold what we wait for.
     async fn look_at_the_queue(&mut self) -> Result<(), TransportError> {
-        let counts = transport::queue_counts(&self.channel, &self.endpoints.queue).await?;
+        let counts = transport::queue_counts(&self.channel, &self.queue).await?;
         if counts.consumers > 1 {
-            return Err(TransportError::StillConsumed {
-                queue: self.endpoints.queue.clone(),
-                consumers: counts.consumers - 1,
-            });
+            return Err(TransportError::StillConsumed { queue: self.queue.clone(), consumers: counts.consumers - 1 });
         }
         if counts.messages == 0 {
             self.cancel().await?;
@@ -168,7 +173,7 @@ impl Taker {
 
     async fn cancel(&mut self) -> Result<(), TransportError> {
         transport::answer(
-            format!("stop taking messages from '{}'", self.endpoints.queue),
+            format!("stop taking messages from '{}'", self.queue),
             self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()),
         )
         .await?;

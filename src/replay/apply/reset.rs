@@ -203,8 +203,14 @@ pub(crate) async fn reset_workflow(
     let events = planned
         .triggers
         .iter()
-        .map(|t| Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone()))
-        .collect::<Result<Vec<_>, _>>()
+        .map(|t| {
+            let event = Event::new(t.event_id.clone(), t.event_type.clone(), t.occurred_at, t.payload.clone())?;
+            // Keyed as a producer would key it, so the trigger reaches the
+            // partition of the events it follows (a period's close, its period's).
+            let partition_key = crate::handlers::partition_key(&event).ok().flatten();
+            Ok(Event { partition_key, ..event })
+        })
+        .collect::<Result<Vec<_>, crate::wire::envelope::Rejection>>()
         .map_err(|e| ApplyError::Workflow(WorkflowError::Usage(e.to_string())))?;
     ledger::insert_triggers(conn, &events, plan.header.plan_id.as_uuid(), operator, fallback).await?;
     Ok(())

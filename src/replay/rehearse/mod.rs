@@ -325,6 +325,7 @@ async fn reset(pool: &PgPool, plan: &SealedPlan, stale: &HashSet<i64>, operator:
 /// later: it is reported as retrying) or the batch bound is reached.
 async fn apply_due(pool: &PgPool, registry: &Registry) -> Result<LedgerOutcome, RehearsalError> {
     let config = WorkerConfig::new(WORKER.to_string());
+    ledger::fold_partitions(pool).await?;
     let pipeline = Pipeline::new(registry.clone(), WORKER.to_string(), config.retry, config.batch_timeout, 500);
     let due: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'pending'")
         .fetch_one(pool)
@@ -336,7 +337,7 @@ async fn apply_due(pool: &PgPool, registry: &Registry) -> Result<LedgerOutcome, 
     let mut outcome = LedgerOutcome::default();
     let mut conn = pool.acquire().await.map_err(failed("claim due rows"))?;
     loop {
-        let claimed = ledger::claim_due(&mut conn, WORKER, ROWS_PER_BATCH as i64, LEASE).await?;
+        let claimed = ledger::claim_due(&mut conn, WORKER, 0, ROWS_PER_BATCH as i64, LEASE).await?;
         if claimed.is_empty() {
             break;
         }

@@ -121,6 +121,8 @@ struct ClaimedRow {
     retry_count: i32,
     #[sqlx(default)]
     replay_forced_by: Option<uuid::Uuid>,
+    #[sqlx(default)]
+    partition_key: Option<String>,
 }
 
 impl ClaimedRow {
@@ -130,7 +132,7 @@ impl ClaimedRow {
         let event = Event::new(self.event_id, self.event_type, self.occurred_at, self.payload)
             .map_err(|e: Rejection| tracing::error!(row = self.id, error = %e, "stored payload cannot be rebuilt"))
             .ok()?;
-        let event = Event { forced_by: self.replay_forced_by, ..event };
+        let event = Event { forced_by: self.replay_forced_by, partition_key: self.partition_key, ..event };
         Some(Claimed { id: self.id, event, retry_count: self.retry_count })
     }
 }

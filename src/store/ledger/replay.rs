@@ -175,8 +175,9 @@ pub async fn insert_triggers(
         sqlx::query(
             "WITH added AS (
                  INSERT INTO processed_events
-                        (event_id, event_type, payload, occurred_at, status, replay_plan, next_attempt_at)
-                 VALUES ($1, $2, $3::jsonb, $4, 'pending', $5, $7)
+                        (event_id, event_type, payload, occurred_at, status, replay_plan, next_attempt_at,
+                         partition_key)
+                 VALUES ($1, $2, $3::jsonb, $4, 'pending', $5, $7, $8)
                  ON CONFLICT (event_id) DO NOTHING
                  RETURNING id, event_id
              )
@@ -189,6 +190,7 @@ pub async fn insert_triggers(
         .bind(plan_id)
         .bind(operator)
         .bind(fallback)
+        .bind(event.partition_key.as_deref())
         .execute(&mut *conn)
         .await
         .map_err(failed("add workflow trigger events"))?;
@@ -196,29 +198,45 @@ pub async fn insert_triggers(
     Ok(())
 }
 
-/// Adds events as `pending` rows, due now; ids already in the ledger are
-/// left as they are. Returns how many were added.
-pub async fn insert_pending(conn: &mut PgConnection, events: &[Event]) -> Result<u64, StoreError> {
+/// Adds events as `pending` rows, due now, each in the partition given
+/// beside it (`partitions[i]` for `events[i]`); ids already in the ledger
+/// are left as they are. Returns how many were added.
+pub async fn insert_pending(conn: &mut PgConnection, events: &[Event], partitions: &[i16]) -> Result<u64, StoreError> {
     let done = crate::store::bind_event_columns(
         sqlx::query(
-            "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status)
-             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, 'pending'
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-                 AS e(event_id, event_type, payload, occurred_at)
+            "INSERT INTO processed_events (event_id, event_type, payload, occurred_at, status, partition_key,
+                                           partition_index)
+             SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, 'pending', e.partition_key,
+                    e.partition_index
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::smallint[])
+                 AS e(event_id, event_type, payload, occurred_at, partition_key, partition_index)
              ON CONFLICT (event_id) DO NOTHING",
         ),
         events,
     )
+    .bind(events.iter().map(|e| e.partition_key.as_deref()).collect::<Vec<_>>())
+    .bind(partitions)
     .execute(conn)
     .await
     .map_err(failed("add pending events"))?;
     Ok(done.rows_affected())
 }
 
+/// Makes every row partition 0's: a rehearsal applies its scratch copy
+/// with one pipeline, as one partition, whatever partitions the live system
+/// runs. Only ever run on a scratch database.
+pub async fn fold_partitions(pool: &PgPool) -> Result<u64, StoreError> {
+    let done = sqlx::query("UPDATE processed_events SET partition_index = 0 WHERE partition_index <> 0")
+        .execute(pool)
+        .await
+        .map_err(failed("fold the scratch copy's partitions into one"))?;
+    Ok(done.rows_affected())
+}
+
 /// The events stored for `event_ids`, as they are republished, in the order asked.
 pub async fn events(pool: &PgPool, event_ids: &[String]) -> Result<Vec<Event>, StoreError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
-        "SELECT id, event_id, event_type, payload, occurred_at, retry_count FROM processed_events
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count, partition_key FROM processed_events
           WHERE event_id = ANY($1)",
     )
     .bind(event_ids)

@@ -107,17 +107,22 @@ pub struct Inserted {
     pub event_id: String,
 }
 
-/// Inserts the events not yet in the ledger and returns the ones it
-/// inserted; events already present are left untouched. Rows get
-/// their ids in the order given (delivery order): the ledger id is the
-/// partition's apply order.
-pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Result<Vec<Inserted>, StoreError> {
+/// Inserts the events not yet in the ledger, as rows of `partition`, and
+/// returns the ones it inserted; events already present are left untouched.
+/// Rows get their ids in the order given (delivery order): the ledger id is
+/// the partition's apply order.
+pub async fn insert_new(
+    conn: &mut PgConnection,
+    rows: &[Admission<'_>],
+    partition: i16,
+) -> Result<Vec<Inserted>, StoreError> {
     let mut ids = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
     let mut payloads = Vec::with_capacity(rows.len());
     let mut times = Vec::with_capacity(rows.len());
     let mut statuses = Vec::with_capacity(rows.len());
     let mut notes = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
     for row in rows {
         ids.push(row.event.event_id.as_str());
         types.push(row.event.event_type.as_str());
@@ -125,13 +130,15 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
         times.push(row.event.occurred_at);
         statuses.push(row.status.as_str());
         notes.push(row.note.as_deref());
+        keys.push(row.event.partition_key.as_deref());
     }
     sqlx::query_as(
         "INSERT INTO processed_events
-                (event_id, event_type, payload, occurred_at, status, error_message, processed_at)
-         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.status, e.note, now()
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
-                WITH ORDINALITY AS e(event_id, event_type, payload, occurred_at, status, note, position)
+                (event_id, event_type, payload, occurred_at, status, error_message, processed_at, partition_key,
+                 partition_index)
+         SELECT e.event_id, e.event_type, e.payload::jsonb, e.occurred_at, e.status, e.note, now(), e.partition_key, $8
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
+                WITH ORDINALITY AS e(event_id, event_type, payload, occurred_at, status, note, partition_key, position)
           ORDER BY e.position
          ON CONFLICT (event_id) DO NOTHING
          RETURNING id, event_id",
@@ -142,6 +149,8 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
     .bind(&times)
     .bind(&statuses)
     .bind(&notes)
+    .bind(&keys)
+    .bind(partition)
     .fetch_all(conn)
     .await
     .map_err(failed("insert new events"))
@@ -151,29 +160,37 @@ pub async fn insert_new(conn: &mut PgConnection, rows: &[Admission<'_>]) -> Resu
 /// (`pending` and past `next_attempt_at`: a row an operator reset), or parked
 /// for the replay plan the message belongs to (its republished message).
 /// Rows processed, failed, or held by another worker are not returned: their
-/// message is a duplicate.
-pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) -> Result<Vec<Claimed>, StoreError> {
+/// message is a duplicate. A row taken becomes `partition`'s: its message
+/// came through that partition's queue, where its key is routed now.
+pub async fn take_due(
+    conn: &mut PgConnection,
+    events: &[&Event],
+    worker: &str,
+    partition: i16,
+) -> Result<Vec<Claimed>, StoreError> {
     let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let plans: Vec<Option<String>> = events.iter().map(|e| e.replay_plan.map(|p| p.to_string())).collect();
     let rows: Vec<ClaimedRow> = sqlx::query_as(
         "UPDATE processed_events p
-            SET status = 'processing', locked_by = $3, updated_at = now()
+            SET status = 'processing', locked_by = $3, partition_index = $4, updated_at = now()
            FROM unnest($1::text[], $2::text[]) AS m(event_id, plan)
           WHERE p.event_id = m.event_id AND p.status = 'pending'
             AND (p.next_attempt_at <= now() OR p.replay_plan::text = m.plan)
-          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count, p.replay_forced_by",
+          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count, p.replay_forced_by,
+                    p.partition_key",
     )
     .bind(&event_ids)
     .bind(&plans)
     .bind(worker)
+    .bind(partition)
     .fetch_all(conn)
     .await
     .map_err(failed("take due rows"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
 }
 
-/// Claims up to `limit` due rows (pending and due, or processing with an
-/// expired lease) for `worker`, and commits the claim: the rows read
+/// Claims up to `limit` due rows of `partition` (pending and due, or
+/// processing with an expired lease) for `worker`, and commits the claim: the rows read
 /// `processing` until settled or until `lease` runs out. Several workers
 /// never claim the same row (`FOR UPDATE SKIP LOCKED`). A reclaimed lease
 /// counts as a failed attempt, so an event that kills its worker every time
@@ -181,6 +198,7 @@ pub async fn take_due(conn: &mut PgConnection, events: &[&Event], worker: &str) 
 pub async fn claim_due(
     conn: &mut PgConnection,
     worker: &str,
+    partition: i16,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, StoreError> {
@@ -195,16 +213,18 @@ pub async fn claim_due(
                                      ELSE p.error_message END,
                 updated_at = now()
            FROM (SELECT id FROM processed_events
-                  WHERE status IN ('pending', 'processing') AND next_attempt_at <= now()
+                  WHERE status IN ('pending', 'processing') AND partition_index = $4 AND next_attempt_at <= now()
                   ORDER BY next_attempt_at, id
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED) due
           WHERE p.id = due.id
-          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count, p.replay_forced_by",
+          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.retry_count, p.replay_forced_by,
+                    p.partition_key",
     )
     .bind(worker)
     .bind(limit)
     .bind(lease.as_secs_f64())
+    .bind(partition)
     .fetch_all(conn)
     .await
     .map_err(failed("claim due rows"))?;
@@ -362,33 +382,37 @@ pub struct Blocker {
     pub event_id: String,
 }
 
-/// Locks, inside the caller's transaction, up to `limit` rows that wait for
-/// a dependency (`waiting`), oldest first, so the batch can try them before
-/// anything published after them.
-pub async fn lock_waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<Claimed>, StoreError> {
+/// Locks, inside the caller's transaction, up to `limit` rows of
+/// `partition` that wait for a dependency (`waiting`), oldest first, so the
+/// batch can try them before anything published after them.
+pub async fn lock_waiting(conn: &mut PgConnection, partition: i16, limit: i64) -> Result<Vec<Claimed>, StoreError> {
     let rows: Vec<ClaimedRow> = sqlx::query_as(
-        "SELECT id, event_id, event_type, payload, occurred_at, retry_count, replay_forced_by FROM processed_events
-          WHERE sequence_state = 'waiting' AND status = 'pending'
-          ORDER BY id
+        "SELECT id, event_id, event_type, payload, occurred_at, retry_count, replay_forced_by, partition_key
+           FROM processed_events
+          WHERE sequence_state = 'waiting' AND status = 'pending' AND partition_index = $2
+          ORDER BY partition_index, id
           LIMIT $1
           FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
+    .bind(partition)
     .fetch_all(conn)
     .await
     .map_err(failed("lock waiting rows"))?;
     Ok(rows.into_iter().filter_map(ClaimedRow::into_claimed).collect())
 }
 
-/// Gives a partition's new active worker the leases the previous one held:
+/// Gives a partition's new active worker the leases the previous one held
+/// (rows of `partition` only: another partition's leader may be alive):
 /// only the active worker applies a partition's rows, so a `processing`
 /// row can only be a dead or fenced-off leader's, and waiting out its
 /// lease would only delay failover. Returns how many were taken back.
-pub async fn expire_leases(conn: &mut PgConnection) -> Result<u64, StoreError> {
+pub async fn expire_leases(conn: &mut PgConnection, partition: i16) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "UPDATE processed_events SET next_attempt_at = now()
-          WHERE status = 'processing' AND next_attempt_at > now()",
+          WHERE status = 'processing' AND partition_index = $1 AND next_attempt_at > now()",
     )
+    .bind(partition)
     .execute(conn)
     .await
     .map_err(failed("expire the previous leader's leases"))?;

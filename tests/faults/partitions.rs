@@ -1,0 +1,143 @@
+//! Partitions on a private RabbitMQ node with the consistent-hash exchange
+//! (never the shared broker): four partition queues, five workers (four
+//! leaders and a standby), a dozen periods published back to back. One
+//! leader is killed with SIGKILL mid-stream; a standby takes its partition
+//! over. Then a replay of everything runs across the partitions and an
+//! emergency stop takes it off every partition queue, and a second replay
+//! runs to its end. Each time, every period's close sees every approval
+//! published before it (the allocations add up) and nothing is applied
+//! twice.
+#![allow(clippy::unwrap_used)] // a test that cannot read its own database should fail loudly
+
+use std::time::Duration;
+
+use crate::broker::PrivateBroker;
+use crate::common::*;
+use crate::load::publish_lines;
+use serde_json::Value;
+use sqlx::PgPool;
+
+const PARTITIONS: u16 = 4;
+const WORKERS: usize = 5;
+/// 12 × (2 × 150 + 2) events.
+const PERIODS: usize = 12;
+const CONTRIBUTIONS: usize = 150;
+const CHUNK: usize = 1_000;
+
+fn lines_of(events: &[replay::wire::envelope::Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            serde_json::json!({"event_id": e.event_id, "event_type": e.event_type, "payload": e.payload}).to_string()
+        })
+        .collect()
+}
+
+/// Plans a replay of the whole ledger and returns the plan file's path.
+async fn plan_all(world: &World, dir: &std::path::Path, reason: &str) -> String {
+    let out = world.replay(&["plan", "--all", "--reason", reason, "--out-dir", dir.to_str().unwrap(), "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    plan["plan_path"].as_str().unwrap().to_string()
+}
+
+async fn leaders(world: &World) -> Vec<(String, String, i64)> {
+    sqlx::query_as("SELECT partition, worker_id, epoch FROM replay_control.partition_leaders ORDER BY partition")
+        .fetch_all(&world.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn four_partitions_keep_each_periods_order_through_a_kill_a_replay_and_an_emergency_stop(pool: PgPool) {
+    let _heavy = crate::broker::HEAVY.lock().await;
+    let broker = PrivateBroker::start_with_hash_exchange().await;
+    let world = World::partitioned(pool, &broker.url, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (plans, backups) = (dir.path().join("plans"), dir.path().join("backups"));
+    let mut workers: Vec<_> = (0..WORKERS)
+        .map(|n| world.spawn_worker_process(&format!("p-{n}"), &["--lease", "5s", "--batch-size", "200"]))
+        .collect();
+    let (events, periods) = closing_periods(PERIODS, CONTRIBUTIONS);
+    let total = events.len() as i64;
+    let publisher = {
+        let (env, lines) = (world.env(), lines_of(&events));
+        tokio::spawn(async move {
+            for chunk in lines.chunks(CHUNK) {
+                publish_lines(&env, chunk).await;
+            }
+        })
+    };
+
+    // Mid-stream, one partition's leader dies without a word.
+    world.wait_for_count_at_least(PROCESSED, 800, Duration::from_secs(120)).await;
+    let before = leaders(&world).await;
+    assert_eq!(before.len(), usize::from(PARTITIONS), "every partition has a leader: {before:?}");
+    let (partition, victim, epoch) = before[1].clone();
+    let killed: usize = victim.trim_start_matches("p-").parse().unwrap();
+    workers[killed].kill().await.unwrap();
+    publisher.await.unwrap();
+    world.wait_for_count(PROCESSED, total, Duration::from_secs(300)).await;
+
+    // Spread over the four partitions, in order within each, once each.
+    let spread = world.scalar("SELECT count(DISTINCT partition_index) FROM processed_events").await;
+    assert_eq!(spread, i64::from(PARTITIONS), "the periods' keys spread over every partition");
+    assert_allocations_right(&world, &periods).await;
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events").await, total);
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events WHERE status <> 'processed'").await, 0);
+    assert_eq!(world.scalar("SELECT count(*) FROM replay_control.unkeyed_events").await, 0, "every event had its key");
+    let after = leaders(&world).await;
+    let taken = after.iter().find(|(p, ..)| *p == partition).unwrap();
+    assert!(taken.1 != victim && taken.2 > epoch, "a standby took {partition} over from {victim}: {after:?}");
+    assert_eq!(world.queue_depth().await, 0);
+
+    // A replay across the partitions, stopped mid-way: the stop takes the
+    // replay's messages off every partition queue and restores.
+    let domain_before = world.domain_digest().await;
+    let plan = plan_all(&world, &plans, "INC-90").await;
+    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["apply", &plan, "--yes", "--rate", "100", "--backup-dir", backups.to_str().unwrap()])
+        .envs(world.env())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    world
+        .wait_for_count(
+            "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 100",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    let out =
+        world.replay(&["emergency-stop", "--plan", &plan, "--reason", "INC-90: wrong totals", "--yes", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    let out = apply.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "the apply stops: {}", stderr_of(&out));
+    assert_eq!(world.queue_depth().await, 0, "none of the replay's messages is left in any partition queue");
+    assert_eq!(world.domain_digest().await, domain_before, "the pre-replay state is back");
+    let out = world.replay(&["resume", "--reason", "INC-90 understood"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+
+    // A replay across the partitions, to its end: every row processed once
+    // more, each period's close again after its approvals.
+    let plan = plan_all(&world, &plans, "INC-91").await;
+    let out = world.replay(&["apply", &plan, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let replayed = "SELECT count(*) FROM processed_events p JOIN replay_history h ON h.ledger_id = p.id
+          WHERE h.plan_id = (SELECT plan_id FROM replay_control.replay_runs ORDER BY started_at DESC LIMIT 1)
+            AND p.status = 'processed'";
+    world.wait_for_count(replayed, total, Duration::from_secs(300)).await;
+    assert_allocations_right(&world, &periods).await;
+    assert_eq!(world.domain_digest().await, domain_before, "a replay of what was applied changes nothing");
+    assert_eq!(world.queue_depth().await, 0);
+    for (n, worker) in workers.iter_mut().enumerate() {
+        if n != killed {
+            assert!(worker.try_wait().unwrap().is_none(), "worker p-{n} is alive");
+        }
+    }
+    for mut worker in workers {
+        let _ = worker.kill().await;
+    }
+    world.cleanup().await;
+}
