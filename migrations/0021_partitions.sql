@@ -22,8 +22,8 @@ CREATE INDEX processed_events_waiting_idx ON processed_events (partition_index, 
 ALTER TABLE replay_control.outbox ADD COLUMN partition_key TEXT;
 
 -- How many partitions the stream is spread over. One row, written by the
--- first worker, publish or apply that declared the topology and changed
--- only by `replay topology repartition`; every process started with
+-- first worker, publish or apply that checked it, and changed only offline
+-- (README, "Partitions"); every process started with
 -- another count refuses to run, so keys are never re-sharded under
 -- running workers. Control plane: a restore leaves it alone.
 CREATE TABLE replay_control.partitioning (

@@ -33,8 +33,8 @@ pub struct Global {
     #[arg(long, env = "REPLAY_QUEUE", default_value = config::DEFAULT_QUEUE, global = true)]
     pub queue: String,
     /// Partitions the stream is spread over, by the `x-partition-key` header
-    /// (1..=64; the same for every process of the system: changed only by
-    /// `replay topology repartition`).
+    /// (1..=64; the same for every process of the system, which each checks:
+    /// changed only offline, README "Partitions").
     #[arg(long, env = "REPLAY_PARTITIONS", default_value_t = 1, global = true,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(config::MAX_PARTITIONS)))]
     pub partitions: u16,
@@ -429,6 +429,24 @@ pub enum TopologyAction {
     /// the ordered quorum queue, losing and reordering nothing. Refused while
     /// anything consumes it.
     Migrate,
+    /// Change how many partitions the stream is spread over, for every
+    /// process: checked and offline (workers paused then stopped, partition
+    /// queues drained, no pending row), audited. Start everything with the
+    /// new count afterwards.
+    Repartition(RepartitionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepartitionArgs {
+    /// The new partition count.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(config::MAX_PARTITIONS)))]
+    pub to: u16,
+    /// Why; recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// Who (default: the OS user).
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -613,4 +631,7 @@ pub enum BenchScenario {
     Console,
     /// `replay rehearse` of a --events-row plan against `replay apply` of the same plan, to its last row processed.
     Rehearse,
+    /// The stream over 1, 2 and 4 partitions, a worker leading each, against a raw consumer per partition queue;
+    /// the broker needs the consistent-hash exchange plugin.
+    Partitions,
 }

@@ -1,12 +1,13 @@
 //! `replay bench …`: every target measured next to a baseline in the same
 //! run, on a scratch database and scratch broker names, so the shared
 //! machine's noise affects both alike. One file per bench: `worker`
-//! (`replay bench`), `apply`, `plan`, `stop`, `console`, `rehearse`; this module holds what they
+//! (`replay bench`), `apply`, `plan`, `stop`, `console`, `rehearse`, `partitions`; this module holds what they
 //! share (the scratch world, the spawned `replay` binary, timing and
 //! memory readings).
 
 pub mod apply;
 pub mod console;
+pub mod partitions;
 pub mod plan;
 pub mod rehearse;
 pub mod stop;
@@ -62,9 +63,16 @@ pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
 pub(crate) async fn cleanup_broker(names: &Endpoints) {
     if let Ok(connection) = transport::connect(&names.amqp_url, "replay bench cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
-            let _ = channel.queue_delete(names.queue.as_str().into(), QueueDeleteOptions::default()).await;
-            let dead_letters = transport::dead_letter_queue(&names.queue);
-            let _ = channel.queue_delete(dead_letters.as_str().into(), QueueDeleteOptions::default()).await;
+            for partition in names.partition_list() {
+                let queue = partition.queue;
+                let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                let dead_letters = transport::dead_letter_queue(&queue);
+                let _ = channel.queue_delete(dead_letters.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+            if names.partitions > 1 {
+                let hash = names.hash_exchange();
+                let _ = channel.exchange_delete(hash.as_str().into(), ExchangeDeleteOptions::default()).await;
+            }
             let _ = channel.exchange_delete(names.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
             let _ = transport::answer("close a channel", channel.close(200, "cleaned".into())).await;
         }
@@ -165,6 +173,7 @@ fn command(exe: &Path, names: &Endpoints, args: &[&str]) -> tokio::process::Comm
         .env("AMQP_URL", names.amqp_url.expose())
         .env("REPLAY_EXCHANGE", &names.exchange)
         .env("REPLAY_QUEUE", &names.queue)
+        .env("REPLAY_PARTITIONS", names.partitions.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);

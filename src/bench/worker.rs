@@ -135,14 +135,7 @@ async fn measure(
     worker_exe: &Path,
     previous: Option<(&Path, &Endpoints)>,
 ) -> anyhow::Result<Report> {
-    // The minimal table of the limit (issue 17): the event id as primary key,
-    // its type, its payload and a status, nothing else.
-    sqlx::query(
-        "CREATE TABLE bench_raw (event_id text PRIMARY KEY, event_type text NOT NULL, payload jsonb NOT NULL,
-                                 status text NOT NULL)",
-    )
-    .execute(pool)
-    .await?;
+    create_raw_table(pool).await?;
     let period = uuid::Uuid::new_v4();
     let opened = Event::new(
         uuid::Uuid::new_v4().to_string(),
@@ -184,11 +177,26 @@ async fn measure(
     Ok(Report { rounds, previous: previous_drains, worker_rss_kib: memory.0, worker_peak_rss_kib: memory.1 })
 }
 
-/// Empties what a drain wrote, so every drain starts from the same state.
-async fn reset(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE processed_events, contributions, members, allocation_periods, bench_raw CASCADE")
-        .execute(pool)
-        .await?;
+/// The minimal table of the raw limit (issue 17): the event id as primary
+/// key, its type, its payload and a status, nothing else.
+pub(super) async fn create_raw_table(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TABLE bench_raw (event_id text PRIMARY KEY, event_type text NOT NULL, payload jsonb NOT NULL,
+                                 status text NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Empties what a drain wrote, so every drain starts from the same state
+/// (ledger ids from 1 again: the drains read progress from the newest id).
+pub(super) async fn reset(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "TRUNCATE processed_events, contributions, members, allocation_periods, bench_raw RESTART IDENTITY CASCADE",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -251,16 +259,25 @@ async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()>
 
 /// The raw loop: no ledger, no handlers, no savepoints.
 async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyhow::Result<Drain> {
+    let (started, finished) = raw_consume(names, &names.queue, pool, total).await?;
+    let seconds = started.map_or(0.0, |s| finished.duration_since(s).as_secs_f64());
+    Ok(Drain { events: total, seconds })
+}
+
+/// The raw limit's job on one queue: consume `total` messages → one
+/// batched INSERT per batch into `bench_raw` → commit → ack multiple.
+/// Returns when the first message arrived and when the last was acked.
+pub(super) async fn raw_consume(
+    names: &Endpoints,
+    queue: &str,
+    pool: &PgPool,
+    total: usize,
+) -> anyhow::Result<(Option<Instant>, Instant)> {
     let connection = transport::connect(&names.amqp_url, "replay bench baseline").await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(1000, BasicQosOptions::default()).await?;
     let mut consumer = channel
-        .basic_consume(
-            names.queue.as_str().into(),
-            "bench-baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+        .basic_consume(queue.into(), "bench-baseline".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
     let mut done = 0;
     let mut started = None;
@@ -304,9 +321,9 @@ async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyho
         }
         done += batch.len();
     }
-    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let finished = Instant::now();
     transport::close(&connection, "baseline done").await;
-    Ok(Drain { events: total, seconds })
+    Ok((started, finished))
 }
 
 /// Spawns the worker and times the drain from its first ledger row to the last.

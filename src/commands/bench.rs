@@ -1,4 +1,4 @@
-//! `replay bench [worker|apply|plan|stop|console|rehearse]`: prints a measurement next to its raw baseline.
+//! `replay bench [worker|apply|plan|stop|console|rehearse|partitions]`: prints a measurement next to its raw baseline.
 
 use std::process::ExitCode;
 
@@ -22,6 +22,9 @@ pub async fn run(endpoints: &Endpoints, args: BenchArgs) -> anyhow::Result<ExitC
         }
         BenchScenario::Rehearse => {
             print!("{}", crate::bench::rehearse::run(endpoints, args.events, args.keep, &exe).await?)
+        }
+        BenchScenario::Partitions => {
+            print!("{}", crate::bench::partitions::run(endpoints, args.events, args.keep, &exe).await?)
         }
         BenchScenario::Plan => print!("{}", crate::bench::plan::run(endpoints, args.rows, args.keep, &exe).await?),
         BenchScenario::Stop => match args.queued {

@@ -1,8 +1,9 @@
-//! `replay topology [migrate]`: the broker topology against the ordered one.
+//! `replay topology [migrate|repartition]`: the broker topology against the
+//! ordered one, moving an old queue to it, changing the partition count.
 
 use std::process::ExitCode;
 
-use crate::cli::{TopologyAction, TopologyArgs};
+use crate::cli::{RepartitionArgs, TopologyAction, TopologyArgs};
 use crate::config::Endpoints;
 use crate::exit::Refused;
 use crate::wire::topology::{self, QueueState, TopologyError};
@@ -11,7 +12,37 @@ pub async fn run(endpoints: &Endpoints, args: TopologyArgs) -> anyhow::Result<Ex
     match args.action {
         None => show(endpoints, args.json).await,
         Some(TopologyAction::Migrate) => migrate(endpoints, args.json).await,
+        Some(TopologyAction::Repartition(repartition)) => repartition_to(endpoints, repartition, args.json).await,
     }
+}
+
+async fn repartition_to(endpoints: &Endpoints, args: RepartitionArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = crate::store::database::connect(&endpoints.database_url, 2).await?;
+    crate::store::database::check_migrated(&pool, &endpoints.database_url).await?;
+    let operator = args.operator.unwrap_or_else(super::os_user);
+    let done = match crate::control::repartition::repartition(&pool, endpoints, args.to, &operator, &args.reason).await
+    {
+        Ok(done) => done,
+        Err(e) if e.is_refusal() => return Err(Refused(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        println!(
+            "repartitioned: {} -> {} partition(s); removed {}; declared {} (audit entry #{})",
+            done.from,
+            done.to,
+            done.removed.join(", "),
+            done.declared.join(", "),
+            done.audit_id
+        );
+        println!(
+            "next: start every worker, publisher and apply with --partitions {} (REPLAY_PARTITIONS={}), then `replay resume`",
+            done.to, done.to
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn show(endpoints: &Endpoints, json: bool) -> anyhow::Result<ExitCode> {

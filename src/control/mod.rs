@@ -13,5 +13,6 @@ pub mod emergency;
 pub mod notify;
 pub mod pause;
 pub mod prune;
+pub mod repartition;
 pub mod resolve;
 pub mod tokens;

@@ -1,7 +1,7 @@
 //! `replay_control.partitioning`: how many partitions the stream is spread
 //! over. The first process that declares the topology records its count;
 //! every later one must run with the same, and only `replay topology
-//! repartition` changes it. All SQL on that table lives here.
+//! repartition` changes it (offline, checked). All SQL on that table lives here.
 //!
 //! Invariant: a key is applied by one partition at a time. The consistent-
 //! hash exchange maps a key to a partition by the number of queues bound to
@@ -16,7 +16,7 @@ use super::{failed, StoreError};
 /// Why a process may not run with the partition count it was given.
 #[derive(Debug, thiserror::Error)]
 pub enum PartitioningError {
-    #[error("this process was started with --partitions {given} (or REPLAY_PARTITIONS), but the system runs {recorded} partition(s) since {since}: start it with --partitions {recorded}, or change the count for every process with `replay topology repartition --partitions {given}` (workers paused, partition queues drained)")]
+    #[error("this process was started with --partitions {given} (or REPLAY_PARTITIONS), but the system runs {recorded} partition(s) since {since}: start it with --partitions {recorded} (REPLAY_PARTITIONS={recorded}). To change it for every process at once: `replay topology repartition --to {given} --reason ...` (workers paused and stopped, partition queues drained)")]
     Mismatch { given: u16, recorded: u16, since: DateTime<Utc> },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -46,7 +46,7 @@ pub async fn check(pool: &PgPool, given: u16) -> Result<(), PartitioningError> {
 }
 
 /// Sets the count, inside the caller's transaction (`replay topology
-/// repartition`, after its checks).
+/// repartition`, after its checks, with its audit entry).
 pub async fn set(conn: &mut PgConnection, partitions: u16) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO replay_control.partitioning (partitions) VALUES ($1)

@@ -313,6 +313,48 @@ pub async fn declare_stream(channel: &Channel, endpoints: &Endpoints) -> Result<
     Ok(())
 }
 
+/// Stops routing to the queues of `old` that `new` does not keep, and
+/// returns them (with their dead-letter queues): the single queue unbound
+/// from the topic exchange, the hash exchange deleted when going back to
+/// one partition, the partitions beyond the new count unbound from it.
+/// Only for `replay topology repartition`, after `new` is declared; the
+/// caller checks the returned queues are empty before it deletes them.
+pub async fn retire_stream(channel: &Channel, old: &Endpoints, new: &Endpoints) -> Result<Vec<String>, TransportError> {
+    use lapin::options::ExchangeDeleteOptions;
+    let hash = old.hash_exchange();
+    let kept: Vec<String> = new.partition_list().into_iter().map(|p| p.queue).collect();
+    let retired: Vec<String> =
+        old.partition_list().into_iter().map(|p| p.queue).filter(|q| !kept.contains(q)).collect();
+    if old.partitions <= 1 {
+        unbind(channel, &old.queue, &old.exchange).await?;
+    } else if new.partitions <= 1 {
+        answer(
+            format!("delete exchange '{hash}'"),
+            channel.exchange_delete(hash.as_str().into(), ExchangeDeleteOptions::default()),
+        )
+        .await?;
+    } else {
+        for queue in &retired {
+            answer(
+                format!("unbind queue '{queue}' from '{hash}'"),
+                channel.queue_unbind(queue.as_str().into(), hash.as_str().into(), "1".into(), FieldTable::default()),
+            )
+            .await?;
+        }
+    }
+    Ok(retired.into_iter().flat_map(|q| [dead_letter_queue(&q), q]).collect())
+}
+
+/// Deletes a queue (a retired partition's, found empty).
+pub async fn delete_queue(channel: &Channel, queue: &str) -> Result<(), TransportError> {
+    answer(
+        format!("delete queue '{queue}'"),
+        channel.queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default()),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Binds `queue` to `exchange` for every routing key (`#`).
 pub async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), TransportError> {
     answer(

@@ -20,6 +20,7 @@ mod monitoring;
 mod notify;
 mod operate;
 mod ordering;
+mod partitions;
 mod pause;
 mod plan;
 mod process;

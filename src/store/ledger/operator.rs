@@ -229,6 +229,15 @@ pub async fn count_held(pool: &PgPool) -> Result<i64, StoreError> {
         .map_err(failed("count held events"))
 }
 
+/// Rows not settled yet (`pending` or `processing`): each belongs to its
+/// partition's claimer, so the partition count may not change under them.
+pub async fn count_unsettled(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status IN ('pending', 'processing')")
+        .fetch_one(pool)
+        .await
+        .map_err(failed("count unsettled rows"))
+}
+
 /// Processed rows processed before `before`: what a prune would delete.
 pub async fn count_prunable(pool: &PgPool, before: DateTime<Utc>) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'processed' AND processed_at < $1")
