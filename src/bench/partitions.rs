@@ -266,7 +266,7 @@ async fn workers_drain(names: &Endpoints, pool: &PgPool, events: &[Event], exe: 
     };
     spread.await?;
     fill(names, events).await?;
-    replay(exe, names, &["resume"]).await?;
+    replay(exe, names, &["resume", "--reason", "bench: drain"]).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     let total = events.len() as i64;

@@ -43,15 +43,18 @@ async fn drain(pool: &PgPool, endpoints: &Endpoints, shutdown: &Shutdown) -> Res
     transport::declare_stream(&channel, endpoints).await?;
     transport::answer("set prefetch", channel.basic_qos(100, BasicQosOptions::default())).await?;
     // Every partition's dead-letter queue, on one channel, each delivery
-    // tagged with the queue it came from.
+    // tagged with the queue it came from. A consumer tag names one consumer
+    // of the channel: the broker closes the connection on a second of the
+    // same name, so each queue's carries its partition.
     let mut consumers = Vec::new();
     for partition in endpoints.partition_list() {
         let queue = transport::dead_letter_queue(&partition.queue);
+        let tag = format!("replay-dead-letters.p{}", partition.index);
         let consumer = transport::answer(
             format!("consume queue '{queue}'"),
             channel.basic_consume(
                 queue.as_str().into(),
-                "replay-dead-letters".into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             ),

@@ -141,3 +141,118 @@ async fn four_partitions_keep_each_periods_order_through_a_kill_a_replay_and_an_
     }
     world.cleanup().await;
 }
+
+/// Publishes `body` straight into `queue` through the default exchange.
+async fn publish_into(world: &World, queue: &str, body: &[u8]) {
+    use lapin::options::BasicPublishOptions;
+    let connection = replay::wire::transport::connect(&world.endpoints.amqp_url, "test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, Default::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "published".into()).await;
+}
+
+async fn stop_gracefully(worker: &mut tokio::process::Child) {
+    let pid = worker.id().unwrap().to_string();
+    let status = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(status.success());
+    let ended =
+        tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("the worker stops on SIGTERM");
+    assert!(ended.unwrap().success(), "a worker stopped by SIGTERM exits 0");
+}
+
+#[sqlx::test]
+async fn two_partitions_become_four_through_a_checked_repartition_and_nothing_unkeyed_or_dead_is_lost(pool: PgPool) {
+    let _heavy = crate::broker::HEAVY.lock().await;
+    let broker = PrivateBroker::start_with_hash_exchange().await;
+    let mut world = World::partitioned(pool, &broker.url, 2).await;
+    let mut worker = world.spawn_worker_process("r-0", &[]);
+
+    // Two partitions: periods closed, an event without a key (a foreign
+    // producer's), and a message the broker dead-lettered in the second
+    // partition.
+    let (first, mut periods) = closing_periods(4, 20);
+    assert!(!publish_lines(&world.env(), &lines_of(&first)).await, "published, not kept");
+    let unkeyed = period_opened(uuid::Uuid::new_v4());
+    world.publish(std::slice::from_ref(&unkeyed)).await;
+    let second_dead_letters = format!("{}.p1.dead-letters", world.endpoints.queue);
+    publish_into(&world, &second_dead_letters, b"not an event").await;
+    let total = first.len() as i64 + 1;
+    world.wait_for_count(PROCESSED, total, Duration::from_secs(120)).await;
+    world
+        .wait_for_count(
+            &format!("SELECT count(*) FROM dead_letters WHERE reason LIKE '%{second_dead_letters}%'"),
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_allocations_right(&world, &periods).await;
+    let unkeyed_at: i64 = world
+        .scalar(&format!(
+            "SELECT partition_index::bigint FROM processed_events WHERE event_id = '{}'",
+            unkeyed.event_id
+        ))
+        .await;
+    assert_eq!(
+        world
+            .scalar(&format!("SELECT events FROM replay_control.unkeyed_events WHERE partition_index = {unkeyed_at}"))
+            .await,
+        1,
+        "the unkeyed event is counted in the partition that applied it"
+    );
+    let status = world.replay(&["status"]).await;
+    assert!(
+        stdout_of(&status).contains(&format!("partition {unkeyed_at}: 1 event(s) arrived without a partition key")),
+        "{}",
+        stdout_of(&status)
+    );
+
+    // The checked move: pause, stop the worker, repartition.
+    let out = world.replay(&["pause", "--reason", "grow to four partitions"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    stop_gracefully(&mut worker).await;
+    let out = world.replay(&["topology", "repartition", "--to", "4", "--reason", "grow to four partitions"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
+    assert!(stdout_of(&out).contains("repartitioned: 2 -> 4 partition(s)"), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains("--partitions 4"), "says what to start next: {}", stdout_of(&out));
+    assert_eq!(world.scalar("SELECT partitions::bigint FROM replay_control.partitioning").await, 4);
+    assert_eq!(
+        world.scalar("SELECT count(*) FROM replay_control.audit_log WHERE action = 'topology.repartition'").await,
+        1
+    );
+    let out = world.replay(&["audit", "verify"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+
+    // The old count is refused from now on; the new one runs.
+    let old = world.replay_with(&["worker", "--id", "old", "--http", "off"], &[("REPLAY_PARTITIONS", "2")]);
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), old).await.expect("a worker with the old count refuses at once");
+    assert_eq!(out.status.code(), Some(1), "a worker with the old count refuses: {}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("--partitions 2"), "{}", stderr_of(&out));
+    world.endpoints.partitions = 4;
+    let mut workers: Vec<_> = (0..2).map(|n| world.spawn_worker_process(&format!("r-{n}"), &[])).collect();
+    let out = world.replay(&["resume", "--reason", "four partitions"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let (second, more) = closing_periods(12, 20);
+    assert!(!publish_lines(&world.env(), &lines_of(&second)).await, "published, not kept");
+    periods.extend(more);
+    world.wait_for_count(PROCESSED, total + second.len() as i64, Duration::from_secs(180)).await;
+    assert_allocations_right(&world, &periods).await;
+    assert!(
+        world
+            .scalar(&format!("SELECT count(*) FROM processed_events WHERE id > {total} AND partition_index >= 2"))
+            .await
+            > 0,
+        "the new partitions apply events"
+    );
+    assert_eq!(world.scalar("SELECT count(*) FROM processed_events WHERE status <> 'processed'").await, 0);
+    assert_eq!(world.queue_depth().await, 0);
+    for mut worker in workers.drain(..) {
+        let _ = worker.kill().await;
+    }
+    world.cleanup().await;
+}
