@@ -155,6 +155,29 @@ impl World {
             .expect("run replay")
     }
 
+    /// Plans a replay of the whole ledger into `dir` and returns the plan
+    /// file's path, failing the test if planning fails.
+    pub async fn plan_all(&self, dir: &std::path::Path, reason: &str) -> String {
+        let dir = dir.to_str().expect("a UTF-8 directory");
+        let out = self.replay(&["plan", "--all", "--reason", reason, "--out-dir", dir, "--json"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --json prints JSON");
+        plan["plan_path"].as_str().expect("the plan's path").to_string()
+    }
+
+    /// Starts `replay apply PLAN --yes --rate RATE` in the background,
+    /// backing up into `backups`, its stderr kept for the test to read.
+    pub fn spawn_apply(&self, plan: &str, rate: u32, backups: &std::path::Path) -> tokio::process::Child {
+        let (rate, backups) = (rate.to_string(), backups.to_str().expect("a UTF-8 directory"));
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
+            .args(["apply", plan, "--yes", "--rate", &rate, "--backup-dir", backups])
+            .envs(self.env())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn replay apply")
+    }
+
     pub async fn publish(&self, events: &[Event]) {
         let connection = transport::connect(&self.endpoints.amqp_url, "test publisher").await.expect("connect");
         let channel = connection.create_channel().await.expect("channel");

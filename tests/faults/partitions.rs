@@ -14,7 +14,6 @@ use std::time::Duration;
 use crate::broker::PrivateBroker;
 use crate::common::*;
 use crate::load::publish_lines;
-use serde_json::Value;
 use sqlx::PgPool;
 
 const PARTITIONS: u16 = 4;
@@ -31,14 +30,6 @@ fn lines_of(events: &[replay::wire::envelope::Event]) -> Vec<String> {
             serde_json::json!({"event_id": e.event_id, "event_type": e.event_type, "payload": e.payload}).to_string()
         })
         .collect()
-}
-
-/// Plans a replay of the whole ledger and returns the plan file's path.
-async fn plan_all(world: &World, dir: &std::path::Path, reason: &str) -> String {
-    let out = world.replay(&["plan", "--all", "--reason", reason, "--out-dir", dir.to_str().unwrap(), "--json"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
-    plan["plan_path"].as_str().unwrap().to_string()
 }
 
 async fn leaders(world: &World) -> Vec<(String, String, i64)> {
@@ -94,14 +85,8 @@ async fn four_partitions_keep_each_periods_order_through_a_kill_a_replay_and_an_
     // A replay across the partitions, stopped mid-way: the stop takes the
     // replay's messages off every partition queue and restores.
     let domain_before = world.domain_digest().await;
-    let plan = plan_all(&world, &plans, "INC-90").await;
-    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["apply", &plan, "--yes", "--rate", "100", "--backup-dir", backups.to_str().unwrap()])
-        .envs(world.env())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let plan = world.plan_all(&plans, "INC-90").await;
+    let apply = world.spawn_apply(&plan, 100, &backups);
     world
         .wait_for_count(
             "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 100",
@@ -121,7 +106,7 @@ async fn four_partitions_keep_each_periods_order_through_a_kill_a_replay_and_an_
 
     // A replay across the partitions, to its end: every row processed once
     // more, each period's close again after its approvals.
-    let plan = plan_all(&world, &plans, "INC-91").await;
+    let plan = world.plan_all(&plans, "INC-91").await;
     let out = world.replay(&["apply", &plan, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let replayed = "SELECT count(*) FROM processed_events p JOIN replay_history h ON h.ledger_id = p.id

@@ -136,13 +136,7 @@ async fn a_stop_mid_replay_restores_the_pre_replay_state_and_loses_nothing(pool:
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     let plan_path = plan["plan_path"].as_str().unwrap().to_string();
-    let apply = tokio::process::Command::new(env!("CARGO_BIN_EXE_replay"))
-        .args(["apply", &plan_path, "--yes", "--rate", "20", "--backup-dir", backups.to_str().unwrap()])
-        .envs(world.env())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let apply = world.spawn_apply(&plan_path, 20, &backups);
     world
         .wait_for_count(
             "SELECT count(*) FROM replay_control.replay_runs WHERE published >= 10",
@@ -286,12 +280,9 @@ async fn a_stop_that_cannot_finish_says_why_keeps_the_pause_and_runs_again(pool:
     let out = world.replay(&["resume", "--reason", "r"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let plans = dir.path().join("plans");
-    let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
-    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    let plan_path = world.plan_all(&plans, "r").await;
     let backups = dir.path().join("backups");
-    let out = world
-        .replay(&["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--backup-dir", backups.to_str().unwrap()])
-        .await;
+    let out = world.replay(&["apply", &plan_path, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let worker = world.start_worker(world.worker_config("w1"));
     world.wait_for_count_at_least(PROBE_ROWS, 12, Duration::from_secs(20)).await;
@@ -323,11 +314,9 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
 
     // No worker runs: the replay's messages and new traffic wait in the queue.
     let plans = dir.path().join("plans");
-    let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
-    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
-    let plan_path = plan["plan_path"].as_str().unwrap();
+    let plan_path = world.plan_all(&plans, "r").await;
     let backups = dir.path().join("backups");
-    let out = world.replay(&["apply", plan_path, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
+    let out = world.replay(&["apply", &plan_path, "--yes", "--backup-dir", backups.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert_eq!(world.scalar("SELECT count(*) FROM replay_history").await, 40, "the replay reset every row");
     let legitimate = noted(3, "new");
@@ -337,7 +326,7 @@ async fn the_purge_removes_the_replays_messages_and_keeps_the_rest(pool: PgPool)
     assert_eq!(world.queue_depth().await, 44);
 
     let reason = reason_for(&world, "r");
-    let out = world.replay(&["emergency-stop", "--plan", plan_path, "--reason", &reason, "--yes", "--json"]).await;
+    let out = world.replay(&["emergency-stop", "--plan", &plan_path, "--reason", &reason, "--yes", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout_of(&out), stderr_of(&out));
     let report: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     assert_eq!(
@@ -490,11 +479,8 @@ async fn a_backup_of_another_schema_version_is_never_restored(pool: PgPool) {
     // `apply --backup` refuses it as well, before changing anything.
     world.replay(&["resume", "--reason", "r"]).await;
     let plans = dir.path().join("plans");
-    let out = world.replay(&["plan", "--all", "--reason", "r", "--out-dir", plans.to_str().unwrap(), "--json"]).await;
-    let plan: Value = serde_json::from_str(&stdout_of(&out)).unwrap();
-    let out = world
-        .replay(&["apply", plan["plan_path"].as_str().unwrap(), "--yes", "--backup", dump.to_str().unwrap()])
-        .await;
+    let plan_path = world.plan_all(&plans, "r").await;
+    let out = world.replay(&["apply", &plan_path, "--yes", "--backup", dump.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("schema version"), "{}", stderr_of(&out));
     assert_eq!(world.ledger_digest().await, before);
