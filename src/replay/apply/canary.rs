@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::republish::{labelled, Handed};
+use super::republish::labelled;
 use super::reset::fallback_time;
 use super::{stop_here, ApplyError, Reached, Request};
 use crate::replay::plan::SealedPlan;
@@ -167,13 +167,10 @@ pub(super) async fn retry_failed(
         let rows: Vec<RowVersion> = chunk.iter().map(|f| f.row.clone()).collect();
         let ids: Vec<String> = chunk.iter().map(|f| f.event_id.clone()).collect();
         let mut tx = pool.begin().await.map_err(failed("resetting a canary's failed rows"))?;
-        let reset =
-            ledger::reset_for_plan(&mut tx, &rows, plan_id.as_uuid(), &request.operator, fallback, plan.header.force)
-                .await?;
+        ledger::reset_for_plan(&mut tx, &rows, plan_id.as_uuid(), &request.operator, fallback, plan.header.force)
+            .await?;
         tx.commit().await.map_err(failed("resetting a canary's failed rows"))?;
-        let handed = Handed::default();
-        handed.offer(reset.events);
-        let batch = labelled(pool, &handed, ids.clone(), plan_id).await?;
+        let batch = labelled(pool, ids.clone(), plan_id).await?;
         if let Err(error) = publisher.publish_all(&batch.events, |_| {}).await {
             if let Some(stop) = stop_here(pool, shutdown, Some(&error)).await? {
                 return Err(stop);

@@ -223,17 +223,16 @@ async fn run(
         Err(error) => (None, Err(error)),
     };
     let (reset_through, watched) = tokio::sync::watch::channel(run.rows_reset(rows));
-    let handed = republish::Handed::default();
     // Cancelled when a canary halts the republish, so the reset stops too.
     let halting = shutdown.child_token();
     let resetting = async {
         // The sender goes when the reset ends, so a republish waiting for
         // rows that will not come (the reset stopped) stops too.
         let reset_through = reset_through;
-        let done = reset::reset(pool, plan, &run, request, &halting, (&reset_through, &handed), &progress).await;
+        let done = reset::reset(pool, plan, &run, request, &halting, &reset_through, &progress).await;
         (done, step.elapsed().as_secs_f64())
     };
-    let following = republish::ResetThrough { rows: watched, total: rows, handed: handed.clone() };
+    let following = republish::ResetThrough { rows: watched, total: rows };
     let republishing = async {
         let sent = republish::republish(pool, plan, request, shutdown, publisher, already, following, &progress).await;
         if matches!(sent, Err(ApplyError::Halted { .. })) {

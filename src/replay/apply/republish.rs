@@ -17,12 +17,7 @@
 //!   the rest is then published with the plan's failures checked every few
 //!   batches. A broker failure before the canary passed halts (the canary
 //!   could not be watched); after it, the rest goes to the outbox as above.
-//! - An event handed over by the reset ([`Handed`]) is the one the ledger
-//!   holds: a row's event (id, type, payload, time, key) is written once,
-//!   at insert, and never updated.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -66,43 +61,11 @@ pub(super) struct Batch {
     pub events: Vec<Event>,
 }
 
-/// Most events the reset keeps handed over for the republish at once
-/// (some megabytes): past it, it hands nothing more over until the
-/// republish took some, and the republish reads the others by id.
-const HANDED_OVER_MAX: usize = 5_000;
-
-/// The events of rows the reset has just reset, handed over so that the
-/// republish need not read them back from the ledger (a random lookup of
-/// the event id index each, about a fifth of the reset's own cost per row).
-/// Neither side ever waits on it: when it is full the reset hands nothing
-/// over, and the republish reads whatever it does not find.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Handed(Arc<Mutex<HashMap<String, Event>>>);
-
-impl Handed {
-    /// Hands `events` over, all of them or, if they do not fit, none.
-    pub(super) fn offer(&self, events: Vec<Event>) {
-        let mut handed = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if handed.len() + events.len() <= HANDED_OVER_MAX {
-            handed.extend(events.into_iter().map(|e| (e.event_id.clone(), e)));
-        }
-    }
-
-    /// Takes the events of `ids` that were handed over, in `ids`' order
-    /// (`None` where one was not).
-    fn take(&self, ids: &[String]) -> Vec<Option<Event>> {
-        let mut handed = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        ids.iter().map(|id| handed.remove(id)).collect()
-    }
-}
-
 /// How far the reset got, as the republish follows it.
 pub(super) struct ResetThrough {
     pub rows: watch::Receiver<u64>,
     /// Every row of the plan: once reached, the reset is complete.
     pub total: u64,
-    /// The events of the rows reset, for the republish to take.
-    pub handed: Handed,
 }
 
 impl ResetThrough {
@@ -112,7 +75,7 @@ impl ResetThrough {
         let (sender, rows) = watch::channel(total);
         // A receiver keeps the last value once its sender is gone.
         drop(sender);
-        Self { rows, total, handed: Handed::default() }
+        Self { rows, total }
     }
 
     /// Waits until the first `rows` rows of the plan (all of them, at most)
@@ -254,7 +217,7 @@ pub(super) async fn publish(
     let mut read = already;
     // While the broker confirms one batch, the next is released and read.
     let mut ready = match next_until(&mut batches, &mut read, until)? {
-        Some(ids) => Some(labelled(pool, &reset.handed, ids, plan_id).await?),
+        Some(ids) => Some(labelled(pool, ids, plan_id).await?),
         None => None,
     };
     // Each round publishes one batch while it reads the next and records
@@ -276,17 +239,13 @@ pub(super) async fn publish(
             return Err(stopped);
         }
         let following = next_until(&mut batches, &mut read, until)?;
-        let (handed, mut rows_reset, total_rows) = (&reset.handed, reset.rows.clone(), reset.total);
         let (sent, next, recorded) = tokio::join!(
             publisher.publish_all(&events, |_| {}),
             async {
-                let Some(ids) = following else { return Ok(None) };
-                // Read once its rows are reset, so that their events are
-                // the ones the reset handed over. If the reset stops first,
-                // read anyway: the check at the top of the loop stops.
-                let through = (published + planned + ids.len() as u64).min(total_rows);
-                let _ = rows_reset.wait_for(|reset| *reset >= through).await;
-                labelled(pool, handed, ids, plan_id).await.map(Some)
+                match following {
+                    Some(ids) => labelled(pool, ids, plan_id).await.map(Some),
+                    None => Ok(None),
+                }
             },
             record(published)
         );
@@ -326,66 +285,16 @@ async fn hand_off(pool: &PgPool, plan: &SealedPlan, from: u64, reason: &str) -> 
     batches.skip_events(from)?;
     let mut kept = 0;
     while let Some(ids) = batches.next_batch()? {
-        let Batch { events, .. } = labelled(pool, &Handed::default(), ids, plan.header.plan_id).await?;
+        let Batch { events, .. } = labelled(pool, ids, plan.header.plan_id).await?;
         outbox::keep(pool, &events, reason).await?;
         kept += events.len() as u64;
     }
     Ok(kept)
 }
 
-/// A batch's events to publish, in `ids`' order, labelled with their plan:
-/// those `handed` over by the reset, the others read from the ledger (an
-/// id it does not hold is left out, as [`ledger::events`] leaves it out).
-pub(super) async fn labelled(
-    pool: &PgPool,
-    handed: &Handed,
-    ids: Vec<String>,
-    plan: PlanId,
-) -> Result<Batch, StoreError> {
-    let mut found = handed.take(&ids);
-    let missing: Vec<String> =
-        ids.iter().zip(&found).filter(|(_, event)| event.is_none()).map(|(id, _)| id.clone()).collect();
-    if !missing.is_empty() {
-        let mut read: HashMap<String, Event> =
-            ledger::events(pool, &missing).await?.into_iter().map(|e| (e.event_id.clone(), e)).collect();
-        for (slot, id) in found.iter_mut().zip(&ids) {
-            if slot.is_none() {
-                *slot = read.remove(id);
-            }
-        }
-    }
-    let events = found.into_iter().flatten().map(|e| Event { replay_plan: Some(plan), ..e }).collect();
+/// Reads a batch's events to publish, labelled with their plan.
+pub(super) async fn labelled(pool: &PgPool, ids: Vec<String>, plan: PlanId) -> Result<Batch, StoreError> {
+    let events = ledger::events(pool, &ids).await?;
+    let events = events.into_iter().map(|e| Event { replay_plan: Some(plan), ..e }).collect();
     Ok(Batch { planned: ids.len() as u64, events })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(n: usize) -> Event {
-        let payload = serde_json::json!({"n": n});
-        Event::new(format!("e{n}"), "member.noted".into(), chrono::Utc::now(), payload).expect("an event")
-    }
-
-    #[test]
-    fn handed_over_events_come_back_once_in_the_order_asked() {
-        let handed = Handed::default();
-        handed.offer((0..3).map(event).collect());
-        let ids: Vec<String> = ["e2", "e9", "e0"].iter().map(|s| s.to_string()).collect();
-        let taken: Vec<Option<String>> = handed.take(&ids).into_iter().map(|e| e.map(|e| e.event_id)).collect();
-        assert_eq!(taken, vec![Some("e2".to_string()), None, Some("e0".to_string())]);
-        assert!(handed.take(&ids).iter().all(Option::is_none), "taken once");
-    }
-
-    #[test]
-    fn a_full_hand_over_takes_nothing_more_until_the_republish_takes_some() {
-        let handed = Handed::default();
-        handed.offer((0..HANDED_OVER_MAX).map(event).collect());
-        handed.offer(vec![event(HANDED_OVER_MAX)]);
-        let last = vec![format!("e{HANDED_OVER_MAX}")];
-        assert!(handed.take(&last)[0].is_none(), "refused while full");
-        assert!(handed.take(&["e0".to_string()])[0].is_some());
-        handed.offer(vec![event(HANDED_OVER_MAX)]);
-        assert!(handed.take(&last)[0].is_some(), "taken once there is room");
-    }
 }

@@ -40,7 +40,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::checks::{self, Checked};
-use super::republish::Handed;
 use super::{stop_here, ApplyError, BackupSource, Progress, Request};
 use crate::config::Endpoints;
 use crate::replay::plan::SealedPlan;
@@ -236,7 +235,7 @@ pub(super) async fn reset(
     run: &ReplayRun,
     request: &Request,
     shutdown: &CancellationToken,
-    (reset_through, handed): (&watch::Sender<u64>, &Handed),
+    reset_through: &watch::Sender<u64>,
     progress: &impl Fn(Progress),
 ) -> Result<ResetDone, ApplyError> {
     let plan_id = plan.header.plan_id;
@@ -274,12 +273,10 @@ pub(super) async fn reset(
             ledger::reset_for_plan(&mut tx, &rows, plan_id.as_uuid(), &request.operator, fallback, plan.header.force)
                 .await?;
         reset += rows.len() as u64;
-        stale += rows.len() as u64 - done.count;
+        stale += rows.len() as u64 - done;
         // Last, so the run's row is locked only until the commit.
         runs::record_reset(&mut tx, plan_id, reset as i64, stale as i64).await?;
         tx.commit().await.map_err(failed("resetting a chunk of rows"))?;
-        // Handed over only once committed, as they are published only then.
-        handed.offer(done.events);
         chunks.push(began.elapsed());
         reset_through.send_replace(reset);
         progress(Progress::Reset { rows: reset, total });

@@ -314,7 +314,7 @@ async fn reset(pool: &PgPool, plan: &SealedPlan, stale: &HashSet<i64>, operator:
     for chunk in plan.rows(ROWS_PER_BATCH)? {
         let ids: Vec<i64> = chunk?.iter().map(|r| r.id).filter(|id| !stale.contains(id)).collect();
         let rows: Vec<RowVersion> = ledger::versions(&mut tx, &ids).await?;
-        reset += ledger::reset_for_plan(&mut tx, &rows, plan_id, operator, Utc::now(), plan.header.force).await?.count;
+        reset += ledger::reset_for_plan(&mut tx, &rows, plan_id, operator, Utc::now(), plan.header.force).await?;
     }
     tx.commit().await.map_err(failed("reset the plan in the scratch database"))?;
     Ok(reset)

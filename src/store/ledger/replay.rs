@@ -84,9 +84,7 @@ pub async fn versions(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<RowVer
 /// Resets rows for a replay plan, inside the caller's transaction (one chunk
 /// of the apply's reset), each only if it is still at the version planned in
 /// `rows`; returns how many were reset, so fewer than asked means some
-/// changed since planning and were left alone, and their events as
-/// [`events`] reads them to republish (the apply's republish takes them
-/// from here instead of reading them back by id). Each
+/// changed since planning and were left alone. Each
 /// row's prior status, error and retry count go to `replay_history`, then the
 /// row becomes `pending` with a clean slate, parked for the plan: its
 /// republished message takes it (so `--rate` paces the replay, not the
@@ -102,9 +100,9 @@ pub async fn reset_for_plan(
     operator: &str,
     fallback: DateTime<Utc>,
     forced: bool,
-) -> Result<ResetRows, StoreError> {
+) -> Result<u64, StoreError> {
     let (ids, versions): (Vec<i64>, Vec<&str>) = rows.iter().map(|r| (r.id, r.version.as_str())).unzip();
-    let reset: Vec<ClaimedRow> = sqlx::query_as(
+    let reset: i64 = sqlx::query_scalar(
         "WITH reset AS (
              UPDATE processed_events p
                 SET status = 'pending', retry_count = 0, error_message = NULL, processed_at = NULL,
@@ -114,14 +112,13 @@ pub async fn reset_for_plan(
                        FROM unnest($1::bigint[], $2::text[]) AS v(id, version)
                        JOIN processed_events o ON o.id = v.id) prior
               WHERE p.id = prior.id AND p.xmin::text = prior.version
-          RETURNING p.id, p.event_id, p.event_type, p.payload, p.occurred_at, p.partition_key,
-                    prior.status, prior.error_message, prior.retry_count AS prior_retry_count, prior.processed_at
+          RETURNING p.id, p.event_id, prior.status, prior.error_message, prior.retry_count, prior.processed_at
          ), history AS (
              INSERT INTO replay_history
                     (ledger_id, event_id, plan_id, operator, prior_status, prior_error, prior_retry_count, prior_processed_at)
-             SELECT id, event_id, $3, $4, status, error_message, prior_retry_count, processed_at FROM reset
+             SELECT id, event_id, $3, $4, status, error_message, retry_count, processed_at FROM reset
          )
-         SELECT id, event_id, event_type, payload, occurred_at, 0 AS retry_count, partition_key FROM reset",
+         SELECT count(*) FROM reset",
     )
     .bind(&ids)
     .bind(&versions)
@@ -129,18 +126,10 @@ pub async fn reset_for_plan(
     .bind(operator)
     .bind(fallback)
     .bind(forced)
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await
     .map_err(failed("reset rows for a replay"))?;
-    let count = reset.len() as u64;
-    Ok(ResetRows { count, events: reset.into_iter().filter_map(ClaimedRow::into_claimed).map(|c| c.event).collect() })
-}
-
-/// What [`reset_for_plan`] reset.
-#[derive(Debug, Default)]
-pub struct ResetRows {
-    pub count: u64,
-    pub events: Vec<Event>,
+    Ok(reset as u64)
 }
 
 /// Merges the payload index's pending list (GIN `fastupdate`) into the
