@@ -34,7 +34,7 @@ pub struct Global {
     pub queue: String,
     /// Partitions the stream is spread over, by the `x-partition-key` header
     /// (1..=64; the same for every process of the system, which each checks:
-    /// changed only offline, README "Partitions").
+    /// changed only by `replay topology repartition`, offline).
     #[arg(long, env = "REPLAY_PARTITIONS", default_value_t = 1, global = true,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(config::MAX_PARTITIONS)))]
     pub partitions: u16,
