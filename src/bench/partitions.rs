@@ -26,7 +26,7 @@ use crate::wire::envelope::Event;
 use crate::wire::publisher::Publisher;
 use crate::wire::transport::{self, TransportError};
 
-use super::worker::{contributions, create_raw_table, raw_consume, reset};
+use super::worker::{contributions, create_raw_table, processed, raw_consume, reset};
 use super::*;
 
 /// The partition counts measured, in order.
@@ -275,13 +275,8 @@ async fn workers_drain(names: &Endpoints, pool: &PgPool, events: &[Event], exe: 
         // Cheap while they run (see the worker bench); the exact count once
         // the newest id says every row is in.
         let newest: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM processed_events").fetch_one(pool).await?;
-        if newest.unwrap_or(0) >= total {
-            let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'processed'")
-                .fetch_one(pool)
-                .await?;
-            if processed >= total {
-                break;
-            }
+        if newest.unwrap_or(0) >= total && processed(pool).await? as i64 >= total {
+            break;
         }
         anyhow::ensure!(Instant::now() < deadline, "the workers did not drain {total} events in 10 minutes");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -377,7 +377,8 @@ async fn worker_drain(
     Ok((Drain { events: total, seconds }, samples, peak))
 }
 
-async fn processed(pool: &PgPool) -> anyhow::Result<usize> {
+/// Ledger rows processed (an exact count: for the end of a drain).
+pub(super) async fn processed(pool: &PgPool) -> anyhow::Result<usize> {
     let count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE status = 'processed'").fetch_one(pool).await?;
     Ok(count as usize)
