@@ -26,7 +26,7 @@ use crate::wire::envelope::Event;
 use crate::wire::publisher::Publisher;
 use crate::wire::transport::{self, TransportError};
 
-use super::worker::{contributions, create_raw_table, processed, raw_consume, reset};
+use super::worker::{contributions, create_raw_table, processed, raw_consume, reset, Baseline};
 use super::*;
 
 /// The partition counts measured, in order.
@@ -214,7 +214,7 @@ async fn fill(names: &Endpoints, events: &[Event]) -> anyhow::Result<Vec<u32>> {
 async fn raw_drain(names: &Endpoints, pool: &PgPool, spread: &[u32]) -> anyhow::Result<Drain> {
     let consumers = names.partition_list().into_iter().zip(spread.iter().copied()).map(|(partition, depth)| {
         let (names, pool) = (names.clone(), pool.clone());
-        tokio::spawn(async move { raw_consume(&names, &partition.queue, &pool, depth as usize).await })
+        tokio::spawn(async move { raw_consume(&names, &partition.queue, &pool, depth as usize, Baseline::Raw).await })
     });
     let mut first = None::<Instant>;
     let mut last = None::<Instant>;

@@ -9,6 +9,12 @@
 //! its memory can be read from /proc. With `--previous-exe`, an earlier
 //! binary's worker on the classic queue it declares, for "ordering costs no
 //! throughput". Every drain empties a queue filled before the clock starts.
+//!
+//! Beside the raw limit, the same loop with the domain row the worker must
+//! also write (a second INSERT of one row per event, into a table with only
+//! its primary key, in the same transaction): the raw limit skips the
+//! exactly-once domain effect, so this line shows how much of the gap is
+//! that effect and how much the ledger.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,6 +39,8 @@ use super::*;
 pub struct Report {
     /// One (raw limit, worker) pair per round, measured back to back.
     pub rounds: Vec<(Drain, Drain)>,
+    /// The raw limit with a domain row per event, per round.
+    pub with_domain_row: Vec<Drain>,
     /// The previous binary's worker on a classic queue, per round, if asked.
     pub previous: Vec<Drain>,
     /// Worker RSS in KiB at 0%, 25%, 50%, 75% and 100% of the drain.
@@ -48,14 +56,18 @@ impl Report {
 
     /// The median over rounds of worker rate / previous worker rate.
     pub fn ratio_to_previous(&self) -> Option<f64> {
-        (!self.previous.is_empty()).then(|| {
-            median(
-                self.rounds
-                    .iter()
-                    .zip(&self.previous)
-                    .map(|((_, w), p)| w.rate() / p.rate().max(f64::EPSILON))
-                    .collect(),
-            )
+        self.worker_against(&self.previous)
+    }
+
+    /// The median over rounds of worker rate / the raw limit's rate with a
+    /// domain row per event.
+    pub fn ratio_to_domain_row(&self) -> Option<f64> {
+        self.worker_against(&self.with_domain_row)
+    }
+
+    fn worker_against(&self, others: &[Drain]) -> Option<f64> {
+        (!others.is_empty()).then(|| {
+            median(self.rounds.iter().zip(others).map(|((_, w), o)| w.rate() / o.rate().max(f64::EPSILON)).collect())
         })
     }
 }
@@ -68,6 +80,9 @@ impl std::fmt::Display for Report {
         for (round, (baseline, worker)) in self.rounds.iter().enumerate() {
             writeln!(f, "round {}:", round + 1)?;
             line(f, "  raw limit (quorum SAC: consume -> INSERT -> ack multiple):", baseline)?;
+            if let Some(with_row) = self.with_domain_row.get(round) {
+                line(f, "  raw limit + a domain row per event (second INSERT):", with_row)?;
+            }
             line(f, "  ordered worker (quorum SAC, ledger + handlers):", worker)?;
             if let Some(previous) = self.previous.get(round) {
                 line(f, "  previous worker (classic queue, before ordering):", previous)?;
@@ -79,6 +94,12 @@ impl std::fmt::Display for Report {
             self.ratio(),
             self.rounds.len()
         )?;
+        if let Some(ratio) = self.ratio_to_domain_row() {
+            writeln!(
+                f,
+                "ratio: ordered worker / raw limit with a domain row = {ratio:.2} (median; what the ledger costs)"
+            )?;
+        }
         if let Some(ratio) = self.ratio_to_previous() {
             writeln!(f, "ratio: ordered worker / previous worker = {ratio:.2} (median; target >= 1.00)")?;
         }
@@ -148,11 +169,17 @@ async fn measure(
 
     let mut rounds = Vec::with_capacity(ROUNDS);
     let mut previous_drains = Vec::new();
+    let mut with_domain_row = Vec::new();
     let mut memory = (Vec::new(), 0);
     for round in 1..=ROUNDS {
         eprintln!("round {round}/{ROUNDS}: baseline drain of {} events…", events.len());
         fill(names, &events).await?;
-        let baseline = baseline_drain(names, pool, events.len()).await?;
+        let baseline = baseline_drain(names, pool, events.len(), Baseline::Raw).await?;
+        reset(pool).await?;
+
+        eprintln!("round {round}/{ROUNDS}: baseline drain with a domain row per event…");
+        fill(names, &events).await?;
+        with_domain_row.push(baseline_drain(names, pool, events.len(), Baseline::WithDomainRow).await?);
         reset(pool).await?;
 
         eprintln!("round {round}/{ROUNDS}: worker drain of {} events…", events.len());
@@ -174,26 +201,46 @@ async fn measure(
         rounds.push((baseline, worker));
         memory = (rss, peak);
     }
-    Ok(Report { rounds, previous: previous_drains, worker_rss_kib: memory.0, worker_peak_rss_kib: memory.1 })
+    Ok(Report {
+        rounds,
+        with_domain_row,
+        previous: previous_drains,
+        worker_rss_kib: memory.0,
+        worker_peak_rss_kib: memory.1,
+    })
 }
 
-/// The minimal table of the raw limit (issue 17): the event id as primary
-/// key, its type, its payload and a status, nothing else.
+/// The minimal tables of the raw limit (issue 17): the event id as primary
+/// key, its type, its payload and a status, nothing else; and the domain row
+/// of [`Baseline::WithDomainRow`], a contribution with its primary key only.
 pub(super) async fn create_raw_table(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::raw_sql(
         "CREATE TABLE bench_raw (event_id text PRIMARY KEY, event_type text NOT NULL, payload jsonb NOT NULL,
-                                 status text NOT NULL)",
+                                 status text NOT NULL);
+         CREATE TABLE bench_raw_domain (id uuid PRIMARY KEY, member_id uuid NOT NULL, period_id uuid NOT NULL,
+                                        amount numeric NOT NULL)",
     )
     .execute(pool)
     .await?;
     Ok(())
 }
 
+/// What the raw loop writes per batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Baseline {
+    /// One INSERT into `bench_raw`.
+    Raw,
+    /// That, and one domain row per event into `bench_raw_domain` in the
+    /// same transaction: the least a worker with an exactly-once effect writes.
+    WithDomainRow,
+}
+
 /// Empties what a drain wrote, so every drain starts from the same state
 /// (ledger ids from 1 again: the drains read progress from the newest id).
 pub(super) async fn reset(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query(
-        "TRUNCATE processed_events, contributions, members, allocation_periods, bench_raw RESTART IDENTITY CASCADE",
+        "TRUNCATE processed_events, contributions, members, allocation_periods, bench_raw, bench_raw_domain
+         RESTART IDENTITY CASCADE",
     )
     .execute(pool)
     .await?;
@@ -258,8 +305,8 @@ async fn fill_classic(names: &Endpoints, events: &[Event]) -> anyhow::Result<()>
 }
 
 /// The raw loop: no ledger, no handlers, no savepoints.
-async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize) -> anyhow::Result<Drain> {
-    let (started, finished) = raw_consume(names, &names.queue, pool, total).await?;
+async fn baseline_drain(names: &Endpoints, pool: &PgPool, total: usize, shape: Baseline) -> anyhow::Result<Drain> {
+    let (started, finished) = raw_consume(names, &names.queue, pool, total, shape).await?;
     let seconds = started.map_or(0.0, |s| finished.duration_since(s).as_secs_f64());
     Ok(Drain { events: total, seconds })
 }
@@ -272,6 +319,7 @@ pub(super) async fn raw_consume(
     queue: &str,
     pool: &PgPool,
     total: usize,
+    shape: Baseline,
 ) -> anyhow::Result<(Option<Instant>, Instant)> {
     let connection = transport::connect(&names.amqp_url, "replay bench baseline").await?;
     let channel = connection.create_channel().await?;
@@ -315,6 +363,17 @@ pub(super) async fn raw_consume(
         .bind(&payloads)
         .execute(&mut *tx)
         .await?;
+        if shape == Baseline::WithDomainRow {
+            sqlx::query(
+                "INSERT INTO bench_raw_domain (id, member_id, period_id, amount)
+                 SELECT (p->>'contribution_id')::uuid, (p->>'member_id')::uuid, (p->>'period_id')::uuid,
+                        (p->>'amount')::numeric
+                 FROM unnest($1::text[]::jsonb[]) AS p WHERE p ? 'contribution_id' ON CONFLICT DO NOTHING",
+            )
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         if let Some(last) = batch.last() {
             channel.basic_ack(last.delivery_tag, BasicAckOptions { multiple: true }).await?;
